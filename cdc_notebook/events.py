@@ -1,0 +1,145 @@
+"""The events every decoding path produces (wal2arrow frames, pgoutput, the snapshot).
+
+Decoders turn what the server sends into these; the router and the readers consume only
+these, so they do not care which plugin produced a batch. Row data travels in
+:class:`ChangeBatch` as a ``pyarrow.RecordBatch`` whose schema is the table's columns followed by
+the metadata columns of ``docs/decisions.md`` (``_cdc_op`` ... ``_cdc_unchanged_toast``).
+
+LSNs are ints; timestamps are microseconds since 1970-01-01 UTC (ints), as in the batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+METADATA_COLUMNS = (
+    "_cdc_op",
+    "_cdc_lsn",
+    "_cdc_commit_lsn",
+    "_cdc_end_lsn",
+    "_cdc_commit_ts",
+    "_cdc_xid",
+    "_cdc_ordinal",
+    "_cdc_before",
+    "_cdc_unchanged_toast",
+)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+@dataclass(frozen=True)
+class Begin:
+    xid: int
+    commit_lsn: int  # 0 when unknown (a streamed, still running transaction)
+    end_lsn: int
+    commit_ts: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    xid: int
+    commit_lsn: int
+    end_lsn: int  # what the stream acknowledges once every batch of it was consumed
+    commit_ts: int
+
+
+@dataclass(frozen=True)
+class RelationSchema:
+    """A table's schema as sent before its first batch and again after every change to it."""
+
+    relid: int
+    schema_version: int
+    namespace: str
+    name: str
+    replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
+    key_columns: tuple[str, ...]
+    arrow_schema: pa.Schema  # the full batch schema, metadata columns included
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+
+@dataclass(frozen=True)
+class ChangeBatch:
+    """Rows of one table from one transaction (a transaction may span several batches)."""
+
+    relid: int
+    schema_version: int
+    namespace: str
+    name: str
+    xid: int
+    batch: pa.RecordBatch
+    subxid: int = 0  # the subtransaction of these rows, for streamed transactions
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+
+@dataclass(frozen=True)
+class Truncate:
+    xid: int
+    lsn: int
+    tables: tuple[str, ...]  # qualified names
+    relids: tuple[int, ...]
+    cascade: bool = False
+    restart_identity: bool = False
+
+
+@dataclass(frozen=True)
+class LogicalMessage:
+    xid: int  # 0 for a non-transactional message
+    lsn: int
+    transactional: bool
+    prefix: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    xid: int
+    first_segment: bool
+
+
+@dataclass(frozen=True)
+class StreamStop:
+    pass
+
+
+@dataclass(frozen=True)
+class StreamCommit:
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    commit_ts: int
+
+
+@dataclass(frozen=True)
+class StreamAbort:
+    xid: int
+    subxid: int  # equal to xid when the whole transaction aborted
+
+
+@dataclass(frozen=True)
+class TableDropped:
+    """The router's event for a table that went away while streaming; its reader ends."""
+
+    qualified_name: str
+    relid: int
+    lsn: int = field(default=0)
+
+
+Event = Union[Begin, Commit, RelationSchema, ChangeBatch, Truncate, LogicalMessage,
+              StreamStart, StreamStop, StreamCommit, StreamAbort, TableDropped]
