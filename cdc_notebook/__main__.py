@@ -1,0 +1,52 @@
+"""Command line: ``python -m cdc_notebook demo`` (the main job) and friends."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(version=args.pg, hold=args.hold, rows=args.rows)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import build_plugin
+    from .server import find_installation
+
+    inst = find_installation(args.pg)
+    out = build_plugin(inst.pg_config, force=args.force)
+    print(f"wal2arrow for PostgreSQL {inst.version} ({inst.source}): {out / 'wal2arrow.so'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cdc_notebook",
+                                     description="Arrow-native PostgreSQL CDC for notebooks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="start a throwaway PostgreSQL, capture changes, stop")
+    demo.add_argument("--pg", default=None,
+                      help="PostgreSQL to use: 18 (embedded wheel, default), 15, or a pg_config path")
+    demo.add_argument("--rows", type=int, default=10_000, help="rows the demo workload writes")
+    demo.add_argument("--hold", action="store_true",
+                      help="after start-up, print READY and wait to be interrupted (for tests)")
+    demo.set_defaults(func=_demo)
+    build = sub.add_parser("build-plugin", help="build wal2arrow for a PostgreSQL installation")
+    build.add_argument("--pg", default=None)
+    build.add_argument("--force", action="store_true")
+    build.set_defaults(func=_build)
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.monotonic() - start:.1f} s; the server was stopped "
+              "and its directory removed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
