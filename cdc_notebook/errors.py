@@ -36,3 +36,137 @@ class DataDirNotWritable(ServerError):
 
 class PluginBuildError(CDCError):
     """wal2arrow failed to compile or link against the server's headers."""
+
+
+# --------------------------------------------------------------------------- connecting
+
+
+class ConnectionFailed(CDCError):
+    """PostgreSQL could not be reached or refused the connection."""
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server rejected the user name or password."""
+
+
+class ServerUnreachable(ConnectionFailed):
+    """No server answered at that host and port (or the host name does not resolve)."""
+
+
+class ConnectionRejected(ConnectionFailed):
+    """The server answered but pg_hba.conf (or a missing database) turned the connection away."""
+
+
+# --------------------------------------------------------------------------- table patterns
+
+
+class PatternError(CDCError):
+    """A table pattern is malformed or selects nothing."""
+
+
+class InvalidPattern(PatternError):
+    """A pattern cannot be parsed, or one of its parts is not a valid regular expression."""
+
+    def __init__(self, message: str, *, pattern: str, part: str | None = None,
+                 hint: str | None = None):
+        self.pattern = pattern
+        self.part = part
+        super().__init__(message, hint=hint)
+
+
+class NoTablesMatched(PatternError):
+    """A pattern (or the whole list) matches no table the kit can capture."""
+
+    def __init__(self, message: str, *, patterns: list[str], near_misses: list[str],
+                 hint: str | None = None):
+        self.patterns = patterns
+        self.near_misses = near_misses
+        super().__init__(message, hint=hint)
+
+
+# --------------------------------------------------------------------------- auto-configuration
+
+
+class ConfigurationError(CDCError):
+    """The server or the role cannot support change data capture as asked (validation)."""
+
+
+class UnsupportedServerVersion(ConfigurationError):
+    """The server is older than the kit supports."""
+
+
+class WalLevelNotLogical(ConfigurationError):
+    """``wal_level`` is not ``logical``: logical decoding is impossible until a restart."""
+
+
+class NoFreeReplicationSlots(ConfigurationError):
+    """``max_replication_slots`` is used up (or zero)."""
+
+
+class NoFreeWalSenders(ConfigurationError):
+    """``max_wal_senders`` is used up (or zero)."""
+
+
+class ReplicationNotPermitted(ConfigurationError):
+    """The role may not open a replication connection (no REPLICATION attribute)."""
+
+
+class TablePrivilegeMissing(ConfigurationError):
+    """The role lacks SELECT on matched tables (or USAGE on their schema)."""
+
+
+class OwnershipRequired(ConfigurationError):
+    """CREATE/ALTER PUBLICATION or ALTER TABLE needs ownership the role does not have."""
+
+
+class PluginNotInstalled(ConfigurationError):
+    """The output plugin's library is not found by the server."""
+
+
+class PluginNotAllowed(ConfigurationError):
+    """The output plugin is not listed in ``output_plugin_libraries``."""
+
+
+class PublicationMismatch(ConfigurationError):
+    """An existing publication the kit does not manage lacks some of the matched tables."""
+
+
+# --------------------------------------------------------------------------- slots
+
+
+class SlotError(CDCError):
+    """A replication slot cannot be created, used or dropped as asked."""
+
+
+class InvalidSlotName(SlotError):
+    """Slot names may hold only lower-case letters, digits and underscores (at most 63)."""
+
+
+class SlotNotFound(SlotError):
+    """No replication slot of that name exists."""
+
+
+class SlotInUse(SlotError):
+    """The slot is active in another process."""
+
+    def __init__(self, message: str, *, slot_name: str, active_pid: int | None,
+                 hint: str | None = None, sqlstate: str | None = None):
+        self.slot_name = slot_name
+        self.active_pid = active_pid
+        super().__init__(message, hint=hint, sqlstate=sqlstate)
+
+
+class SlotPluginMismatch(SlotError):
+    """An existing slot of that name decodes with another output plugin."""
+
+
+class SlotCreationTimeout(SlotError):
+    """Creating a logical slot waited too long for running write transactions to finish."""
+
+    def __init__(self, message: str, *, blocking_pids: list[int], hint: str | None = None):
+        self.blocking_pids = blocking_pids
+        super().__init__(message, hint=hint, sqlstate="57014")
+
+
+class NotKitManaged(SlotError):
+    """Teardown refused an object the kit did not create."""
