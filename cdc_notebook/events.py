@@ -26,6 +26,7 @@ METADATA_COLUMNS = (
     "_cdc_ordinal",
     "_cdc_before",
     "_cdc_unchanged_toast",
+    "_cdc_unrepresentable",  # map<utf8, utf8>: column -> text of a value Arrow cannot hold (docs/types.md)
 )
 
 
