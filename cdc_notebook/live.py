@@ -1,0 +1,802 @@
+"""Live Polars frames: a table's changelog and its mirror, fed by change batches.
+
+The reader hands every batch of a table (the schema of ``docs/decisions.md``: the table's
+columns, then ``_cdc_op`` ... ``_cdc_unchanged_toast``) to :meth:`LiveTable.apply`. Two frames
+follow:
+
+* the **changelog**: a bounded window of the most recent change rows (snapshot rows excluded),
+  with their metadata columns;
+* the **mirror**: the table's current state, the snapshot plus the changes applied by key.
+
+How the mirror is kept, and why:
+
+* **Idempotent under redelivery.** Delivery is at-least-once; every row carries
+  ``(_cdc_end_lsn, _cdc_ordinal)``, and rows at or below the highest position already accepted
+  are dropped on arrival (snapshot rows, which all carry the slot's consistent point, only when
+  an accepted change is newer). A TRUNCATE is applied once: only when its LSN is past every
+  change record accepted so far (the table's lock makes WAL order and commit order agree).
+* **Vectorized, at a cadence independent of the ingest rate.** ``apply`` converts the batch
+  (:mod:`cdc_notebook.polars_types`) and queues it; queued batches are folded into the mirror in
+  one Polars pass at most every ``fold_interval`` seconds while ingesting, whenever someone
+  reads, or when the queue holds ``max_pending_rows``. One fold: every change becomes events on
+  keys (insert/update → upsert of the after-image key; delete → removal of the before-image key;
+  an update that changes the key → removal of the old key and upsert of the new one); the last
+  event per key wins; the mirror loses every touched key and gains the winning upserts.
+* **Unchanged TOAST values are kept** from the row's previous version: the last upsert of the
+  same row earlier in the fold (found with an as-of join on the old key), else the mirror's
+  row; chains of such updates are resolved by pointer jumping (log₂ of the chain rounds).
+* **Consistent as of a stated LSN.** Only committed transactions are folded (a batch applied
+  with ``committed=False`` waits for :meth:`LiveTable.commit`), so :meth:`LiveTable.state`
+  returns the mirror at a transaction boundary together with that LSN.
+* **One lock, one version counter.** ``apply`` and every read take the lock (a
+  :class:`LiveFrames` shares one among its tables); ``version`` moves on every accepted change,
+  so a UI pump can skip a tick when nothing moved.
+* **Schema changes** (a new ``RelationSchema``, or a batch of a different schema): an added
+  column appears, null for older rows; a dropped one goes; a retyped one is cast, or when the
+  values do not cast, the column is emptied and the table is marked for a rebuild (a new
+  snapshot, :meth:`LiveTable.rebuild`). Each change is recorded as a :class:`SchemaChange`.
+* **Checkpoint and resume**: :meth:`LiveTable.save` writes the mirror to Parquet with its LSN
+  and high-water mark in the file's metadata; :meth:`LiveTable.load` reads it back, and a reader
+  re-attached to the permanent slot from that LSN resumes without a new snapshot (what the
+  server resends is dropped by the high-water mark).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .events import (
+    METADATA_COLUMNS,
+    Begin,
+    ChangeBatch,
+    Commit,
+    RelationSchema,
+    StreamAbort,
+    StreamCommit,
+    TableDropped,
+    Truncate,
+    format_lsn,
+)
+from .polars_types import arrow_to_polars, polars_dtype, to_arrow
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+OP, LSN, END_LSN, ORDINAL = "_cdc_op", "_cdc_lsn", "_cdc_end_lsn", "_cdc_ordinal"
+BEFORE, TOAST = "_cdc_before", "_cdc_unchanged_toast"
+CHECKPOINT_KEY = b"cdc_notebook.checkpoint"
+
+# Internal column names of a fold (cannot collide: table columns come from PostgreSQL
+# identifiers, which these are not allowed to shadow because of the double underscore prefix
+# and the suffix).
+_SEQ, _PTR, _UP = "__cdc_seq__", "__cdc_ptr__", "__cdc_up__"
+_VAL, _NEED, _FOUND = "__cdc_val__", "__cdc_need__", "__cdc_found__"
+
+PartitionFunction = Callable[[pa.Table, int], Union[np.ndarray, pa.Array, pl.Series, Sequence[int]]]
+
+
+class MirrorUnavailable(RuntimeError):
+    """The table has no key (no primary key or replica identity index): only its changelog is
+    live, because updates and deletes cannot be matched to rows."""
+
+
+@dataclass(frozen=True)
+class MirrorState:
+    """The mirror as one consistent frame, with the LSN it is consistent at."""
+
+    table: str
+    frame: pl.DataFrame
+    lsn: int  # every change committed at or before this LSN is in ``frame``, none after
+    version: int
+    pending_rows: int  # rows of transactions not yet committed (not in ``frame``)
+
+    @property
+    def lsn_text(self) -> str:
+        return format_lsn(self.lsn)
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """What a schema change did to a table's frames (shown by the widgets)."""
+
+    table: str
+    schema_version: int
+    added: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    cast: tuple[str, ...] = ()  # retyped columns whose values were cast
+    rebuild: tuple[str, ...] = ()  # retyped columns whose values did not cast: rebuild needed
+    key_columns: tuple[str, ...] | None = None  # the new key, when it changed
+
+    def describe(self) -> str:
+        parts = []
+        if self.added:
+            parts.append("added " + ", ".join(self.added) + " (null for older rows)")
+        if self.dropped:
+            parts.append("dropped " + ", ".join(self.dropped))
+        if self.cast:
+            parts.append("retyped " + ", ".join(self.cast) + " (values cast)")
+        if self.rebuild:
+            parts.append("retyped " + ", ".join(self.rebuild)
+                         + " (values do not cast: the frame needs a rebuild from a snapshot)")
+        if self.key_columns is not None:
+            parts.append("key is now (" + ", ".join(self.key_columns) + ")")
+        return f"{self.table}: " + ("; ".join(parts) if parts else "no column change")
+
+
+@dataclass
+class LiveStats:
+    rows_received: int = 0
+    rows_skipped: int = 0  # redelivered rows dropped by the high-water mark
+    rows_folded: int = 0
+    bytes_received: int = 0
+    folds: int = 0
+    truncates: int = 0
+    truncates_skipped: int = 0
+    unresolved_toast: int = 0  # unchanged TOAST values whose previous version was unknown
+    last_fold_seconds: float = 0.0
+
+
+@dataclass
+class _Pending:
+    kind: str  # "batch", "truncate" or "schema"
+    committed: bool
+    frame: pl.DataFrame | None = None
+    lsn: int = 0
+    schema: pa.Schema | None = None
+    schema_version: int = 0
+    key_columns: tuple[str, ...] | None = None
+
+
+def table_columns(schema: pa.Schema) -> list[str]:
+    return [name for name in schema.names if name not in METADATA_COLUMNS]
+
+
+def table_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name not in METADATA_COLUMNS],
+                     metadata=schema.metadata)
+
+
+def empty_frame(schema: pa.Schema) -> pl.DataFrame:
+    return arrow_to_polars(table_schema(schema).empty_table())
+
+
+# --------------------------------------------------------------------------- the fold
+
+
+def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list[str],
+                             columns: list[str]) -> tuple[pl.DataFrame, int]:
+    """Fill each update's unchanged TOAST columns from the row's previous version."""
+    src = [f"__cdc_src_{i}__" for i in range(len(keys))]
+    has_before = pl.col(BEFORE).is_not_null()
+    ups = ups.with_columns([pl.when(has_before).then(pl.col(BEFORE).struct.field(k))
+                            .otherwise(pl.col(k)).alias(s) for k, s in zip(keys, src)])
+    needing = ups.filter(pl.col(TOAST).list.len().fill_null(0) > 0).select([_SEQ, *src])
+    targets = ups.select([*keys, pl.col(_SEQ).alias(_PTR)])
+    # The previous version of an updated row is the last earlier upsert whose (new) key is the
+    # update's old key; none in this fold means the mirror holds it.
+    previous = needing.join_asof(targets, left_on=_SEQ, right_on=_PTR, by_left=src,
+                                 by_right=keys, strategy="backward", allow_exact_matches=False)
+    ups = ups.join(previous.select([_SEQ, _PTR]), on=_SEQ, how="left", maintain_order="left")
+    unresolved = 0
+    mirror_keys = mirror.select(keys).with_columns(pl.lit(True).alias(_FOUND))
+    for column in columns:
+        need = pl.col(TOAST).list.contains(column).fill_null(False)
+        work = ups.select([_SEQ, *src, _PTR, pl.col(column).alias(_VAL), need.alias(_NEED)])
+        from_mirror = mirror.select([*keys, pl.col(column).alias("__cdc_mval__")]) \
+            .join(mirror_keys, on=keys, how="left")
+        work = work.join(from_mirror, left_on=src, right_on=keys, how="left",
+                         maintain_order="left")
+        starts = pl.col(_NEED) & pl.col(_PTR).is_null()
+        unresolved += work.filter(starts & pl.col(_FOUND).is_null()).height
+        work = work.with_columns(
+            pl.when(starts).then(pl.col("__cdc_mval__")).otherwise(pl.col(_VAL)).alias(_VAL),
+            (pl.col(_NEED) & pl.col(_PTR).is_not_null()).alias(_NEED),
+        ).select([_SEQ, _PTR, _VAL, _NEED])
+        # Pointer jumping: each round, a row still waiting either takes its pointee's value
+        # (when the pointee has one) or points where its pointee points.
+        while work.get_column(_NEED).any():
+            pointee = work.select(pl.col(_SEQ).alias(_PTR), pl.col(_VAL).alias("__p_val__"),
+                                  pl.col(_NEED).alias("__p_need__"),
+                                  pl.col(_PTR).alias("__p_ptr__"))
+            work = work.join(pointee, on=_PTR, how="left", maintain_order="left")
+            take = pl.col(_NEED) & ~pl.col("__p_need__").fill_null(False)
+            jump = pl.col(_NEED) & pl.col("__p_need__").fill_null(False)
+            work = work.with_columns(
+                pl.when(take).then(pl.col("__p_val__")).otherwise(pl.col(_VAL)).alias(_VAL),
+                pl.when(jump).then(pl.col("__p_ptr__")).otherwise(pl.col(_PTR)).alias(_PTR),
+                jump.alias(_NEED),
+            ).select([_SEQ, _PTR, _VAL, _NEED])
+        ups = ups.with_columns(work.get_column(_VAL).alias(column))
+    return ups.drop([*src, _PTR]), unresolved
+
+
+def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
+                 keys: Sequence[str]) -> tuple[pl.DataFrame, int]:
+    """Apply change rows (in stream order) to a mirror keyed by ``keys``.
+
+    Returns the new mirror and the number of unchanged TOAST values whose previous version was
+    not known (left null). Pure: neither input is modified.
+    """
+    keys = list(keys)
+    columns = mirror.columns
+    changes = changes.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(_SEQ))
+    op = pl.col(OP)
+    before_key = [pl.col(BEFORE).struct.field(k).alias(k) for k in keys]
+    key_changed = pl.col(BEFORE).is_not_null() & pl.any_horizontal(
+        [pl.col(BEFORE).struct.field(k).ne_missing(pl.col(k)) for k in keys])
+    ups = changes.filter(op.is_in(["r", "c", "u"]))
+    removals = changes.filter((op == "d") | ((op == "u") & key_changed)) \
+        .select([*before_key, _SEQ]).filter(pl.all_horizontal(pl.col(k).is_not_null()
+                                                              for k in keys))
+    unresolved = 0
+    toast_names = ups.get_column(TOAST).explode().drop_nulls().unique() \
+        if TOAST in ups.columns else pl.Series([], dtype=pl.String)
+    if len(toast_names):
+        ups, unresolved = _resolve_unchanged_toast(
+            mirror, ups, keys, [c for c in toast_names.to_list() if c in columns])
+    events = pl.concat([ups.select([*keys, _SEQ]).with_columns(pl.lit(True).alias(_UP)),
+                        removals.with_columns(pl.lit(False).alias(_UP))], how="vertical_relaxed")
+    last = events.sort(_SEQ).unique(subset=keys, keep="last")
+    winners = ups.join(last.filter(pl.col(_UP)).select(_SEQ), on=_SEQ, how="semi") \
+        .sort(_SEQ).select(columns)
+    kept = mirror.join(events.select(keys).unique(), on=keys, how="anti")
+    return pl.concat([kept, winners.cast(dict(mirror.schema))], how="vertical"), unresolved
+
+
+# --------------------------------------------------------------------------- one table
+
+
+class LiveTable:
+    """The live frames of one table. Thread-safe: the reader applies, anyone reads."""
+
+    def __init__(self, name: str, arrow_schema: pa.Schema, key_columns: Sequence[str], *,
+                 schema_version: int = 0, changelog_rows: int = 10_000,
+                 fold_interval: float = 0.25, max_pending_rows: int = 500_000,
+                 clock: Callable[[], float] = time.monotonic,
+                 lock: threading.RLock | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.arrow_schema = arrow_schema  # the batch schema, metadata columns and field metadata
+        self.schema_version = schema_version
+        self.key_columns = tuple(key_columns)
+        self.changelog_rows = changelog_rows
+        self.fold_interval = fold_interval
+        self.max_pending_rows = max_pending_rows
+        self.stats = LiveStats()
+        self.schema_changes: list[SchemaChange] = []
+        self.needs_rebuild: tuple[str, ...] = ()
+        self._clock = clock
+        self._lock = lock if lock is not None else threading.RLock()
+        self._on_change = on_change
+        self._mirror = empty_frame(arrow_schema)
+        self._mirror_schema = arrow_schema  # the schema the mirror has (pending ones may differ)
+        self._fold_keys = self.key_columns  # the key the mirror is folded by
+        self._pending: list[_Pending] = []
+        self._pending_rows = 0
+        self._changelog: deque[pl.DataFrame] = deque()
+        self._changelog_len = 0
+        self._version = 0
+        self._last_fold = clock()
+        # High-water marks: of rows accepted (queued or folded), and of rows folded.
+        self._accepted = (0, 0)
+        self._folded = (0, 0)
+        self._change_lsn = 0  # highest change-record LSN accepted
+        self._truncate_lsn = 0  # LSN of the last TRUNCATE applied
+        self._horizon = 0  # the stream was seen complete up to here (commits, keepalives)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @property
+    def lsn(self) -> int:
+        """The LSN the mirror is consistent at (after folding what is committed)."""
+        return self.state().lsn
+
+    @property
+    def high_water_mark(self) -> tuple[int, int]:
+        """The ``(end_lsn, ordinal)`` of the newest row accepted."""
+        return self._accepted
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.key_columns)
+
+    @property
+    def table_schema(self) -> pa.Schema:
+        return table_schema(self.arrow_schema)
+
+    def __repr__(self) -> str:
+        return (f"LiveTable({self.name!r}, rows={self._mirror.height}, "
+                f"pending={self._pending_rows}, version={self._version})")
+
+    # ------------------------------------------------------------------ ingest
+
+    def apply(self, batch: pa.RecordBatch | pa.Table, *, committed: bool = True) -> int:
+        """Queue one batch of this table's rows; returns how many rows were new.
+
+        ``committed=False`` when the batch's transaction has not been seen to commit yet: its
+        rows wait for :meth:`commit` (or :meth:`abort`) before reaching the mirror.
+        """
+        if batch.num_rows == 0:
+            return 0
+        frame = arrow_to_polars(batch)
+        if frame.get_column(END_LSN).null_count():
+            raise ValueError(f"{self.name}: a batch without _cdc_end_lsn cannot be applied "
+                             "(hold a streamed transaction's rows until it commits)")
+        with self._lock:
+            if not batch.schema.equals(self.arrow_schema):
+                self.change_schema(batch.schema, schema_version=self.schema_version + 1)
+            end, ordinal = self._accepted
+            position_new = (pl.col(END_LSN) > end) | ((pl.col(END_LSN) == end)
+                                                      & (pl.col(ORDINAL) > ordinal))
+            snapshot_new = (pl.col(OP) == "r") & (pl.col(END_LSN) >= end)
+            fresh = frame.filter(position_new | snapshot_new)
+            self.stats.rows_received += frame.height
+            self.stats.bytes_received += batch.nbytes
+            self.stats.rows_skipped += frame.height - fresh.height
+            if fresh.height == 0:
+                return 0
+            last_end = fresh.get_column(END_LSN).max()
+            last_ordinal = fresh.filter(pl.col(END_LSN) == last_end).get_column(ORDINAL).max()
+            self._accepted = max(self._accepted, (int(last_end), int(last_ordinal)))
+            changes = fresh.filter(pl.col(OP) != "r")
+            if changes.height:
+                self._change_lsn = max(self._change_lsn, int(changes.get_column(LSN).max()))
+                self._append_changelog(changes)
+            self._pending.append(_Pending("batch", committed, frame=fresh, lsn=int(last_end)))
+            self._pending_rows += fresh.height
+            self._touch()
+            if committed:
+                self._horizon = max(self._horizon, int(last_end))
+            self._maybe_fold()
+            return fresh.height
+
+    def commit(self, end_lsn: int) -> None:
+        """The transaction ending at ``end_lsn`` committed: its queued rows may be folded."""
+        with self._lock:
+            for item in self._pending:
+                if not item.committed and item.lsn <= end_lsn:
+                    item.committed = True
+            self._horizon = max(self._horizon, end_lsn)
+            self._touch()
+            self._maybe_fold()
+
+    def abort(self) -> int:
+        """Drop queued rows of a transaction that will not commit; returns how many."""
+        with self._lock:
+            dropped = sum(p.frame.height for p in self._pending
+                          if not p.committed and p.frame is not None)
+            self._pending = [p for p in self._pending if p.committed]
+            self._pending_rows -= dropped
+            return dropped
+
+    def advance(self, lsn: int) -> None:
+        """The stream was seen complete up to ``lsn`` with nothing more for this table."""
+        with self._lock:
+            if lsn > self._horizon:
+                self._horizon = lsn
+                self._touch()
+
+    def truncate(self, lsn: int, *, committed: bool = True) -> bool:
+        """TRUNCATE at ``lsn``; False when it was already applied (a redelivery)."""
+        with self._lock:
+            if lsn <= max(self._change_lsn, self._truncate_lsn):
+                self.stats.truncates_skipped += 1
+                return False
+            self._truncate_lsn = lsn
+            self._pending.append(_Pending("truncate", committed, lsn=lsn))
+            self._changelog.clear()
+            self._changelog_len = 0
+            self._touch()
+            self._maybe_fold()
+            return True
+
+    def change_schema(self, arrow_schema: pa.Schema, key_columns: Sequence[str] | None = None,
+                      *, schema_version: int | None = None) -> SchemaChange:
+        """A new schema for the table's batches (from a ``RelationSchema``)."""
+        with self._lock:
+            old = self.arrow_schema
+            new_keys = tuple(key_columns) if key_columns is not None else self.key_columns
+            version = schema_version if schema_version is not None else self.schema_version + 1
+            change = _describe_change(self.name, version, old, arrow_schema,
+                                      new_keys if new_keys != self.key_columns else None)
+            self.arrow_schema = arrow_schema
+            self.schema_version = version
+            self.key_columns = new_keys
+            self._pending.append(_Pending("schema", True, schema=arrow_schema,
+                                          schema_version=version, key_columns=new_keys))
+            self._touch()
+            known = len(self.schema_changes)
+            # The mirror is altered once everything queued before the change is folded (now,
+            # unless a transaction before it has not committed yet); until then the answer is
+            # what the schemas alone say.
+            self._fold()
+            return self.schema_changes[-1] if len(self.schema_changes) > known else change
+
+    def rebuild(self, rows: pa.Table | pa.RecordBatch | pl.DataFrame, lsn: int) -> None:
+        """Replace the mirror by a fresh snapshot of the table consistent at ``lsn``."""
+        frame = rows if isinstance(rows, pl.DataFrame) else arrow_to_polars(rows)
+        with self._lock:
+            self._fold()
+            self._mirror = frame.select(self._mirror.columns).cast(dict(self._mirror.schema))
+            self._folded = max(self._folded, (lsn, 0))
+            self._accepted = max(self._accepted, (lsn, 0))
+            self._horizon = max(self._horizon, lsn)
+            self.needs_rebuild = ()
+            self._touch()
+
+    # ------------------------------------------------------------------ reading
+
+    def refresh(self) -> None:
+        """Fold every committed queued change into the mirror now."""
+        with self._lock:
+            self._fold()
+
+    def state(self) -> MirrorState:
+        with self._lock:
+            self._require_key()
+            self._fold()
+            return MirrorState(self.name, self._mirror.clone(), self._consistent_lsn(),
+                               self._version, self._pending_rows)
+
+    def mirror(self) -> pl.DataFrame:
+        """The table's current state (committed changes), as one frame."""
+        return self.state().frame
+
+    def to_pandas(self) -> pd.DataFrame:
+        return self.mirror().to_pandas()
+
+    def to_arrow(self) -> pa.Table:
+        """The mirror with the batch types and field metadata restored (UUIDs, intervals)."""
+        state = self.state()
+        return to_arrow(state.frame, self.table_schema)
+
+    def changelog(self, rows: int | None = None) -> pl.DataFrame:
+        """The most recent change rows (at most ``changelog_rows``), oldest first."""
+        with self._lock:
+            if not self._changelog:
+                return arrow_to_polars(self.arrow_schema.empty_table())
+            frame = pl.concat(list(self._changelog), how="diagonal_relaxed")
+        limit = self.changelog_rows if rows is None else min(rows, self.changelog_rows)
+        return frame.tail(limit)
+
+    def partitions(self, count: int, partition_of: PartitionFunction) -> dict[int, pl.DataFrame]:
+        """The mirror split by key-hash partition, as the reader partitions the table.
+
+        ``partition_of(keys, count)`` gets the key columns as Arrow (the batch types, as the
+        router hashes them) and returns each row's partition number.
+        """
+        frame = self.mirror()
+        keys = to_arrow(frame.select(self.key_columns), table_schema(self.arrow_schema))
+        numbers = pl.Series("__partition__", np.asarray(partition_of(keys, count)),
+                            dtype=pl.Int64)
+        tagged = frame.with_columns(numbers)
+        return {i: tagged.filter(pl.col("__partition__") == i).drop("__partition__")
+                for i in range(count)}
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def save(self, path: str | os.PathLike[str]) -> int:
+        """Write the mirror to Parquet with the LSN it is consistent at; returns that LSN."""
+        state = self.state()
+        with self._lock:
+            info = {
+                "table": self.name,
+                "key_columns": list(self.key_columns),
+                "lsn": state.lsn,
+                "high_water_mark": list(self._folded),
+                "change_lsn": self._change_lsn,
+                "truncate_lsn": self._truncate_lsn,
+                "schema_version": self.schema_version,
+                "arrow_schema": base64.b64encode(
+                    self.arrow_schema.serialize().to_pybytes()).decode(),
+            }
+        table = state.frame.to_arrow()
+        table = table.replace_schema_metadata({CHECKPOINT_KEY: json.dumps(info).encode()})
+        target = Path(path)
+        temporary = target.with_name(target.name + ".partial")
+        pq.write_table(table, temporary)
+        os.replace(temporary, target)
+        return state.lsn
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> LiveTable:
+        """A table re-created from :meth:`save`'s file, ready for the stream to resume."""
+        table = pq.read_table(path)
+        meta = (table.schema.metadata or {}).get(CHECKPOINT_KEY)
+        if meta is None:
+            raise ValueError(f"{path} is not a cdc_notebook checkpoint (no {CHECKPOINT_KEY!r})")
+        info = json.loads(meta)
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(info["arrow_schema"])))
+        live = cls(info["table"], schema, info["key_columns"],
+                   schema_version=info["schema_version"], **kwargs)
+        frame = pl.from_arrow(table.replace_schema_metadata(None))
+        live._mirror = frame.cast(dict(live._mirror.schema))  # type: ignore[union-attr]
+        mark = (int(info["high_water_mark"][0]), int(info["high_water_mark"][1]))
+        live._folded = live._accepted = mark
+        live._change_lsn = int(info["change_lsn"])
+        live._truncate_lsn = int(info["truncate_lsn"])
+        live._horizon = int(info["lsn"])
+        return live
+
+    # ------------------------------------------------------------------ internals
+
+    def _require_key(self) -> None:
+        if not self.key_columns:
+            raise MirrorUnavailable(
+                f"{self.name} has no primary key or replica identity index, so updates and "
+                "deletes cannot be matched to rows: only its changelog is live "
+                "(add a primary key, or ALTER TABLE ... REPLICA IDENTITY USING INDEX)")
+
+    def _touch(self) -> None:
+        self._version += 1
+        if self._on_change is not None:
+            self._on_change()
+
+    def _consistent_lsn(self) -> int:
+        return max(self._folded[0], self._horizon)
+
+    def _append_changelog(self, changes: pl.DataFrame) -> None:
+        self._changelog.append(changes.tail(self.changelog_rows))
+        self._changelog_len += min(changes.height, self.changelog_rows)
+        while self._changelog and self._changelog_len - self._changelog[0].height \
+                >= self.changelog_rows:
+            self._changelog_len -= self._changelog.popleft().height
+
+    def _maybe_fold(self) -> None:
+        if self._pending_rows >= self.max_pending_rows or \
+                self._clock() - self._last_fold >= self.fold_interval:
+            self._fold()
+
+    def _fold(self) -> None:
+        self._last_fold = self._clock()
+        if not self._fold_keys:
+            # No mirror to keep; committed batches are only in the changelog.
+            self._pending = [p for p in self._pending if not p.committed]
+            self._pending_rows = sum(p.frame.height for p in self._pending if p.frame is not None)
+            return
+        ready = 0
+        while ready < len(self._pending) and self._pending[ready].committed:
+            ready += 1
+        if ready == 0:
+            return
+        started = time.perf_counter()
+        items, self._pending = self._pending[:ready], self._pending[ready:]
+        run: list[pl.DataFrame] = []
+        for item in items:
+            if item.kind == "batch":
+                assert item.frame is not None
+                run.append(item.frame)
+                continue
+            self._fold_run(run)
+            run = []
+            if item.kind == "truncate":
+                self._mirror = self._mirror.clear()
+                self.stats.truncates += 1
+            else:
+                assert item.schema is not None
+                self._alter_mirror(item)
+        self._fold_run(run)
+        self.stats.folds += 1
+        self.stats.last_fold_seconds = time.perf_counter() - started
+
+    def _fold_run(self, run: list[pl.DataFrame]) -> None:
+        if not run:
+            return
+        changes = run[0] if len(run) == 1 else pl.concat(run, how="vertical")
+        self._mirror, unresolved = fold_changes(self._mirror, changes, self._fold_keys)
+        self.stats.unresolved_toast += unresolved
+        self.stats.rows_folded += changes.height
+        self._pending_rows -= changes.height
+        last_end = changes.get_column(END_LSN).max()
+        last_ordinal = changes.filter(pl.col(END_LSN) == last_end).get_column(ORDINAL).max()
+        self._folded = max(self._folded, (int(last_end), int(last_ordinal)))
+
+    def _alter_mirror(self, item: _Pending) -> None:
+        assert item.schema is not None
+        new_fields = table_schema(item.schema)
+        old_fields = table_schema(self._mirror_schema)
+        change = _describe_change(self.name, item.schema_version, self._mirror_schema,
+                                  item.schema, item.key_columns
+                                  if item.key_columns != self._fold_keys else None)
+        rebuild: list[str] = []
+        cast: list[str] = []
+        columns = []
+        for f in new_fields:
+            dtype = polars_dtype(f.type)
+            if f.name not in old_fields.names:
+                columns.append(pl.lit(None, dtype=dtype).alias(f.name))
+            elif old_fields.field(f.name).type != f.type:
+                try:
+                    self._mirror.select(pl.col(f.name).cast(dtype, strict=True))
+                    columns.append(pl.col(f.name).cast(dtype, strict=True))
+                    cast.append(f.name)
+                except (pl.exceptions.PolarsError, pl.exceptions.InvalidOperationError):
+                    columns.append(pl.lit(None, dtype=dtype).alias(f.name))
+                    rebuild.append(f.name)
+            else:
+                columns.append(pl.col(f.name))
+        self._mirror = self._mirror.select(columns)
+        self._mirror_schema = item.schema
+        if item.key_columns is not None:
+            self._fold_keys = item.key_columns
+        change = SchemaChange(change.table, change.schema_version, change.added, change.dropped,
+                              tuple(cast), tuple(rebuild), change.key_columns)
+        if rebuild:
+            self.needs_rebuild = tuple(sorted(set(self.needs_rebuild) | set(rebuild)))
+        self.schema_changes.append(change)
+
+
+def _describe_change(table: str, version: int, old: pa.Schema, new: pa.Schema,
+                     keys: tuple[str, ...] | None) -> SchemaChange:
+    old_t, new_t = table_schema(old), table_schema(new)
+    added = tuple(n for n in new_t.names if n not in old_t.names)
+    dropped = tuple(n for n in old_t.names if n not in new_t.names)
+    retyped = tuple(n for n in new_t.names
+                    if n in old_t.names and old_t.field(n).type != new_t.field(n).type)
+    return SchemaChange(table, version, added, dropped, retyped, (), keys)
+
+
+# --------------------------------------------------------------------------- many tables
+
+
+class LiveFrames:
+    """The live frames of every table a reader streams: an event sink for the reader.
+
+    ``handle(event)`` takes the reader's events (``RelationSchema``, ``ChangeBatch``,
+    ``Truncate``, ``Begin``/``Commit``...); the tables share one lock and one version counter.
+    """
+
+    def __init__(self, *, changelog_rows: int = 10_000, fold_interval: float = 0.25,
+                 max_pending_rows: int = 500_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.lock = threading.RLock()
+        self.tables: dict[str, LiveTable] = {}
+        self.dropped: list[str] = []
+        self._options = dict(changelog_rows=changelog_rows, fold_interval=fold_interval,
+                             max_pending_rows=max_pending_rows, clock=clock)
+        self._version = 0
+        self._open_xids: set[int] = set()
+        self._last_lsn = 0
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def lsn(self) -> int:
+        """The highest LSN the frames were told the stream is complete to."""
+        return self._last_lsn
+
+    def _bump(self) -> None:
+        self._version += 1
+
+    def __getitem__(self, name: str) -> LiveTable:
+        if name in self.tables:
+            return self.tables[name]
+        matches = [t for q, t in self.tables.items() if q.split(".", 1)[-1] == name]
+        if len(matches) == 1:
+            return matches[0]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+            return True
+        except KeyError:
+            return False
+
+    def __iter__(self) -> Iterable[str]:
+        return iter(list(self.tables))
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+    def table(self, name: str, arrow_schema: pa.Schema, key_columns: Sequence[str],
+              schema_version: int = 0) -> LiveTable:
+        """The table's live frames, created on first use."""
+        with self.lock:
+            live = self.tables.get(name)
+            if live is None:
+                live = LiveTable(name, arrow_schema, key_columns, schema_version=schema_version,
+                                 lock=self.lock, on_change=self._bump,
+                                 **self._options)  # type: ignore[arg-type]
+                self.tables[name] = live
+                self._bump()
+            return live
+
+    def attach(self, live: LiveTable) -> LiveTable:
+        """Adopt a table (from :meth:`LiveTable.load`) so the stream continues it."""
+        with self.lock:
+            live._lock = self.lock
+            live._on_change = self._bump
+            self.tables[live.name] = live
+            self._bump()
+            return live
+
+    def handle(self, event: object) -> None:
+        with self.lock:
+            if isinstance(event, ChangeBatch):
+                live = self.tables.get(event.qualified_name)
+                if live is None:
+                    live = self.table(event.qualified_name, event.batch.schema, (),
+                                      event.schema_version)
+                live.apply(event.batch, committed=event.xid not in self._open_xids)
+            elif isinstance(event, RelationSchema):
+                live = self.tables.get(event.qualified_name)
+                if live is None:
+                    self.table(event.qualified_name, event.arrow_schema, event.key_columns,
+                               event.schema_version)
+                elif live.schema_version != event.schema_version or \
+                        live.arrow_schema != event.arrow_schema or \
+                        live.key_columns != tuple(event.key_columns):
+                    live.change_schema(event.arrow_schema, event.key_columns,
+                                       schema_version=event.schema_version)
+            elif isinstance(event, Begin):
+                self._open_xids.add(event.xid)
+            elif isinstance(event, (Commit, StreamCommit)):
+                self._open_xids.discard(event.xid)
+                for live in self.tables.values():
+                    live.commit(event.end_lsn)
+                self._last_lsn = max(self._last_lsn, event.end_lsn)
+            elif isinstance(event, StreamAbort):
+                if event.xid == event.subxid:
+                    self._open_xids.discard(event.xid)
+                    for live in self.tables.values():
+                        live.abort()
+            elif isinstance(event, Truncate):
+                committed = event.xid not in self._open_xids
+                for name in event.tables:
+                    if name in self.tables:
+                        self.tables[name].truncate(event.lsn, committed=committed)
+            elif isinstance(event, TableDropped):
+                self.dropped.append(event.qualified_name)
+                self._bump()
+
+    def advance(self, lsn: int) -> None:
+        """Everything up to ``lsn`` was seen (a keepalive with nothing in flight)."""
+        with self.lock:
+            self._last_lsn = max(self._last_lsn, lsn)
+            for live in self.tables.values():
+                live.advance(lsn)
+
+    def save(self, directory: str | os.PathLike[str]) -> dict[str, int]:
+        """Checkpoint every keyed table into ``directory`` (one Parquet file per table)."""
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        return {name: live.save(target / f"{name}.parquet")
+                for name, live in list(self.tables.items()) if live.has_key}
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> LiveFrames:
+        frames = cls(**kwargs)
+        for path in sorted(Path(directory).glob("*.parquet")):
+            frames.attach(LiveTable.load(path, **frames._options))  # type: ignore[arg-type]
+        return frames
+
+    def resume_lsn(self) -> int:
+        """Where a reader re-attached to the slot should start: the oldest table's LSN."""
+        with self.lock:
+            lsns = [live.state().lsn for live in self.tables.values() if live.has_key]
+            return min(lsns) if lsns else 0
