@@ -1,0 +1,60 @@
+"""Acknowledgement bookkeeping: only what consumers finished with is reported as flushed."""
+
+from __future__ import annotations
+
+from cdc_notebook.router import AckTracker
+
+
+def test_flush_waits_for_every_batch_of_a_transaction() -> None:
+    acks = AckTracker(start_lsn=100)
+    t1 = acks.begin(xid=1, end_lsn=200, commit_ts=0)
+    acks.add(t1)
+    acks.add(t1)
+    acks.commit(t1, 200)
+    assert acks.flushed == 100
+    acks.consumed(t1)
+    assert acks.flushed == 100
+    acks.consumed(t1)
+    assert acks.flushed == 200
+
+
+def test_flush_never_passes_an_older_unconsumed_transaction() -> None:
+    acks = AckTracker()
+    t1 = acks.begin(1, 200, 0)
+    acks.add(t1)
+    acks.commit(t1, 200)
+    t2 = acks.begin(2, 300, 0)
+    acks.add(t2)
+    acks.commit(t2, 300)
+    acks.consumed(t2)  # a faster reader finished the newer one first
+    assert acks.flushed == 0
+    acks.consumed(t1)
+    assert acks.flushed == 300
+
+
+def test_keepalives_advance_only_when_idle() -> None:
+    acks = AckTracker()
+    acks.idle(500)
+    assert acks.flushed == 500
+    t = acks.begin(1, 900, 0)
+    acks.idle(800)  # mid-transaction: must not move
+    assert acks.flushed == 500
+    acks.add(t)
+    acks.commit(t, 900)
+    acks.idle(1000)  # a batch still unconsumed: must not move
+    assert acks.flushed == 500
+    acks.consumed(t)
+    assert acks.flushed == 900
+    acks.idle(1000)
+    assert acks.flushed == 1000
+
+
+def test_a_lost_connection_abandons_the_open_transaction() -> None:
+    acks = AckTracker()
+    t1 = acks.begin(1, 200, 0)
+    acks.commit(t1, 200)
+    t2 = acks.begin(2, 300, 0)
+    acks.add(t2)
+    acks.abandon_open()
+    assert acks.flushed == 200
+    assert acks.in_flight == 0 and not acks.in_transaction
