@@ -354,11 +354,14 @@ def _row_to_info(row: Sequence[Any]) -> TableInfo:
 
 def discover_tables(conn: Any) -> list[TableInfo]:
     """Every table and partitioned table outside the system schemas, in one query."""
+    from psycopg.pq import TransactionStatus
+
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
     with conn.cursor() as cur:
         cur.execute(DISCOVERY_SQL)
         rows = cur.fetchall()
-    if not conn.autocommit and conn.info.transaction_status == 2:  # INTRANS: leave it clean
-        conn.rollback()
+    if idle and not conn.autocommit:
+        conn.rollback()  # close the transaction this query opened, and only that one
     return [_row_to_info(r) for r in rows]
 
 
