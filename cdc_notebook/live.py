@@ -86,7 +86,8 @@ CHECKPOINT_KEY = b"cdc_notebook.checkpoint"
 _SEQ, _PTR, _UP = "__cdc_seq__", "__cdc_ptr__", "__cdc_up__"
 _VAL, _NEED, _FOUND = "__cdc_val__", "__cdc_need__", "__cdc_found__"
 
-PartitionFunction = Callable[[pa.Table, int], Union[np.ndarray, pa.Array, pl.Series, Sequence[int]]]
+PartitionFunction = Callable[[pa.Table, Sequence[str], int],
+                             Union[np.ndarray, pa.Array, pl.Series, Sequence[int]]]
 
 
 class MirrorUnavailable(RuntimeError):
@@ -481,15 +482,20 @@ class LiveTable:
         limit = self.changelog_rows if rows is None else min(rows, self.changelog_rows)
         return frame.tail(limit)
 
-    def partitions(self, count: int, partition_of: PartitionFunction) -> dict[int, pl.DataFrame]:
+    def partitions(self, count: int, partition_of: PartitionFunction | None = None
+                   ) -> dict[int, pl.DataFrame]:
         """The mirror split by key-hash partition, as the reader partitions the table.
 
-        ``partition_of(keys, count)`` gets the key columns as Arrow (the batch types, as the
-        router hashes them) and returns each row's partition number.
+        ``partition_of(keys, key_columns, count)`` (default: the router's
+        :func:`cdc_notebook.partition.partition_of`) gets the key columns back in their batch
+        types, since the hash is over the batch's bytes, and returns each row's partition.
         """
+        if partition_of is None:
+            from .partition import partition_of
         frame = self.mirror()
         keys = to_arrow(frame.select(self.key_columns), table_schema(self.arrow_schema))
-        numbers = pl.Series("__partition__", np.asarray(partition_of(keys, count)),
+        numbers = pl.Series("__partition__",
+                            np.asarray(partition_of(keys, self.key_columns, count)),
                             dtype=pl.Int64)
         tagged = frame.with_columns(numbers)
         return {i: tagged.filter(pl.col("__partition__") == i).drop("__partition__")

@@ -6,7 +6,8 @@ survive it as they are:
 * **field metadata is dropped**: Polars dtypes carry no key/value metadata, so the live frames
   keep the batch's ``pa.Schema`` beside the ``pl.DataFrame`` (``LiveTable.arrow_schema``) and
   :func:`to_arrow` restores it;
-* **``arrow.uuid`` becomes ``Binary``** (16 raw bytes, unreadable in a table view, and not
+* **a UUID becomes ``Binary``** (``fixed_size_binary(16)`` in the type-mapping spec, or the
+  ``arrow.uuid`` extension: 16 raw bytes, unreadable in a table view, and not
   comparable with a UUID literal): the frames hold the canonical text form
   ``xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` (lowercase) as ``pl.String``;
 * **``month_day_nano_interval`` is refused** unless an unstable environment switch is set: the
@@ -45,13 +46,21 @@ for _i, _c in enumerate(b"ABCDEF"):
     _HEX_VALUE[_c] = 10 + _i
 
 
+UUID_STORAGE = pa.binary(16)
+
+
 def _is_uuid(t: pa.DataType) -> bool:
-    return isinstance(t, pa.BaseExtensionType) and t.extension_name == "arrow.uuid"
+    """A UUID column: ``fixed_size_binary(16)`` is what the type-mapping spec gives ``uuid``
+    (and only ``uuid``: typemap.json's ``uuid_recv``, domains and arrays of it included);
+    Arrow's canonical ``arrow.uuid`` extension is accepted too."""
+    if isinstance(t, pa.BaseExtensionType):
+        return t.extension_name == "arrow.uuid"
+    return t == UUID_STORAGE
 
 
 def needs_conversion(t: pa.DataType) -> bool:
     """Whether a column of this Arrow type is rewritten before it reaches Polars."""
-    if isinstance(t, pa.BaseExtensionType):
+    if isinstance(t, pa.BaseExtensionType) or _is_uuid(t):
         return True
     if t == pa.month_day_nano_interval() or pa.types.is_decimal256(t):
         return True
@@ -197,17 +206,23 @@ def arrow_to_polars(data: pa.RecordBatch | pa.Table) -> pl.DataFrame:
 def _text_to_uuid(arr: pa.Array, uuid_type: pa.DataType) -> pa.Array:
     n = len(arr)
     filled = pc.fill_null(arr, "00000000-0000-0000-0000-000000000000")
-    fixed = pc.cast(pc.cast(filled, pa.binary()), pa.binary(36))
+    try:
+        fixed = pc.cast(pc.cast(filled, pa.binary()), pa.binary(36))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError("not a canonical UUID text (36 characters, 8-4-4-4-12 hex digits)") \
+            from exc
     text = np.frombuffer(fixed.buffers()[1], dtype=np.uint8,
                          count=(fixed.offset + n) * 36)[fixed.offset * 36:].reshape(n, 36)
     digits = _HEX_VALUE[text[:, _UUID_DIGIT_POS]]
     if (digits == 255).any():
-        raise ValueError("not a canonical UUID text")
+        raise ValueError("not a canonical UUID text (hex digits expected)")
     raw = (digits[:, 0::2] << 4) | digits[:, 1::2]
-    storage = pa.Array.from_buffers(pa.binary(16), n,
+    storage = pa.Array.from_buffers(UUID_STORAGE, n,
                                     [_validity_buffer(arr), pa.py_buffer(raw.tobytes())],
                                     null_count=arr.null_count)
-    return pa.ExtensionArray.from_storage(uuid_type, storage)
+    if isinstance(uuid_type, pa.BaseExtensionType):
+        return pa.ExtensionArray.from_storage(uuid_type, storage)
+    return storage
 
 
 def restore_array(arr: pa.Array, target: pa.DataType) -> pa.Array:

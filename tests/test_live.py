@@ -471,7 +471,7 @@ def test_partitioned_views_cover_the_mirror_disjointly() -> None:
                          for i in range(100)]))
     seen: list[pa.Table] = []
 
-    def by_modulo(keys: pa.Table, count: int) -> np.ndarray:
+    def by_modulo(keys: pa.Table, key_columns: Any, count: int) -> np.ndarray:
         seen.append(keys)
         return keys.column("id").to_numpy() % count
 
@@ -481,6 +481,21 @@ def test_partitioned_views_cover_the_mirror_disjointly() -> None:
     assert sum(p.height for p in parts.values()) == 100
     for number, part in parts.items():
         assert (part.get_column("id") % 4 == number).all()
+
+
+def test_default_partitions_are_the_routers() -> None:
+    from cdc_notebook.partition import HashPartitioner
+    tx = Transactions()
+    live = LiveTable("public.t", SCHEMA, ["u", "id"])
+    batch = tx.batch([{"op": "c", "id": i, "v": i, "doc": "x", "u": uuid.uuid4()}
+                      for i in range(200)])
+    live.apply(batch)
+    parts = live.partitions(3)
+    routed = HashPartitioner(["u", "id"], 3).split(batch)
+    for number in range(3):
+        assert sorted(parts[number].get_column("id").to_list()) == \
+            sorted(routed[number].column("id").to_pylist())
+    assert min(p.height for p in parts.values()) > 0
 
 
 def test_checkpoint_and_resume_without_a_new_snapshot(tmp_path: Any) -> None:
