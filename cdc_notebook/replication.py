@@ -101,6 +101,19 @@ class ReplicationConnection:
         self.last_wal_end = 0
         self.bytes_received = 0
 
+    @classmethod
+    def adopt(cls, conn: psycopg.Connection[Any]) -> ReplicationConnection:
+        """Stream on an already open replication connection (the one that created a
+        temporary slot, which lives only as long as that connection)."""
+        self = cls.__new__(cls)
+        self.conn = conn
+        self.pgconn = conn.pgconn
+        self.slot = None
+        self.streaming = False
+        self.last_wal_end = 0
+        self.bytes_received = 0
+        return self
+
     # ---- commands
 
     def command(self, sql: str) -> list[tuple[Any, ...]]:

@@ -1,0 +1,217 @@
+"""Auto-configured CDC: patterns → publication and slot → one stream → per-table readers.
+
+``CDCStream`` is what the seed calls ``ArrowCDCReader``; ``ArrowCDCReaderConfig.auto_configure``
+keeps the seed's API as its README writes it::
+
+    readers = ArrowCDCReaderConfig.auto_configure(host="localhost", database="mydb",
+                                                  user="postgres", password="...",
+                                                  tables="public.*")
+    async for batch in readers["public.users"].read_batches():
+        ...
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+
+from .errors import CDCError
+from .events import parse_lsn
+from .patterns import TableInfo, TablePattern
+from .provision import DEFAULT_PLUGIN, conninfo_of, connect, plan_provision
+from .replication import ReplicationConnection, StreamLost, TemporarySlotLost
+from .router import ChangeRouter, TableReader
+from .status import SlotStatus, fetch_slot_status
+
+
+class DecoderUnavailable(CDCError):
+    """The decoder for the chosen plugin is not part of this installation."""
+
+
+def make_decoder(plugin: str, publication: str | None) -> tuple[Any, dict[str, str]]:
+    """The decoder object and START_REPLICATION options for ``plugin``.
+
+    A decoder has ``decode(payload: memoryview) -> list[Event]``.
+    """
+    if plugin == "wal2arrow":
+        from . import frames
+
+        options = {"format_version": str(frames.FORMAT_VERSION)}
+        if publication:
+            options["publication_names"] = publication
+        return frames.FrameDecoder(), options
+    if plugin == "pgoutput":
+        from . import pgoutput
+
+        return pgoutput.make_stream_decoder(publication)
+    raise DecoderUnavailable(f"no decoder for output plugin {plugin!r}",
+                             hint="use plugin='wal2arrow' or plugin='pgoutput'")
+
+
+class _Source:
+    """What the router reads: decoded events with the WAL end of the message they came in."""
+
+    def __init__(self, rc: ReplicationConnection, decoder: Any):
+        self.rc = rc
+        self.decoder = decoder
+
+    def read(self, timeout: float) -> Iterator[tuple[Any, int]]:
+        for wal_end, payload in self.rc.read(timeout=timeout):
+            if payload is None:
+                yield None, wal_end
+                continue
+            events = self.decoder.decode(payload)
+            if not events:
+                yield None, wal_end
+            for event in events:
+                yield event, wal_end
+
+    def send_feedback(self, lsn: int, reply: bool = False) -> None:
+        self.rc.send_feedback(lsn, reply=reply)
+
+    def close(self) -> None:
+        self.rc.close()
+
+
+class CDCStream:
+    """CDC over one slot: validated, provisioned, streamed once, fanned out per table.
+
+    Parameters mirror :func:`cdc_notebook.provision.plan_provision` (``tables`` patterns,
+    ``slot_name``, ``publication``, ``plugin``, ``temporary``, ``keyless``...); ``conninfo`` is a
+    DSN string or a dict of libpq parameters (TLS options pass through).
+    """
+
+    def __init__(self, conninfo: str | dict[str, Any] | None = None,
+                 tables: str | Iterable[str | TablePattern] = "public.*", *,
+                 slot_name: str | None = None, publication: str | None = None,
+                 plugin: str | None = None, temporary: bool = False,
+                 memory_limit: int = 256 << 20, reconnect: bool = True,
+                 slot_timeout: float = 60.0, **provision_options: Any):
+        self.catalog = connect(conninfo)
+        self._catalog_lock = threading.Lock()
+        self.conninfo = conninfo_of(self.catalog)
+        if isinstance(conninfo, dict) and conninfo.get("password"):
+            self.conninfo["password"] = conninfo["password"]
+        elif isinstance(conninfo, str):
+            self.conninfo = {**psycopg.conninfo.conninfo_to_dict(conninfo)}
+        self.plugin = plugin or DEFAULT_PLUGIN
+        self.plan = plan_provision(self.catalog, tables, slot_name=slot_name,
+                                   publication=publication, plugin=self.plugin,
+                                   temporary=temporary, export_snapshot=False,
+                                   slot_method="replication" if temporary else "sql",
+                                   slot_timeout=slot_timeout, **provision_options)
+        result = self.plan.apply()
+        self.tables: list[TableInfo] = result.tables
+        self.publication = result.publication
+        assert result.slot is not None
+        self.slot = result.slot
+        self.temporary = temporary
+        self.decoder_name = self.plugin
+        self._first_connection = self.slot.connection
+        self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
+                                   memory_limit=memory_limit, reconnect=reconnect)
+        self.readers: dict[str, TableReader] = {}
+        for info in self.tables:
+            self.readers[info.qualified_name] = self.router.add_reader(
+                info.qualified_name, tuple(info.key_columns))
+        self._finalizer = weakref.finalize(self, CDCStream._cleanup, self.router, self.catalog,
+                                           self.slot)
+
+    # ---- the stream
+
+    def _open_source(self, flushed: int) -> _Source:
+        if self._first_connection is not None:
+            conn, self._first_connection = self._first_connection, None
+            rc = ReplicationConnection.adopt(conn)
+        else:
+            if self.temporary and self.router.reconnects:
+                raise TemporarySlotLost(
+                    f"the temporary slot {self.slot.slot_name!r} vanished with its connection; "
+                    "changes after the last one read cannot be recovered",
+                    hint="use a permanent slot (temporary=False) to survive reconnects")
+            rc = ReplicationConnection(self.conninfo)
+        decoder, options = make_decoder(self.plugin, self.publication)
+        rc.start(self.slot.slot_name, 0, options)
+        return _Source(rc, decoder)
+
+    def current_wal_lsn(self) -> int:
+        with self._catalog_lock:
+            try:
+                text = self.catalog.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            except psycopg.OperationalError:
+                self.catalog = connect(self.conninfo)
+                text = self.catalog.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        return parse_lsn(text)
+
+    def start(self) -> CDCStream:
+        self.router.ensure_started()
+        return self
+
+    def __getitem__(self, name: str) -> TableReader:
+        return self.readers[name]
+
+    # ---- status
+
+    def status(self) -> SlotStatus:
+        """The slot as the server reports it plus the reader's throughput, latency and the WAL
+        each unread reader holds back."""
+        with self._catalog_lock:
+            status = fetch_slot_status(self.catalog, self.slot.slot_name)
+        stats = self.router.stats
+        p50, p99 = stats.latency_percentiles()
+        elapsed = max(1e-9, time.monotonic() - stats.started_at)
+        held = {name: max(0, status.current_lsn - lsn) for name, r in self.readers.items()
+                if (lsn := r.held_back_lsn) is not None}
+        oldest = self.router.acks.oldest_unacknowledged_commit_ts
+        return status.with_reader(
+            events_per_second=stats.rows / elapsed, bytes_per_second=stats.bytes / elapsed,
+            latency_p50_ms=p50, latency_p99_ms=p99, held_back_by_table=held,
+            oldest_unacked_commit_ts=(None if oldest is None else
+                                      datetime.fromtimestamp(oldest / 1e6, timezone.utc)))
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> CDCStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _cleanup(router: ChangeRouter, catalog: psycopg.Connection[Any], slot: Any) -> None:
+        router.close()
+        slot.close()
+        try:
+            catalog.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class ArrowCDCReaderConfig:
+    """The seed's entry point, kept as its README writes it."""
+
+    @staticmethod
+    def auto_configure(host: str = "localhost", database: str = "postgres", user: str = "postgres",
+                       password: str | None = None, tables: str | list[str] = "public.*", *,
+                       port: int = 5432, slot_name: str | None = None, plugin: str | None = None,
+                       **options: Any) -> dict[str, TableReader]:
+        """Validate, create the publication and a permanent slot, return ``{'schema.table':
+        reader}`` (an existing ``slot_name`` is reused)."""
+        params = {"host": host, "dbname": database, "user": user, "port": port}
+        if password is not None:
+            params["password"] = password
+        stream = CDCStream(params, tables, slot_name=slot_name, plugin=plugin, **options)
+        readers = dict(stream.readers)
+        for reader in readers.values():
+            reader.stream = stream  # type: ignore[attr-defined]  # keeps the stream alive
+        return readers
+
+
+__all__ = ["ArrowCDCReaderConfig", "CDCStream", "StreamLost", "make_decoder"]
