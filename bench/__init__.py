@@ -1,0 +1,6 @@
+"""The benchmark harness: the kit side by side with the baselines and the ceilings, in one run.
+
+``python -m bench --help`` (see ``bench/README.md``). The workload is
+``bench-workload.md``'s standard workload; every consumer is one module in
+``bench/consumers/`` and is measured in its own subprocess.
+"""
