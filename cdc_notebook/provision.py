@@ -252,6 +252,7 @@ class ServerFacts:
     is_superuser: bool
     has_replication_attr: bool
     can_create_role: bool
+    can_create_in_database: bool  # CREATE on the database: CREATE PUBLICATION needs it
     output_plugin_libraries: str | None  # None: the server has no such setting, or hidden
     managed_roles_present: tuple[str, ...]
     managed_roles_member: tuple[str, ...]
@@ -266,6 +267,7 @@ SELECT current_setting('server_version_num')::int,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int,
        current_user::text, current_database()::text,
        r.rolsuper, r.rolreplication, r.rolcreaterole,
+       has_database_privilege(current_database(), 'CREATE'),
        (SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'),
        ARRAY(SELECT b.rolname::text FROM pg_roles b WHERE b.rolname = ANY(%(managed)s)),
        ARRAY(SELECT b.rolname::text FROM pg_roles b
@@ -277,7 +279,7 @@ SELECT current_setting('server_version_num')::int,
 def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
     row = conn.execute(_FACTS_SQL, {"managed": list(MANAGED_SERVICE_ROLES)}).fetchone()
     assert row is not None
-    return ServerFacts(*row[:12], tuple(row[12]), tuple(row[13]))
+    return ServerFacts(*row[:13], tuple(row[13]), tuple(row[14]))
 
 
 def _plugin_list(setting: str) -> list[str]:
@@ -303,8 +305,10 @@ def _plugin_not_allowed(facts: ServerFacts, plugin: str) -> Check:
 
 
 def _plugin_not_installed(plugin: str, detail: str) -> Check:
+    state = ("is installed but cannot be loaded (built for another server version?)"
+             if "could not load library" in detail else "is not installed on the server")
     return Check(
-        "plugin", "error", f"output plugin {plugin} is not installed on the server ({detail})",
+        "plugin", "error", f"output plugin {plugin} {state} ({detail})",
         hint=f"build and install it for this server (cd wal2arrow && make PG_CONFIG=<the "
         f"server's pg_config> install), or put its directory in dynamic_library_path; or use "
         "the built-in pgoutput (plugin='pgoutput'), which is always available",
@@ -327,18 +331,15 @@ def _check_plugin(conn: psycopg.Connection[Any], facts: ServerFacts, plugin: str
         return Check("plugin", "ok", "pgoutput is built into the server")
     params = conninfo_of(conn)
     if facts.is_superuser:
+        if listed is False:  # the server checks the list before it loads the library
+            return _plugin_not_allowed(facts, plugin)
         try:
             with connect(params) as lc:  # a throwaway session: the library stays loaded in it
                 lc.execute(sql.SQL("LOAD {}").format(sql.Literal(plugin)))
         except ConnectionFailed as exc:
             return Check("plugin", "warning", f"{plugin} could not be tried: {exc.message}")
         except psycopg.Error as exc:
-            if exc.sqlstate == "58P01":
-                return _plugin_not_installed(plugin, exc.diag.message_primary or str(exc))
-            return Check("plugin", "error", f"loading {plugin} failed: {exc}",
-                         error=PluginNotInstalled, sqlstate=exc.sqlstate)
-        if listed is False:
-            return _plugin_not_allowed(facts, plugin)
+            return _plugin_not_installed(plugin, exc.diag.message_primary or str(exc))
         return Check("plugin", "ok", f"{plugin} loads and is allowed")
     if facts.wal_level != "logical":
         return Check("plugin", "warning", f"{plugin} could not be tried (wal_level is not logical)")
@@ -359,7 +360,7 @@ def _check_plugin(conn: psycopg.Connection[Any], facts: ServerFacts, plugin: str
                 msg = exc.diag.message_primary or str(exc)
                 if "may not be used as an output plugin" in msg:
                     return _plugin_not_allowed(facts, plugin)
-                if exc.sqlstate == "58P01":
+                if exc.sqlstate == "58P01" or "could not load library" in msg:
                     return _plugin_not_installed(plugin, msg)
                 return Check("plugin", "error", f"trying {plugin} failed: {msg}",
                              error=PluginNotInstalled, sqlstate=exc.sqlstate)
@@ -377,12 +378,14 @@ def _check_replication_right(conn: psycopg.Connection[Any], facts: ServerFacts,
         with connect(params, replication=True) as rc:
             rc.pgconn.exec_(b"IDENTIFY_SYSTEM")
     except ReplicationNotPermitted as exc:
-        via = (f"GRANT rds_replication TO {user};" if "rds_replication" in
-               facts.managed_roles_present else f"ALTER ROLE {user} REPLICATION;")
-        return Check("replication", "error", f"role {user} may not replicate: {exc.message}",
-                     hint=f"{via} (run by a superuser or the service's admin role); or connect "
-                     "as a role that has REPLICATION", error=ReplicationNotPermitted,
-                     sqlstate="42501")
+        if "rds_replication" in facts.managed_roles_present:
+            via = f"GRANT rds_replication TO {user}; (as the rds_superuser admin)"
+        else:
+            via = (f"ALTER ROLE {user} REPLICATION; (as a superuser; on Amazon RDS/Aurora: "
+                   f"GRANT rds_replication TO {user};)")
+        return Check("replication", "error", exc.message,
+                     hint=f"{via} or connect as a role that has REPLICATION",
+                     error=ReplicationNotPermitted, sqlstate="42501")
     except ConnectionFailed as exc:
         return Check("replication", "error", exc.message, hint=exc.hint, error=type(exc),
                      sqlstate=exc.sqlstate)
@@ -909,6 +912,14 @@ def _publication_steps(conn: psycopg.Connection[Any], report: ValidationReport, 
     if slot_name:
         slots.add(slot_name)
     if state is None:
+        if not facts.can_create_in_database:
+            report.add("publication_create", "error",
+                       f"role {facts.current_user} may not create publications in database "
+                       f"{facts.database} (CREATE PUBLICATION needs CREATE on the database)",
+                       hint=f"GRANT CREATE ON DATABASE {quote_ident_sql(facts.database)} TO "
+                       f"{quote_ident_sql(facts.current_user)}; or have an administrator run "
+                       "the publication statement from plan.sql and pass publication=<its name>",
+                       error=OwnershipRequired, sqlstate="42501")
         stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, table_list)
         if via_root:
             stmt = sql.SQL("{} WITH (publish_via_partition_root = true)").format(stmt)
@@ -947,7 +958,7 @@ def _publication_steps(conn: psycopg.Connection[Any], report: ValidationReport, 
                    hint="run as the tables' owner or a superuser, or have an administrator run "
                    "the publication statement from plan.sql and pass publication=<its name>",
                    error=OwnershipRequired, sqlstate="42501")
-    elif report.get("publication_owner") is None:
+    elif report.get("publication_owner") is None and report.get("publication_create") is None:
         report.add("publication", "ok", f"publication {name}: "
                    + ("up to date" if not steps else f"{len(steps)} change(s)"))
     return steps
