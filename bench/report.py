@@ -382,7 +382,8 @@ def chart(meta: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     ax1.invert_yaxis()
     ax1.set_xlabel("thousand events/s (median; whisker to the minimum)")
     ax1.set_title("Standard workload: throughput")
-    ax1.legend(fontsize=8)
+    if names:
+        ax1.legend(fontsize=8)
     for i, version in enumerate(versions):
         ys, p50, p99 = [], [], []
         for j, name in enumerate(lat_names):
@@ -397,12 +398,18 @@ def chart(meta: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
     ax2.set_yticks([j + height * (len(versions) - 1) / 2 for j in range(len(lat_names))])
     ax2.set_yticklabels(lat_names, fontsize=8)
     ax2.invert_yaxis()
-    ax2.set_xscale("log")
-    ax2.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax2.xaxis.set_minor_formatter(NullFormatter())
+    if any(rows.get(f"{v}/latency/{n}", {}).get("latency_p50_ms") for v in versions
+           for n in lat_names):
+        ax2.set_xscale("log")
+        ax2.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax2.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax2.text(0.5, 0.5, "no latency figures in this run", ha="center", va="center",
+                 transform=ax2.transAxes)
     ax2.set_xlabel("commit-to-arrival latency, ms (log)")
     ax2.set_title(f"Latency at {meta['config']['latency_rate']:,.0f} commits/s")
-    ax2.legend(fontsize=8)
+    if lat_names:
+        ax2.legend(fontsize=8)
     m = meta["machine"]
     fig.suptitle(f"cdc_notebook bench {meta['started'][:10]} — {m.get('cpu', '?')}, "
                  f"{m.get('cores')} cores", fontsize=10)

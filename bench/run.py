@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from .consumers import Consumer, Env, Job, load_all
+from .consumers import Consumer, Env, Job, load_all, plugin_options
 from .procstat import ProcessSampler
 from .workload import (LATENCY_ID_BASE, create_schema, create_wide_schema, lsn_int, run_standard,
                        run_wide)
@@ -53,6 +53,7 @@ BENCH_SETTINGS = {
 }
 
 WORKLOADS = ("standard", "snapshot", "wide", "latency")
+STANDARD_TABLES = ["bench.orders", "bench.customers"]  # bench_pub's tables
 
 
 @dataclass
@@ -306,6 +307,7 @@ class Round:
         slot = self.slot_name(consumer, "latency")
         self.create_slot(slot, consumer.plugin)
         job = self.job(consumer, "latency", "latency", slot=slot, publication="bench_pub",
+                       tables=STANDARD_TABLES,
                        expected_events=int(self.cfg.latency_rate * self.cfg.latency_seconds))
         try:
             proc, logfile = self._spawn(consumer, job)
@@ -367,12 +369,12 @@ class Round:
         if workload == "standard":
             log(f"PG{self.env.major} round {self.number}: standard workload, N={self.cfg.events:,}")
             wl = run_standard(self.admin, self.cfg.events)
-            publication = "bench_pub"
+            publication, tables = "bench_pub", STANDARD_TABLES
         else:
             log(f"PG{self.env.major} round {self.number}: wide-row workload, "
                 f"{self.cfg.wide_rows:,} rows")
             wl = run_wide(self.admin, self.cfg.wide_rows)
-            publication = "bench_wide_pub"
+            publication, tables = "bench_wide_pub", ["bench.documents"]
         self.records.append({"version": self.env.major, "round": self.number,
                              "workload": workload, "consumer": "_workload", "status": "ok",
                              "events": wl.events, "inserts": wl.inserts, "updates": wl.updates,
@@ -383,7 +385,7 @@ class Round:
         reference: dict[str, Any] = {}
         for c in consumers:
             job = self.job(c, "stream", workload, slot=slots[c.name], publication=publication,
-                           end_lsn=wl.end_lsn, expected_events=wl.events,
+                           tables=tables, end_lsn=wl.end_lsn, expected_events=wl.events,
                            reference=dict(reference))
             try:
                 rec = self.measure(c, job)
@@ -426,6 +428,39 @@ def _pct(sorted_values: list[int], pct: float) -> float:
 # --------------------------------------------------------------------------- one version
 
 
+def probe_plugin(server, plugin: str) -> str | None:
+    """Why ``plugin`` cannot stand in a benchmark on this server (or None): it must decode a
+    committed insert into some output (a skeleton that emits nothing would give fake rates)."""
+    import psycopg
+
+    options = plugin_options(plugin, "bench_probe_pub")
+    flat = [x for kv in options.items() for x in kv]
+    with server.connect("unix") as conn:
+        conn.execute("DROP TABLE IF EXISTS public.bench_probe")
+        conn.execute("CREATE TABLE public.bench_probe (id int PRIMARY KEY, note text)")
+        conn.execute("DROP PUBLICATION IF EXISTS bench_probe_pub")
+        conn.execute("CREATE PUBLICATION bench_probe_pub FOR TABLE public.bench_probe")
+        try:
+            conn.execute("SELECT pg_create_logical_replication_slot('bench_probe', %s, true)",
+                         (plugin,))
+            conn.execute("INSERT INTO public.bench_probe VALUES (1, 'probe')")
+            n, nbytes = conn.execute(
+                "SELECT count(*), coalesce(sum(octet_length(data)), 0) FROM "
+                "pg_logical_slot_get_binary_changes('bench_probe', NULL, NULL, VARIADIC %s)",
+                (flat,)).fetchone()
+        except psycopg.Error as exc:
+            return f"{plugin} failed to decode a probe insert: {str(exc).strip()[:200]}"
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot('bench_probe') FROM pg_replication_slots"
+                         " WHERE slot_name = 'bench_probe'")
+            conn.execute("DROP PUBLICATION IF EXISTS bench_probe_pub")
+            conn.execute("DROP TABLE IF EXISTS public.bench_probe")
+    if nbytes == 0:
+        return (f"not available yet: {plugin} emits nothing for a committed insert (the plugin "
+                "does not encode changes yet)")
+    return None
+
+
 def run_version(version: int, cfg: Config, consumers: list[Consumer],
                 records: list[dict[str, Any]], versions_info: dict[str, Any]) -> None:
     from cdc_notebook.server import PostgresServer, find_installation
@@ -443,10 +478,16 @@ def run_version(version: int, cfg: Config, consumers: list[Consumer],
     log(f"starting PostgreSQL {version} ({installation.source})")
     with PostgresServer(version=version, settings=BENCH_SETTINGS,
                         extra_output_plugins=extra) as server:
-        plugins = ["pgoutput", *extra]
+        plugins, problems = ["pgoutput", *extra], {}
         if server.plugin_dir is not None and any(server.plugin_dir.glob("wal2arrow.*")):
-            plugins.append("wal2arrow")
-        env = Env(server.major, Path(server.installation.bindir), tuple(plugins))
+            problem = probe_plugin(server, "wal2arrow")
+            if problem:
+                problems["wal2arrow"] = problem
+            else:
+                plugins.append("wal2arrow")
+        else:
+            problems["wal2arrow"] = "the wal2arrow plugin was not built for this server"
+        env = Env(server.major, Path(server.installation.bindir), tuple(plugins), problems)
         versions_info[str(version)] = {"server": server.version,
                                        "source": server.installation.source,
                                        "plugins": plugins}

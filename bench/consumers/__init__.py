@@ -49,7 +49,8 @@ class Job:
     end_lsn: int = 0
     expected_events: int = 0
     event_cap: int | None = None
-    table: str | None = None
+    table: str | None = None  # the snapshot's table
+    tables: list[str] = field(default_factory=list)  # the tables the stream's publication has
     timeout_s: float = 600.0
     reference: dict[str, Any] = field(default_factory=dict)  # e.g. the decode ceiling's bytes
 
@@ -82,7 +83,8 @@ class Env:
 
     major: int
     bindir: Path
-    plugins: tuple[str, ...]  # output plugins the server can load
+    plugins: tuple[str, ...]  # output plugins that decode on this server
+    plugin_problems: dict[str, str] = field(default_factory=dict)  # why others do not
 
 
 class Consumer:
@@ -105,7 +107,9 @@ class Consumer:
             return self.version_reason or (
                 f"runs on PostgreSQL {', '.join(map(str, self.versions))} only")
         if self.plugin is not None and self.plugin not in env.plugins:
-            return f"output plugin {self.plugin} is not installed for PostgreSQL {env.major}"
+            return env.plugin_problems.get(
+                self.plugin, f"output plugin {self.plugin} is not installed for PostgreSQL "
+                             f"{env.major}")
         return None
 
     def supports(self, mode: str) -> str | None:
@@ -213,3 +217,17 @@ class Latencies:
 
 def password_env() -> str | None:
     return os.environ.get("PGPASSWORD")
+
+
+def plugin_options(plugin: str, publication: str | None) -> dict[str, str]:
+    """START_REPLICATION options for a plugin, as the kit sends them (when it knows the plugin)."""
+    if plugin == "pgoutput":
+        return {"proto_version": "1", "publication_names": publication or ""}
+    if plugin == "wal2arrow":
+        try:
+            from cdc_notebook.reader import make_decoder
+
+            return dict(make_decoder(plugin, publication)[1])
+        except Exception:  # the kit's decoder is not there yet: the plugin's own defaults
+            return {"publication_names": publication} if publication else {}
+    return {}

@@ -2,7 +2,10 @@
 
 * pgoutput (``proto_version 1``, the workload's publication) over TCP and over the Unix socket:
   the thin-client streaming ceiling: a C client that does nothing with the bytes;
-* wal2json (format 1, its default) over TCP: the JSON CDC baseline (PostgreSQL 15 here).
+* wal2json (format 1, its default) over TCP: the JSON CDC baseline (PostgreSQL 15 here);
+* wal2arrow (the kit's plugin, with the options the kit sends) over TCP and the Unix socket:
+  the plugin streamed to a thin client, to compare with pgoutput's (issue 4's goals). Its rows
+  are not counted in the output (Arrow frames): the run must reach the end position.
 
 Throughput runs execute ``pg_recvlogical`` itself (``--endpos`` = the workload's end position,
 ``--no-loop``, ``-F 0``: the bytes land in the page cache, no fsync), so the measured process is
@@ -19,7 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import Consumer, Job, Latencies, now_us, register
+from . import Consumer, Job, Latencies, now_us, plugin_options, register
 
 LAT_RE = re.compile(rb"lat:(\d+|stop)(?=\D)")
 
@@ -51,8 +54,8 @@ class RecvLogical(Consumer):
                 "--start", "--no-loop", "-F", "0", "-f", out]
         if endpos:
             argv += ["-E", job.end_lsn_text]
-        if self.plugin == "pgoutput":
-            argv += ["-o", "proto_version=1", "-o", f"publication_names={job.publication}"]
+        for key, value in plugin_options(self.plugin, job.publication).items():
+            argv += ["-o", f"{key}={value}"]
         return argv
 
     def output_path(self, job: Job) -> Path:
@@ -144,5 +147,11 @@ register(RecvLogical("pgoutput", "tcp", group=3, role="ceiling",
 register(RecvLogical("pgoutput", "unix", group=3, role="ceiling",
                      title="pg_recvlogical + pgoutput to a file over the Unix socket "
                            "(streaming ceiling)"))
+register(RecvLogical("wal2arrow", "tcp", group=1, role="kit",
+                     title="pg_recvlogical + wal2arrow to a file over TCP (the plugin to a thin "
+                           "client)"))
+register(RecvLogical("wal2arrow", "unix", group=1, role="kit",
+                     title="pg_recvlogical + wal2arrow to a file over the Unix socket (the plugin "
+                           "to a thin client)"))
 register(RecvLogical("wal2json", "tcp", group=4, role="baseline",
                      title="pg_recvlogical + wal2json format 1 over TCP"))
