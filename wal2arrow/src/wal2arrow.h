@@ -109,6 +109,7 @@ typedef struct W2AColumn
 {
 	char	   *name;
 	int			attindex;		/* 0-based index into the relation's tuple descriptor */
+	bool		is_varlena;		/* attlen == -1: may be an unchanged TOAST pointer */
 	Oid			declared_type;
 	int32		declared_typmod;
 	W2AType		type;
@@ -154,6 +155,7 @@ typedef struct W2ARelEntry
 	bool		publish_truncate;
 	Oid			publish_as_relid;	/* a partition root under publish_via_partition_root */
 	TupleConversionMap *map;	/* leaf tuple -> publish_as_relid's row type */
+	bool		map_checked;
 
 	/* what the batch of this relation looks like (only when built) */
 	bool		built;
@@ -191,7 +193,8 @@ typedef struct W2AState
 	MemoryContext change_cxt;	/* reset after every change */
 	HTAB	   *relations;
 	List	   *pending;		/* relids with rows not yet written, in first-row order */
-	List	   *publications;	/* Publication *, loaded lazily */
+	List	   *publications;	/* Publication *, loaded lazily into pub_cxt */
+	MemoryContext pub_cxt;
 	bool		publications_valid;
 
 	/* transaction being decoded */
@@ -217,11 +220,12 @@ typedef struct W2AStreamTxn
 	uint64		ordinal;
 } W2AStreamTxn;
 
-extern W2ARelEntry *w2a_relation_entry(LogicalDecodingContext *ctx, W2AState *state,
-									   Relation rel);
 extern void w2a_relcache_init(W2AState *state);
-extern void w2a_entry_build(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry,
+extern W2ARelEntry *w2a_relation_entry(W2AState *state, Relation rel);
+extern void w2a_entry_ready(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry,
 							Relation rel);
+extern void w2a_flush_entry(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry);
+extern void w2a_flush_all(LogicalDecodingContext *ctx, W2AState *state);
 
 /* ---------------------------------------------------------------- encoding */
 
@@ -237,8 +241,8 @@ typedef struct W2ARowMeta
 	uint64		ordinal;
 } W2ARowMeta;
 
-extern void w2a_append_row(W2AState *state, W2ARelEntry *entry, const W2ARowMeta *meta,
-						   HeapTuple newtuple, HeapTuple oldtuple);
+extern void w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc,
+						   const W2ARowMeta *meta, HeapTuple newtuple, HeapTuple oldtuple);
 
 /* ---------------------------------------------------------------- frames */
 
@@ -269,6 +273,11 @@ extern void w2a_release_state_with(MemoryContext cxt, W2AState *state);
 extern void w2a_array_clear(struct ArrowArray *array);
 extern void w2a_nanoarrow_check(ArrowErrorCode code, const char *what, struct ArrowError *error);
 
-#define W2A_CHECK(call, what) w2a_nanoarrow_check((call), (what), NULL)
+#define W2A_CHECK(call, what) \
+	do { \
+		ArrowErrorCode w2a_rc_ = (call); \
+		if (unlikely(w2a_rc_ != NANOARROW_OK)) \
+			w2a_nanoarrow_check(w2a_rc_, (what), NULL); \
+	} while (0)
 
 #endif							/* WAL2ARROW_H */

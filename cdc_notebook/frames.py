@@ -1,0 +1,220 @@
+"""The reference decoder of wal2arrow's wire format (docs/protocol.md), into cdc_notebook.events.
+
+One frame per plugin write: from ``pg_logical_slot_get_binary_changes`` each row's ``data``,
+from a replication stream each XLogData message's payload. Arrow bodies are read in place:
+``pyarrow.ipc.read_record_batch`` over a buffer that views the frame (no copy when the body is
+8-byte aligned, which the plugin arranges for streaming CopyData messages).
+
+    decoder = FrameDecoder()
+    for frame in frames:
+        event = decoder.decode(frame)       # Begin, RelationSchema, ChangeBatch, Commit, ...
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Union
+
+import pyarrow as pa
+
+from .errors import CDCError
+from .events import (
+    Begin,
+    ChangeBatch,
+    Commit,
+    Event,
+    LogicalMessage,
+    RelationSchema,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+)
+
+FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = max(FORMAT_VERSIONS)
+XLOGDATA_HEADER_SIZE = 25
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+_PREFIX = struct.Struct("<BBH")  # tag, format version, body offset
+_TXN = struct.Struct("<IQQq")  # xid, commit lsn, end lsn, commit timestamp (us since 1970)
+_SCHEMA = struct.Struct("<IIB")  # relid, schema version, replica identity
+_BATCH = struct.Struct("<IIIIIB")  # relid, schema version, xid, subxid, rows, flags
+_TRUNCATE = struct.Struct("<IQBI")  # xid, lsn, flags, relation count
+_MESSAGE = struct.Struct("<IQB")  # xid, lsn, transactional
+_STREAM_START = struct.Struct("<IB")  # xid, first segment
+_STREAM_ABORT = struct.Struct("<IIQ")  # xid, subxid, abort lsn
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+TAGS = {
+    ord("B"): "begin", ord("C"): "commit", ord("R"): "schema", ord("D"): "batch",
+    ord("T"): "truncate", ord("M"): "message", ord("S"): "stream_start",
+    ord("E"): "stream_stop", ord("K"): "stream_commit", ord("A"): "stream_abort",
+}
+
+
+class FrameError(CDCError):
+    """A frame the decoder cannot read: unknown type, unsupported version, or corrupt."""
+
+
+def _aligned_buffer(view: memoryview) -> pa.Buffer:
+    """A pyarrow buffer over ``view``; copied only when its start is not 8-byte aligned."""
+    buf = pa.py_buffer(view)
+    if buf.address % 8 == 0:
+        return buf
+    return pa.py_buffer(bytes(view))  # bytes' data is 16-byte aligned
+
+
+class _Reader:
+    __slots__ = ("view", "pos")
+
+    def __init__(self, view: memoryview, pos: int):
+        self.view = view
+        self.pos = pos
+
+    def unpack(self, st: struct.Struct) -> tuple:
+        if self.pos + st.size > len(self.view):
+            raise FrameError(f"truncated frame: needs {self.pos + st.size} bytes, has "
+                             f"{len(self.view)}", hint="the stream was cut; reconnect")
+        values = st.unpack_from(self.view, self.pos)
+        self.pos += st.size
+        return values
+
+    def string(self) -> str:
+        (length,) = self.unpack(_U16)
+        return self.raw(length).decode("utf-8")
+
+    def raw(self, length: int) -> bytes:
+        if self.pos + length > len(self.view):
+            raise FrameError("truncated frame", hint="the stream was cut; reconnect")
+        data = bytes(self.view[self.pos:self.pos + length])
+        self.pos += length
+        return data
+
+
+class FrameDecoder:
+    """Decodes frames into events, remembering relation schemas by (relid, schema version)."""
+
+    def __init__(self) -> None:
+        self._schemas: dict[tuple[int, int], RelationSchema] = {}
+
+    def schema(self, relid: int, version: int) -> RelationSchema:
+        try:
+            return self._schemas[(relid, version)]
+        except KeyError:
+            raise FrameError(
+                f"batch for relation {relid} schema version {version} before its schema frame",
+                hint="decode every frame of the stream in order, from the start of the "
+                "decoding session") from None
+
+    def decode(self, frame: Buffer, offset: int = 0) -> Event:
+        """Decode the frame at ``frame[offset:]`` (offset 25 for a raw XLogData message)."""
+        view = memoryview(frame)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        if len(view) - offset < _PREFIX.size:
+            raise FrameError(f"frame of {len(view) - offset} bytes is too short",
+                             hint="is this slot using the wal2arrow plugin?")
+        tag, version, body_offset = _PREFIX.unpack_from(view, offset)
+        kind = TAGS.get(tag)
+        if kind is None:
+            raise FrameError(
+                f"unknown wal2arrow frame type 0x{tag:02x} ({chr(tag)!r})",
+                hint="the plugin speaks a newer protocol than this client, or the slot does not "
+                "use wal2arrow: upgrade cdc_notebook or pass format_version "
+                f"{FORMAT_VERSION} when starting replication")
+        if version not in FORMAT_VERSIONS:
+            raise FrameError(
+                f"wal2arrow frame of format version {version}; this client reads {FORMAT_VERSIONS}",
+                hint=f"start replication with format_version '{FORMAT_VERSION}'")
+        reader = _Reader(view, offset + _PREFIX.size)
+        return getattr(self, f"_decode_{kind}")(reader, view, offset, body_offset)
+
+    def decode_all(self, frames: Iterable[Buffer]) -> list[Event]:
+        return [self.decode(frame) for frame in frames]
+
+    # -- mirror of wal2arrow/src/frame.c
+
+    def _decode_begin(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        return Begin(*r.unpack(_TXN))
+
+    def _decode_commit(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        return Commit(*r.unpack(_TXN))
+
+    def _decode_stream_commit(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        return StreamCommit(*r.unpack(_TXN))
+
+    def _decode_schema(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        relid, version, replident = r.unpack(_SCHEMA)
+        namespace = r.string()
+        name = r.string()
+        (nkeys,) = r.unpack(_U16)
+        keys = tuple(r.string() for _ in range(nkeys))
+        if body == 0 or start + body > len(view):
+            raise FrameError("schema frame without an Arrow body", hint="corrupt stream")
+        schema = pa.ipc.read_schema(_aligned_buffer(view[start + body:]))
+        event = RelationSchema(relid, version, namespace, name, chr(replident), keys, schema)
+        self._schemas[(relid, version)] = event
+        return event
+
+    def _decode_batch(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        relid, version, xid, subxid, nrows, _flags = r.unpack(_BATCH)
+        rel = self.schema(relid, version)
+        if body == 0 or start + body > len(view):
+            raise FrameError("batch frame without an Arrow body", hint="corrupt stream")
+        batch = pa.ipc.read_record_batch(_aligned_buffer(view[start + body:]), rel.arrow_schema)
+        if batch.num_rows != nrows:
+            raise FrameError(f"batch frame announces {nrows} rows but holds {batch.num_rows}",
+                             hint="corrupt stream")
+        return ChangeBatch(relid, version, rel.namespace, rel.name, xid, batch, subxid)
+
+    def _decode_truncate(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        xid, lsn, flags, count = r.unpack(_TRUNCATE)
+        relids, names = [], []
+        for _ in range(count):
+            (relid,) = r.unpack(_U32)
+            namespace = r.string()
+            relids.append(relid)
+            names.append(f"{namespace}.{r.string()}")
+        return Truncate(xid, lsn, tuple(names), tuple(relids), cascade=bool(flags & 1),
+                        restart_identity=bool(flags & 2))
+
+    def _decode_message(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        xid, lsn, transactional = r.unpack(_MESSAGE)
+        prefix = r.string()
+        (length,) = r.unpack(_U32)
+        return LogicalMessage(xid, lsn, bool(transactional), prefix, r.raw(length))
+
+    def _decode_stream_start(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        xid, first = r.unpack(_STREAM_START)
+        return StreamStart(xid, bool(first))
+
+    def _decode_stream_stop(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        return StreamStop()
+
+    def _decode_stream_abort(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
+        xid, subxid, _lsn = r.unpack(_STREAM_ABORT)
+        return StreamAbort(xid, subxid)
+
+
+def slot_changes(conn, slot: str, options: dict[str, str] | None = None, *, peek: bool = False,
+                 upto_nchanges: int | None = None,
+                 decoder: FrameDecoder | None = None) -> list[Event]:
+    """Decode a wal2arrow slot's pending changes through the SQL interface.
+
+    ``pg_logical_slot_get_binary_changes`` (or ``..._peek_...`` with ``peek=True``, which does
+    not consume them) over an ordinary psycopg connection; ``options`` are the plugin's options.
+    """
+    flat: list[str] = []
+    for key, value in (options or {}).items():
+        flat += [key, str(value)]
+    func = "pg_logical_slot_peek_binary_changes" if peek else "pg_logical_slot_get_binary_changes"
+    rows = conn.execute(
+        f"SELECT data FROM pg_catalog.{func}(%s, NULL, %s, VARIADIC %s::text[])",
+        (slot, upto_nchanges, flat)).fetchall()
+    decoder = decoder or FrameDecoder()
+    return [decoder.decode(row[0]) for row in rows]
