@@ -1,0 +1,63 @@
+/*
+ * The change-batch builder of one table: the table's columns (after-image) followed by the
+ * metadata columns of docs/decisions.md and docs/types.md, in that order:
+ *   _cdc_op, _cdc_lsn, _cdc_commit_lsn, _cdc_end_lsn, _cdc_commit_ts, _cdc_xid, _cdc_ordinal,
+ *   _cdc_before, _cdc_unchanged_toast, _cdc_unrepresentable
+ * The four per-transaction columns are constants, written when the batch is exported.
+ */
+#ifndef CDC_TABLE_H
+#define CDC_TABLE_H
+
+#include "decode.h"
+
+#define N_META 10
+
+typedef struct {
+    int64_t row;
+    char *key;       /* column name, or "_cdc_before.<column>" */
+    char *text;      /* the server's text output; NULL while it is still to be fetched */
+    uint32_t block;  /* where the snapshot can fetch it (ctid), when text is NULL */
+    uint16_t offset;
+    int col;         /* table column index */
+} Unrep;
+
+typedef struct {
+    Col *root;
+    int ntable;
+    Col *op, *lsn, *ordinal, *before, *toast;
+    Col *unrep_col;   /* builder of the map, filled at export from `unreps` */
+    Unrep *unreps;
+    int64_t nunreps, capunreps;
+    Buf scratch;
+} Tab;
+
+/* schema: the full batch schema (a struct); kinds: per table column, set by the caller. */
+Tab *tab_new(const struct ArrowSchema *schema);
+void tab_free(Tab *t);
+int64_t tab_rows(const Tab *t);
+int64_t tab_nbytes(const Tab *t);
+
+/* Record an unrepresentable value of row `row` (text may be NULL: to be fetched). */
+int tab_add_unrep(Tab *t, int64_t row, int col, int before, const char *text, int64_t textlen,
+                  uint32_t block, uint16_t offset);
+
+/* Per-row metadata (after the table columns and the before-image were appended). */
+int tab_finish_row(Tab *t, char op, uint64_t lsn, uint64_t ordinal);
+
+typedef struct {
+    int has_commit_lsn;
+    uint64_t commit_lsn;
+    int has_end_lsn;
+    uint64_t end_lsn;
+    int has_commit_ts;
+    int64_t commit_ts;   /* microseconds since 1970 */
+    uint32_t xid;
+} TxnInfo;
+
+int tab_export(Tab *t, const TxnInfo *info, struct ArrowArray *out);
+void tab_discard(Tab *t);
+
+/* Index of the _cdc_end_lsn child in an exported batch. */
+static inline int tab_end_lsn_index(const Tab *t) { return t->ntable + 3; }
+
+#endif

@@ -1,0 +1,671 @@
+"""The initial snapshot: a table's rows at the slot's consistent point, as change batches.
+
+Each table is read with ``COPY (SELECT ctid, <columns> FROM ONLY t WHERE <ctid range>) TO STDOUT
+(FORMAT binary)`` inside REPEATABLE READ transactions that import the snapshot exported with the
+slot (``SET TRANSACTION SNAPSHOT``); the COPY stream is decoded into Arrow by the native decoder
+(:mod:`cdc_notebook._native`), following the type-mapping spec, so the batches have exactly the
+schema of the change batches of wal2arrow and pgoutput: ``_cdc_op = 'r'``, ``_cdc_lsn`` and
+``_cdc_end_lsn`` the consistent point, ``_cdc_commit_lsn``/``_cdc_commit_ts`` null, ``_cdc_xid``
+0, ``_cdc_before`` null. Large tables are cut into ctid ranges read by several connections
+sharing the snapshot; batches are yielded as they are decoded (bounded queue: memory stays
+bounded whatever the table's size). See docs/snapshot.md for the hand-off to streaming.
+
+    with ExportedSnapshot(conninfo, "my_slot", plugin="pgoutput") as snap:
+        for batch in snapshot_table(conninfo, "public.orders", snap, progress=print):
+            ...
+        # stream the slot from snap.consistent_point: nothing missing, nothing twice
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from . import types as spec_types
+from ._native import CopyDecoder, TablePlan, import_batch, make_plan
+from .errors import (CDCError, ReplicationNotPermitted, TablePrivilegeMissing,
+                     WalLevelNotLogical)
+
+# Session settings under which the server's text output is what the decoders and the spec
+# expect (the text of unrepresentable values, of types mapped as text).
+SESSION_OPTIONS = ("-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC "
+                   "-c extra_float_digits=1 -c bytea_output=hex")
+
+DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_BATCH_BYTES = 32 << 20
+DEFAULT_CHUNK_PAGES = 8_192  # 64 MiB of heap per chunk with 8 kB pages
+FEED_MESSAGES = 512          # COPY messages handed to the decoder per call
+
+
+class SnapshotError(CDCError):
+    """The snapshot of a table could not be taken."""
+
+
+class SnapshotNotImportable(SnapshotError):
+    """The exported snapshot is gone (its replication connection ran another command or closed)."""
+
+
+class TableDroppedDuringSnapshot(SnapshotError):
+    """The table was dropped (or its rewrite lost the rows) while it was being read."""
+
+
+def _session_conninfo(conninfo: Mapping[str, Any] | str) -> dict[str, Any]:
+    params = (psycopg.conninfo.conninfo_to_dict(conninfo) if isinstance(conninfo, str)
+              else dict(conninfo))
+    params["options"] = (params.get("options", "") + " " + SESSION_OPTIONS).strip()
+    return params
+
+
+def connect_session(conninfo: Mapping[str, Any] | str, **kw: Any) -> psycopg.Connection[Any]:
+    """An ordinary connection with the kit's session settings (text output as the spec needs)."""
+    return psycopg.connect(**_session_conninfo(conninfo), **kw)
+
+
+# --------------------------------------------------------------------------- exported snapshots
+
+
+@dataclass
+class ExportedSnapshot:
+    """A logical slot created with an exported snapshot, kept importable while open.
+
+    The snapshot stays importable while the replication connection that created the slot
+    stays idle; :meth:`close` (or leaving the ``with`` block) releases it. Streaming the slot
+    from :attr:`consistent_point` then continues exactly where the snapshot ends.
+    """
+
+    conninfo: Mapping[str, Any] | str
+    slot_name: str
+    plugin: str = "pgoutput"
+    temporary: bool = False
+    snapshot_name: str = ""
+    consistent_point: int = 0
+    _conn: psycopg.Connection[Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        params = (psycopg.conninfo.conninfo_to_dict(self.conninfo)
+                  if isinstance(self.conninfo, str) else dict(self.conninfo))
+        try:
+            conn = psycopg.connect(**params, replication="database", autocommit=True)
+        except psycopg.OperationalError as exc:
+            if "replication" in str(exc) and ("permission" in str(exc) or "must be" in str(exc)):
+                raise ReplicationNotPermitted(
+                    f"cannot open a replication connection: {exc}",
+                    hint="ALTER ROLE <you> REPLICATION; (managed services: grant their "
+                    "replication role)", sqlstate="42501") from exc
+            raise
+        command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL {} (SNAPSHOT 'export')").format(
+            sql.Identifier(self.slot_name), sql.SQL("TEMPORARY " if self.temporary else ""),
+            sql.Identifier(self.plugin))
+        try:
+            row = conn.execute(command.as_bytes(conn), prepare=False).fetchone()
+        except psycopg.Error as exc:
+            conn.close()
+            state = exc.sqlstate
+            if "wal_level" in str(exc):
+                raise WalLevelNotLogical(
+                    f"cannot create slot {self.slot_name!r}: {exc}",
+                    hint="set wal_level = logical in postgresql.conf and restart the server",
+                    sqlstate=state) from exc
+            raise SnapshotError(f"cannot create slot {self.slot_name!r}: {exc}",
+                                sqlstate=state) from exc
+        assert row is not None
+        self.consistent_point = parse_lsn_text(row[1])
+        self.snapshot_name = row[2]
+        self._conn = conn
+
+    @property
+    def open(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def close(self) -> None:
+        """Release the snapshot (the slot stays, unless it is temporary)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> ExportedSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_lsn_text(text: str) -> int:
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+# --------------------------------------------------------------------------- table plans
+
+
+@dataclass(frozen=True)
+class SnapshotColumn:
+    name: str
+    mapping: spec_types.TypeMapping
+
+    def select_sql(self) -> sql.Composable:
+        ident = sql.Identifier(self.name)
+        # types the spec keeps as their text output are selected as ::text, so the binary
+        # COPY carries exactly that text
+        if self.mapping.kind == "other":
+            return sql.SQL("{}::text").format(ident)
+        return ident
+
+
+@dataclass(frozen=True)
+class TableSnapshotPlan:
+    """What to read for one table: its published columns, leaves, and chunking."""
+
+    relid: int
+    namespace: str
+    name: str
+    columns: tuple[SnapshotColumn, ...]
+    leaves: tuple[tuple[int, str, str, int], ...]   # (relid, namespace, name, blocks)
+    schema: pa.Schema
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    def new_table_plan(self) -> TablePlan:
+        return make_plan([(c.name, c.mapping) for c in self.columns])
+
+
+_TABLE_QUERY = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text,
+       has_table_privilege(c.oid, 'SELECT')
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = %s::regclass
+"""
+
+_COLUMNS_QUERY = """
+SELECT a.attname::text, a.atttypid::int8, a.atttypmod
+FROM pg_catalog.pg_attribute a
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+ORDER BY a.attnum
+"""
+
+_PUBLICATION_COLUMNS_QUERY = """
+SELECT attnames::text[] FROM pg_catalog.pg_publication_tables
+WHERE pubname = %s AND schemaname = %s AND tablename = %s
+"""
+
+# pg_partition_tree() is empty for a plain table: then the table is its own leaf
+_LEAVES_QUERY = """
+SELECT c.oid::int8, n.nspname::text, c.relname::text,
+       (pg_relation_size(c.oid) / current_setting('block_size')::int8)::int8
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND (c.oid = %(relid)s::oid OR c.oid IN (
+    SELECT t.relid FROM pg_partition_tree(%(relid)s::oid::regclass) t WHERE t.isleaf))
+ORDER BY c.oid
+"""
+
+
+def plan_table(conn: psycopg.Connection[Any], table: str | int,
+               catalog: spec_types.TypeCatalog | None = None,
+               publication: str | None = None) -> TableSnapshotPlan:
+    """Resolve a table (``'schema.name'``, a quoted name, or an OID) into a snapshot plan.
+
+    The columns are those pgoutput and wal2arrow publish: not dropped, not generated, and
+    within the publication's column list when ``publication`` has one.
+    """
+    catalog = catalog or spec_types.TypeCatalog.load(conn)
+    try:
+        row = conn.execute(_TABLE_QUERY, (str(table) if not isinstance(table, int) else table,)
+                           ).fetchone()
+    except psycopg.errors.UndefinedTable as exc:
+        raise TableDroppedDuringSnapshot(f"table {table} does not exist: {exc}",
+                                         hint="check the name; it may have been dropped",
+                                         sqlstate=exc.sqlstate) from exc
+    assert row is not None
+    relid, nsp, name, relkind, can_select = row
+    if relkind not in ("r", "p"):
+        raise SnapshotError(f"{nsp}.{name} is not a table (relkind {relkind!r})",
+                            hint="snapshot tables and partitioned tables, not views")
+    if not can_select:
+        raise TablePrivilegeMissing(
+            f"no SELECT privilege on {nsp}.{name}",
+            hint=f'GRANT SELECT ON "{nsp}"."{name}" TO <the CDC role>;', sqlstate="42501")
+    cols = conn.execute(_COLUMNS_QUERY, (relid,)).fetchall()
+    if publication:
+        pub = conn.execute(_PUBLICATION_COLUMNS_QUERY, (publication, nsp, name)).fetchone()
+        if pub and pub[0]:
+            allowed = set(pub[0])
+            cols = [c for c in cols if c[0] in allowed]
+    columns = tuple(SnapshotColumn(n, catalog.map_type(int(o), int(m))) for n, o, m in cols)
+    leaves = tuple((int(r[0]), r[1], r[2], int(r[3]))
+                   for r in conn.execute(_LEAVES_QUERY, {"relid": relid}).fetchall())
+    schema = spec_types.change_batch_schema([c.mapping.field(c.name) for c in columns])
+    return TableSnapshotPlan(int(relid), nsp, name, columns, leaves, schema)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+@dataclass(frozen=True)
+class SnapshotProgress:
+    """Progress of one table's snapshot, for widgets and scripts."""
+
+    table: str
+    rows: int
+    bytes: int              # COPY bytes received
+    elapsed: float          # seconds
+    pages_done: int
+    pages_total: int
+    done: bool = False
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.bytes / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def fraction(self) -> float:
+        if self.done:
+            return 1.0
+        return min(1.0, self.pages_done / self.pages_total) if self.pages_total else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, estimated from the share of the heap read (None before any)."""
+        if self.done:
+            return 0.0
+        f = self.fraction
+        if f <= 0 or self.elapsed <= 0:
+            return None
+        return self.elapsed * (1 - f) / f
+
+
+class ProgressBar:
+    """A one-line text progress bar for scripts: ``snapshot_table(..., progress=ProgressBar())``."""
+
+    def __init__(self, stream: Any = None, width: int = 30, min_interval: float = 0.2):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.min_interval = min_interval
+        self._last = 0.0
+
+    def __call__(self, p: SnapshotProgress) -> None:
+        now = time.monotonic()
+        if not p.done and now - self._last < self.min_interval:
+            return
+        self._last = now
+        filled = int(self.width * p.fraction)
+        eta = "" if p.eta is None else f" ETA {p.eta:5.1f}s"
+        line = (f"\r{p.table} [{'#' * filled}{'.' * (self.width - filled)}] "
+                f"{p.rows:,} rows {p.bytes / 1e6:,.1f} MB "
+                f"{p.rows_per_second:,.0f} rows/s {p.bytes_per_second / 1e6:,.1f} MB/s{eta}")
+        self.stream.write(line + ("\n" if p.done else ""))
+        self.stream.flush()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    index: int
+    relid: int
+    namespace: str
+    name: str
+    lo: int          # first block
+    hi: int | None   # first block past the chunk (None: to the end)
+    pages: int
+
+
+def _chunks(plan: TableSnapshotPlan, chunk_pages: int) -> list[_Chunk]:
+    out: list[_Chunk] = []
+    for relid, nsp, name, blocks in plan.leaves:
+        lo = 0
+        while True:
+            hi = lo + chunk_pages
+            last = hi >= blocks
+            out.append(_Chunk(len(out), relid, nsp, name, lo, None if last else hi,
+                              (min(hi, blocks) - lo) if blocks else 0))
+            if last:
+                break
+            lo = hi
+    return out
+
+
+def _classify(exc: psycopg.Error, table: str, snapshot_name: str) -> CDCError:
+    state = exc.sqlstate
+    text = str(exc).strip()
+    if state == "22023" and "snapshot" in text:
+        return SnapshotNotImportable(
+            f"snapshot {snapshot_name!r} can no longer be imported: {text}",
+            hint="an exported snapshot lives only while the replication connection that "
+            "created the slot stays open and idle; keep ExportedSnapshot open until every "
+            "table is read, or drop the slot and take a new snapshot", sqlstate=state)
+    if state == "42501":
+        return TablePrivilegeMissing(f"no SELECT privilege on {table}: {text}",
+                                     hint=f"GRANT SELECT ON {table} TO <the CDC role>;",
+                                     sqlstate=state)
+    if state in ("42P01", "3F000") or "could not open relation" in text \
+            or "does not exist" in text:
+        return TableDroppedDuringSnapshot(
+            f"table {table} was dropped while its snapshot was taken: {text}",
+            hint="nothing to copy any more; its reader ends. Re-run the snapshot if the table "
+            "was re-created", sqlstate=state)
+    return SnapshotError(f"snapshot of {table} failed: {text}", sqlstate=state)
+
+
+class _Worker(threading.Thread):
+    """One connection in the snapshot: imports it, copies chunks, decodes, queues batches."""
+
+    def __init__(self, owner: _TableSnapshotRun, conninfo: Mapping[str, Any] | str):
+        super().__init__(daemon=True, name=f"cdc-snapshot-{owner.plan.qualified_name}")
+        self.owner = owner
+        self.conninfo = conninfo
+
+    def run(self) -> None:
+        owner = self.owner
+        try:
+            with connect_session(self.conninfo, autocommit=False) as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                    sql.Literal(owner.snapshot_name)))
+                while not owner.stop.is_set():
+                    chunk = owner.next_chunk()
+                    if chunk is None:
+                        break
+                    self._copy(conn, chunk)
+                conn.rollback()
+        except psycopg.Error as exc:
+            owner.fail(_classify(exc, owner.plan.qualified_name, owner.snapshot_name))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+            owner.fail(exc)
+        finally:
+            owner.worker_done()
+
+    def _copy(self, conn: psycopg.Connection[Any], chunk: _Chunk) -> None:
+        owner = self.owner
+        plan = owner.plan
+        table = sql.Identifier(chunk.namespace, chunk.name)
+        where = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.lo},0)"))]
+        if chunk.hi is not None:
+            where.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({chunk.hi},0)")))
+        select = sql.SQL(", ").join([sql.SQL("ctid")] + [c.select_sql() for c in plan.columns])
+        query = sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT (FORMAT binary)").format(
+            select, table, sql.SQL(" AND ").join(where))
+        decoder = CopyDecoder(plan.new_table_plan(), owner.lsn, chunk.index << 32)
+        pending: list[Any] = []
+        # a CopyData message holds at most one row: feeding no more messages than the batch
+        # has room for keeps batches within batch_rows
+        limit = min(FEED_MESSAGES, owner.batch_rows)
+        with conn.cursor() as cur:
+            with cur.copy(query) as copy:
+                for data in copy:
+                    pending.append(data)
+                    if len(pending) >= limit:
+                        rows = decoder.feed(pending)
+                        owner.add_bytes(sum(len(d) for d in pending))
+                        pending.clear()
+                        if rows >= owner.batch_rows or decoder.nbytes >= owner.batch_bytes:
+                            self._emit(conn, chunk, decoder)
+                            rows = 0
+                        limit = min(FEED_MESSAGES, owner.batch_rows - rows)
+                        if owner.stop.is_set():
+                            return
+            if pending:
+                decoder.feed(pending)
+                owner.add_bytes(sum(len(d) for d in pending))
+        if not decoder.finished:
+            raise SnapshotError(f"the COPY of {plan.qualified_name} ended early")
+        self._emit(conn, chunk, decoder, last=True)
+
+    def _emit(self, conn: psycopg.Connection[Any], chunk: _Chunk, decoder: CopyDecoder,
+              last: bool = False) -> None:
+        rows = decoder.rows
+        if rows:
+            self._fetch_texts(conn, chunk, decoder)
+            batch = import_batch(self.owner.plan.schema, decoder.take())
+            self.owner.put(batch, rows)
+        if last:
+            self.owner.chunk_done(chunk)
+
+    def _fetch_texts(self, conn: psycopg.Connection[Any], chunk: _Chunk,
+                     decoder: CopyDecoder) -> None:
+        """Values Arrow cannot hold whose text the decoder cannot render (arrays of an unusual
+        shape): read their text output in the same snapshot, by ctid."""
+        pending = decoder.pending()
+        if not pending:
+            return
+        by_column: dict[str, list[tuple[int, str]]] = {}
+        for index, block, offset, column in pending:
+            by_column.setdefault(column, []).append((index, f"({block},{offset})"))
+        table = sql.Identifier(chunk.namespace, chunk.name)
+        for column, items in by_column.items():
+            query = sql.SQL("SELECT ctid::text, {}::text FROM ONLY {} WHERE ctid = ANY(%s::tid[])"
+                            ).format(sql.Identifier(column), table)
+            texts = dict(conn.execute(query, ([tid for _, tid in items],)).fetchall())
+            for index, tid in items:
+                decoder.resolve(index, texts[tid])
+
+
+class _TableSnapshotRun:
+    """Shared state of the workers reading one table."""
+
+    def __init__(self, plan: TableSnapshotPlan, snapshot_name: str, lsn: int, *,
+                 chunk_pages: int, batch_rows: int, batch_bytes: int, queue_size: int,
+                 progress: Callable[[SnapshotProgress], None] | None):
+        self.plan = plan
+        self.snapshot_name = snapshot_name
+        self.lsn = lsn
+        self.batch_rows = batch_rows
+        self.batch_bytes = batch_bytes
+        self.progress = progress
+        self.chunks = _chunks(plan, chunk_pages)
+        self.pages_total = sum(c.pages for c in self.chunks)
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.next_index = 0
+        self.workers_left = 0
+        self.rows = 0
+        self.bytes = 0
+        self.pages_done = 0
+        self.started = time.monotonic()
+        self.error: BaseException | None = None
+
+    def next_chunk(self) -> _Chunk | None:
+        with self.lock:
+            if self.next_index >= len(self.chunks):
+                return None
+            chunk = self.chunks[self.next_index]
+            self.next_index += 1
+            return chunk
+
+    def add_bytes(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+    def put(self, batch: pa.RecordBatch, rows: int) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(batch, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        with self.lock:
+            self.rows += rows
+
+    def chunk_done(self, chunk: _Chunk) -> None:
+        with self.lock:
+            self.pages_done += chunk.pages
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = exc
+        self.stop.set()
+
+    def worker_done(self) -> None:
+        with self.lock:
+            self.workers_left -= 1
+            last = self.workers_left == 0
+        if last:
+            self.queue.put(None)
+
+    def snapshot_progress(self, done: bool = False) -> SnapshotProgress:
+        with self.lock:
+            return SnapshotProgress(self.plan.qualified_name, self.rows, self.bytes,
+                                    time.monotonic() - self.started, self.pages_done,
+                                    self.pages_total, done)
+
+
+def snapshot_table(conninfo: Mapping[str, Any] | str, table: str | int | TableSnapshotPlan,
+                   snapshot: ExportedSnapshot | tuple[str, int], *, workers: int = 2,
+                   chunk_pages: int = DEFAULT_CHUNK_PAGES,
+                   batch_rows: int = DEFAULT_BATCH_ROWS, batch_bytes: int = DEFAULT_BATCH_BYTES,
+                   publication: str | None = None,
+                   progress: Callable[[SnapshotProgress], None] | None = None
+                   ) -> Iterator[pa.RecordBatch]:
+    """Yield a table's rows at the snapshot as change batches (``_cdc_op = 'r'``).
+
+    ``snapshot`` is an open :class:`ExportedSnapshot` or ``(snapshot_name, consistent_lsn)``.
+    Chunks of ``chunk_pages`` heap pages are read by up to ``workers`` connections; batches
+    hold at most ``batch_rows`` rows (about ``batch_bytes``) and at most ``2 * workers`` of them
+    wait in memory. Chunks come in no fixed order; ``_cdc_ordinal`` is ``chunk << 32 | row``.
+    ``progress`` is called after every batch and once at the end.
+    """
+    if isinstance(snapshot, ExportedSnapshot):
+        if not snapshot.open:
+            raise SnapshotNotImportable(
+                f"the exported snapshot of slot {snapshot.slot_name!r} was released",
+                hint="keep the ExportedSnapshot open until every table is read")
+        snapshot_name, lsn = snapshot.snapshot_name, snapshot.consistent_point
+    else:
+        snapshot_name, lsn = snapshot
+    if isinstance(table, TableSnapshotPlan):
+        plan = table
+    else:
+        with connect_session(conninfo, autocommit=False) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                    sql.Literal(snapshot_name)))
+                plan = plan_table(conn, table, publication=publication)
+            except psycopg.Error as exc:
+                raise _classify(exc, str(table), snapshot_name) from exc
+    run = _TableSnapshotRun(plan, snapshot_name, lsn, chunk_pages=max(1, chunk_pages),
+                            batch_rows=batch_rows, batch_bytes=batch_bytes,
+                            queue_size=2 * max(1, workers), progress=progress)
+    threads = [_Worker(run, conninfo) for _ in range(max(1, min(workers, len(run.chunks))))]
+    run.workers_left = len(threads)
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            item = run.queue.get()
+            if item is None:
+                break
+            if progress:
+                progress(run.snapshot_progress())
+            yield item
+        if run.error is not None:
+            raise run.error
+        if progress:
+            progress(run.snapshot_progress(done=True))
+    finally:
+        run.stop.set()
+        while any(t.is_alive() for t in threads):
+            try:
+                run.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        for t in threads:
+            t.join()
+
+
+# --------------------------------------------------------------------------- the hand-off
+
+
+class TableState(str, Enum):
+    """Where a table is in the hand-off from its snapshot to the change stream."""
+
+    PENDING = "pending"
+    SNAPSHOTTING = "snapshotting"
+    CATCHING_UP = "catching_up"
+    STREAMING = "streaming"
+    FAILED = "failed"
+
+
+_TRANSITIONS = {
+    TableState.PENDING: {TableState.SNAPSHOTTING, TableState.FAILED},
+    TableState.SNAPSHOTTING: {TableState.CATCHING_UP, TableState.FAILED},
+    TableState.CATCHING_UP: {TableState.STREAMING, TableState.FAILED},
+    TableState.STREAMING: {TableState.FAILED},
+    TableState.FAILED: set(),
+}
+
+
+class TableHandoff:
+    """The per-table state machine of docs/snapshot.md, with its merge rule.
+
+    * ``SNAPSHOTTING``: the table's rows are read at ``snapshot_lsn``; changes from the stream
+      for it are held back (``hold``), not applied.
+    * ``CATCHING_UP``: the snapshot is complete; held changes are released in order, and a
+      change is *dropped* when its transaction's end LSN is at or below ``snapshot_lsn`` (the
+      snapshot already contains it); the rest are applied.
+    * ``STREAMING``: every change is applied as it comes.
+
+    With the slot's exported snapshot no held change is at or below the consistent point, so
+    the merge keeps everything; a table joining a running stream (snapshot taken later, with
+    a watermark LSN) relies on the rule to drop the changes its snapshot already contains.
+    """
+
+    def __init__(self, table: str, snapshot_lsn: int):
+        self.table = table
+        self.snapshot_lsn = snapshot_lsn
+        self.state = TableState.PENDING
+        self.held: list[tuple[int, Any]] = []
+        self.error: BaseException | None = None
+
+    def _move(self, new: TableState) -> None:
+        if new not in _TRANSITIONS[self.state]:
+            raise SnapshotError(f"{self.table}: cannot go from {self.state.value} to {new.value}")
+        self.state = new
+
+    def start_snapshot(self) -> None:
+        self._move(TableState.SNAPSHOTTING)
+
+    def snapshot_done(self) -> list[Any]:
+        """End of the snapshot: the held changes that must be applied, in order."""
+        self._move(TableState.CATCHING_UP)
+        released = [item for end_lsn, item in self.held if end_lsn > self.snapshot_lsn]
+        self.held.clear()
+        self._move(TableState.STREAMING)
+        return released
+
+    def failed(self, exc: BaseException) -> None:
+        self.error = exc
+        self.state = TableState.FAILED
+
+    def offer(self, end_lsn: int, item: Any) -> list[Any]:
+        """A change for this table from the stream: what to apply now (maybe nothing)."""
+        if self.state in (TableState.PENDING, TableState.SNAPSHOTTING):
+            self.held.append((end_lsn, item))
+            return []
+        if self.state is TableState.FAILED:
+            return []
+        return [item] if end_lsn > self.snapshot_lsn else []
+
+
+__all__ = ["ExportedSnapshot", "ProgressBar", "SnapshotError", "SnapshotNotImportable",
+           "SnapshotProgress", "TableDroppedDuringSnapshot", "TableHandoff", "TableSnapshotPlan",
+           "TableState", "connect_session", "plan_table", "snapshot_table"]
