@@ -88,8 +88,8 @@ class ProcessSampler:
                         self._last.setdefault(pid, ProcSample("", 0.0, 0, 0, 0))
                 except Exception as exc:  # the lookup connection failed: say so in the result
                     self.error = f"{type(exc).__name__}: {exc}"
-                # look up often until something was found, then rarely (reconnects only)
-                next_lookup = now + (0.01 if not self._last else 0.5)
+                # look up often until something was found, then less (more connections, reconnects)
+                next_lookup = now + (0.01 if not self._last else 0.1)
             for pid in list(self._last):
                 sample = read_proc(pid)
                 if sample is not None:
