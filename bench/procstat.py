@@ -92,8 +92,15 @@ class ProcessSampler:
                 next_lookup = now + (0.01 if not self._last else 0.1)
             for pid in list(self._last):
                 sample = read_proc(pid)
-                if sample is not None:
-                    self._last[pid] = sample
+                if sample is None:
+                    continue
+                prev = self._last[pid]
+                if sample.hwm_kb == 0 and prev.hwm_kb:
+                    # an exited, not yet reaped process (zombie) has no memory left to show:
+                    # keep its last memory reading, take its final CPU time
+                    sample = ProcSample(prev.comm, sample.cpu_s, prev.rss_kb, prev.rss_anon_kb,
+                                        prev.hwm_kb)
+                self._last[pid] = sample
                     self._anon_peak[pid] = max(self._anon_peak.get(pid, 0), sample.rss_anon_kb)
             self._stop.wait(self._interval if self._last else 0.005)
 

@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                       for c in consumers},
     }
     paths = report.write_reports(meta, records, cfg.out, cfg.tag,
-                                 latest=not cfg.quick and cfg.only is None)
+                                 latest=not cfg.quick and cfg.only is None and not cfg.tag)
     for path in paths:
         log(f"wrote {path}")
     return 0
