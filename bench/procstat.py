@@ -101,7 +101,7 @@ class ProcessSampler:
                     sample = ProcSample(prev.comm, sample.cpu_s, prev.rss_kb, prev.rss_anon_kb,
                                         prev.hwm_kb)
                 self._last[pid] = sample
-                    self._anon_peak[pid] = max(self._anon_peak.get(pid, 0), sample.rss_anon_kb)
+                self._anon_peak[pid] = max(self._anon_peak.get(pid, 0), sample.rss_anon_kb)
             self._stop.wait(self._interval if self._last else 0.005)
 
     @property

@@ -37,9 +37,15 @@ class KitStream(Consumer):
             return f"not available yet: cdc_notebook.reader.CDCStream ({exc})"
         try:
             make_decoder(self.plugin, "bench_pub")
-        except ImportError as exc:
-            return f"not available yet: the kit's {self.plugin} decoder ({exc})"
-        except Exception as exc:  # DecoderUnavailable and the like
+        except TypeError:
+            # make_decoder wants more than (plugin, publication) now (a catalog connection):
+            # CDCStream supplies it; check that the decoder's module is there
+            module = "frames" if self.plugin == "wal2arrow" else "pgoutput"
+            try:
+                __import__(f"cdc_notebook.{module}")
+            except ImportError as exc:
+                return f"not available yet: the kit's {self.plugin} decoder ({exc})"
+        except Exception as exc:  # ImportError, DecoderUnavailable, a decoder not wired yet
             return f"not available yet: the kit's {self.plugin} decoder ({exc})"
         return super().unavailable(env)
 
