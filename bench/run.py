@@ -31,7 +31,7 @@ from typing import Any
 from . import report
 from .consumers import Consumer, Env, Job, load_all, plugin_options
 from .procstat import ProcessSampler
-from .workload import (LATENCY_ID_BASE, create_schema, create_wide_schema, lsn_int, run_standard,
+from .workload import (LATENCY_ID_BASE, create_schema, create_wide_schema, run_standard,
                        run_wide)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ class Round:
         transport = "unix" if consumer.transport == "server" else consumer.transport
         conninfo = self.server.conninfo(transport)
         conninfo.pop("password", None)
-        timeout = 180.0 + kw.get("expected_events", 0) / 2000.0
+        timeout = 120.0 + kw.get("expected_events", 0) / 5000.0
         return Job(consumer=consumer.name, mode=mode, workload=workload, conninfo=conninfo,
                    transport=consumer.transport, major=self.env.major,
                    bindir=str(self.env.bindir), work_dir=str(self.work),
