@@ -345,7 +345,7 @@ def _chunks(plan: TableSnapshotPlan, chunk_pages: int) -> list[_Chunk]:
 def _classify(exc: psycopg.Error, table: str, snapshot_name: str) -> CDCError:
     state = exc.sqlstate
     text = str(exc).strip()
-    if state == "22023" and "snapshot" in text:
+    if state in ("22023", "42704") and "snapshot" in text:
         return SnapshotNotImportable(
             f"snapshot {snapshot_name!r} can no longer be imported: {text}",
             hint="an exported snapshot lives only while the replication connection that "

@@ -430,7 +430,7 @@ static int finish_held(DecObject *d, PyObject *out) {
     Py_DECREF(PyList_GET_ITEM(out, PyList_GET_SIZE(out) - 1));
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(d->held, i);
-        if (PyTuple_GET_SIZE(item) == 5) {
+        if (PyTuple_GET_SIZE(item) == 5 && PyCapsule_CheckExact(PyTuple_GET_ITEM(item, 3))) {
             struct ArrowArray *a = PyCapsule_GetPointer(PyTuple_GET_ITEM(item, 3), "arrow_array");
             int idx = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 4));
             if (!a)

@@ -1,0 +1,472 @@
+"""The pgoutput fallback: PostgreSQL's built-in output plugin decoded into the kit's batches.
+
+When wal2arrow is not on the server (managed services), the slot uses ``pgoutput`` and this
+module turns its messages into the same events and the same Arrow schema as the wal2arrow path
+(:mod:`cdc_notebook.events`, ``docs/decisions.md``, the type-mapping spec of
+:mod:`cdc_notebook.types`). Decoding is native (:mod:`cdc_notebook._native`): messages cross
+from Python to C in lists, rows never pass through Python.
+
+* **Protocol version** 1 to 4, the newest the server supports (:func:`protocol_version_for`):
+  v2+ streams large in-progress transactions, which the decoder buffers per transaction
+  (spilled to a temporary file past ``spill_bytes``), drops on abort (a rolled-back
+  subtransaction's rows on its own abort) and emits at stream commit as an ordinary
+  ``Begin ... Commit`` sequence, one bounded batch at a time.
+* **Binary or text**: binary (PostgreSQL 14+) applies to the whole stream, so it is chosen
+  only when every published column's type has a complete binary decoder in the kit
+  (:func:`choose_mode`); each Relation message is checked again, and a table that needs text
+  raises :class:`BinaryModeUnsupported`, on which :class:`PgoutputStream` restarts in text mode
+  from the last acknowledged position (nothing of the interrupted transaction was emitted).
+* **Batches**: rows accumulate per relation within a transaction and are emitted at its commit
+  (with its end LSN), in change order across TRUNCATEs and logical messages, and sealed into a
+  new batch every ``max_rows`` rows / ``max_bytes`` bytes.
+
+See docs/pgoutput.md for the message-by-message mapping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from . import types as spec_types
+from ._native import PgoutputDecoder as _NativeDecoder
+from ._native import TablePlan, import_batch, make_plan
+from .errors import CDCError
+from .events import (Begin, ChangeBatch, Commit, Event, LogicalMessage, RelationSchema,
+                     Truncate)
+from .snapshot import SESSION_OPTIONS
+
+DEFAULT_MAX_ROWS = 65_536
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_SPILL_BYTES = 16 << 20
+
+
+class BinaryModeUnsupported(CDCError):
+    """A relation arrived in a binary-mode stream with a column the kit reads only as text."""
+
+
+class PgoutputError(CDCError):
+    """The pgoutput stream could not be set up or decoded."""
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """A primary keepalive seen by :meth:`PgoutputEventDecoder.feed` (not an Event)."""
+
+    wal_end: int
+    reply_requested: bool
+
+
+def protocol_version_for(server_version_num: int) -> int:
+    """The newest pgoutput protocol version a server supports (1 to 4)."""
+    if server_version_num >= 160000:
+        return 4  # parallel streaming (abort LSN and time on StreamAbort, when asked)
+    if server_version_num >= 150000:
+        return 3  # two-phase commit (not enabled by the kit)
+    if server_version_num >= 140000:
+        return 2  # streaming of in-progress transactions
+    return 1
+
+
+def _binary_capable(mapping: spec_types.TypeMapping) -> bool:
+    # arrays of an unusual shape need the server's text, which only text mode carries;
+    # 'other' types are their text output
+    return mapping.kind not in ("array", "other")
+
+
+_PUBLISHED_COLUMNS = """
+SELECT pt.schemaname::text, pt.tablename::text, a.attname::text, a.atttypid::int8, a.atttypmod
+FROM pg_catalog.pg_publication_tables pt
+JOIN pg_catalog.pg_class c ON c.relname = pt.tablename
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace AND n.nspname = pt.schemaname
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+WHERE pt.pubname = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+"""
+
+
+@dataclass(frozen=True)
+class ModeChoice:
+    binary: bool
+    reason: str
+
+    @property
+    def mode(self) -> str:
+        return "binary" if self.binary else "text"
+
+
+def choose_mode(conn: psycopg.Connection[Any], publications: Iterable[str],
+                catalog: spec_types.TypeCatalog | None = None) -> ModeChoice:
+    """Binary when the server has it and every published column has a binary decoder."""
+    version = conn.info.server_version
+    if version < 140000:
+        return ModeChoice(False, f"server {version} predates binary pgoutput (PostgreSQL 14)")
+    catalog = catalog or spec_types.TypeCatalog.load(conn)
+    rows = conn.execute(_PUBLISHED_COLUMNS, (list(publications),)).fetchall()
+    blockers = []
+    for nsp, rel, col, typoid, typmod in rows:
+        mapping = catalog.map_type(int(typoid), int(typmod))
+        if not _binary_capable(mapping):
+            blockers.append(f"{nsp}.{rel}.{col} ({mapping.metadata.get('pg.type', '?')})")
+    if blockers:
+        shown = ", ".join(sorted(blockers)[:5]) + (" ..." if len(blockers) > 5 else "")
+        return ModeChoice(False, f"text: {len(blockers)} published column(s) need the server's "
+                          f"text output: {shown}")
+    return ModeChoice(True, f"binary: all {len(rows)} published columns have binary decoders")
+
+
+def start_options(publications: Iterable[str], *, protocol_version: int, binary: bool,
+                  streaming: bool = True, messages: bool = True,
+                  parallel: bool = False) -> dict[str, str]:
+    """START_REPLICATION options for pgoutput."""
+    opts = {"proto_version": str(protocol_version),
+            "publication_names": ",".join(_quote_publication(p) for p in publications)}
+    if protocol_version >= 2 or binary:
+        opts["binary"] = "true" if binary else "false"
+    if messages:
+        opts["messages"] = "true"
+    if protocol_version >= 2:
+        opts["streaming"] = ("parallel" if parallel and protocol_version >= 4
+                             else "on" if streaming else "off")
+    return opts
+
+
+def _quote_publication(name: str) -> str:
+    # pgoutput splits publication_names like an identifier list
+    return '"' + name.replace('"', '""') + '"'
+
+
+# --------------------------------------------------------------------------- the decoder
+
+
+@dataclass
+class _RelationState:
+    signature: tuple[Any, ...]
+    version: int
+    plan: TablePlan
+    schema: pa.Schema
+    namespace: str
+    name: str
+
+
+class PgoutputEventDecoder:
+    """pgoutput CopyData messages → :mod:`cdc_notebook.events`.
+
+    ``catalog`` is an ordinary connection (or a :class:`~cdc_notebook.types.TypeCatalog`) used
+    to map the types of Relation messages through the spec. ``binary`` says whether the stream
+    was started in binary mode (a relation that would need text then raises
+    :class:`BinaryModeUnsupported`).
+    """
+
+    def __init__(self, catalog: psycopg.Connection[Any] | spec_types.TypeCatalog, *,
+                 binary: bool = False, max_rows: int = DEFAULT_MAX_ROWS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int = DEFAULT_SPILL_BYTES,
+                 abort_info: bool = False):
+        self.catalog = (catalog if isinstance(catalog, spec_types.TypeCatalog)
+                        else spec_types.TypeCatalog.load(catalog))
+        self.binary = binary
+        self.relations: dict[int, _RelationState] = {}
+        self._native = _NativeDecoder(self._on_relation, max_rows=max_rows, max_bytes=max_bytes,
+                                      spill_bytes=spill_bytes, abort_info=abort_info)
+
+    # ---- relations
+
+    def _on_relation(self, relid: int, namespace: str, name: str, identity: str,
+                     columns: tuple[tuple[str, int, int, int], ...]) -> tuple[TablePlan, Any]:
+        namespace = namespace or "pg_catalog"
+        signature = (namespace, name, identity, columns)
+        state = self.relations.get(relid)
+        if state is not None and state.signature == signature:
+            return state.plan, None
+        mapped = [(col, self.catalog.map_type(typoid, typmod)) for col, _f, typoid, typmod in columns]
+        if self.binary:
+            text_only = [f"{col} ({m.metadata.get('pg.type', '?')})" for col, m in mapped
+                         if not _binary_capable(m)]
+            if text_only:
+                raise BinaryModeUnsupported(
+                    f"{namespace}.{name} has columns the kit reads only as text in a binary "
+                    f"stream: {', '.join(text_only)}",
+                    hint="restart the stream with binary=false (PgoutputStream does this itself)")
+        plan = make_plan(mapped)
+        version = state.version + 1 if state is not None else 1
+        schema = plan.schema
+        self.relations[relid] = _RelationState(signature, version, plan, schema, namespace, name)
+        keys = tuple(col for col, flags, _t, _m in columns if flags & 1)
+        event = RelationSchema(relid, version, namespace, name, identity, keys, schema)
+        return plan, event
+
+    # ---- messages
+
+    def _convert(self, raw: list[tuple[Any, ...]]) -> Iterator[Event | Keepalive]:
+        for item in raw:
+            tag = item[0]
+            if tag == "batch":
+                state = self.relations[item[1]]
+                yield ChangeBatch(item[1], state.version, state.namespace, state.name, item[2],
+                                  import_batch(state.schema, item[3]))
+            elif tag == "begin":
+                yield Begin(item[1], item[2], item[3], item[4])
+            elif tag == "commit":
+                yield Commit(item[1], item[2], item[3], item[4])
+            elif tag == "relation":
+                yield item[2]
+            elif tag == "truncate":
+                relids = tuple(int(r) for r in item[3])
+                names = tuple(f"{self.relations[r].namespace}.{self.relations[r].name}"
+                              for r in relids)
+                yield Truncate(item[1], item[2], names, relids, bool(item[4] & 1),
+                               bool(item[4] & 2))
+            elif tag == "message":
+                yield LogicalMessage(item[1], item[2], item[3], item[4], item[5])
+            elif tag == "keepalive":
+                yield Keepalive(item[1], item[2])
+            else:
+                raise PgoutputError(f"unknown native event {tag!r}")
+
+    def feed(self, messages: list[Any]) -> Iterator[Event | Keepalive]:
+        """Decode CopyData messages (XLogData 'w' with its 25-byte header, keepalives 'k').
+
+        A generator: a committed streamed transaction is replayed one batch at a time as the
+        caller iterates, so a huge transaction never sits in memory as Arrow.
+        """
+        start = 0
+        while start < len(messages):
+            raw, start = self._native.feed(messages, start)
+            yield from self._convert(raw)
+            while True:
+                step = self._native.replay_step()
+                if step is None:
+                    break
+                yield from self._convert(step)
+
+    def decode(self, payload: Any) -> list[Event]:
+        """One XLogData payload (the pgoutput message after the 25-byte header), for readers
+        that hand messages one at a time. The header's change LSN is recovered when the payload
+        is a view into the received message; otherwise ``_cdc_lsn`` is 0."""
+        base = getattr(payload, "obj", None)
+        if isinstance(base, (bytes, bytearray)) and len(base) == len(payload) + 25 \
+                and base[:1] == b"w":
+            message: Any = base
+        else:
+            message = b"w" + bytes(24) + bytes(payload)
+        return [e for e in self.feed([message]) if not isinstance(e, Keepalive)]
+
+    def reset(self) -> None:
+        """Forget partial transactions (after a reconnect, the server starts at a boundary)."""
+        self._native.reset()
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self._native.in_transaction)
+
+    @property
+    def streamed_xids(self) -> list[int]:
+        return list(self._native.streamed_xids)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        n = self._native
+        return {"messages": n.messages, "rows": n.rows, "spilled_bytes": n.spilled_bytes,
+                "buffered_bytes": n.buffered_bytes}
+
+
+def make_stream_decoder(publication: str | None, conninfo: Mapping[str, Any] | str | None = None,
+                        *, catalog: psycopg.Connection[Any] | None = None,
+                        binary: bool | None = None) -> tuple[PgoutputEventDecoder, dict[str, str]]:
+    """A decoder and its START_REPLICATION options, for a reader's replication loop.
+
+    The decoder needs an ordinary connection for type lookups (``catalog``, or one opened from
+    ``conninfo`` with the kit's session settings).
+    """
+    if not publication:
+        raise PgoutputError("pgoutput streams need a publication",
+                            hint="pass the publication the slot's tables are in")
+    if catalog is None:
+        if conninfo is None:
+            raise PgoutputError("the pgoutput decoder needs a catalog connection for type lookups",
+                                hint="pass conninfo= or catalog= to make_stream_decoder")
+        from .snapshot import connect_session
+
+        catalog = connect_session(conninfo, autocommit=True)
+    version = protocol_version_for(catalog.info.server_version)
+    choice = choose_mode(catalog, [publication]) if binary is None else ModeChoice(binary, "asked")
+    options = start_options([publication], protocol_version=version, binary=choice.binary)
+    return PgoutputEventDecoder(catalog, binary=choice.binary), options
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+class PgoutputStream:
+    """A pgoutput replication stream on psycopg's pq layer, decoded into events.
+
+    ``events()`` yields events as they come (``Keepalive`` markers included when
+    ``keepalives=True``); :meth:`acknowledge` reports a flush position (send it only for
+    transactions whose batches were consumed: the end LSN of their ``Commit``).
+    :attr:`mode` and :attr:`mode_reason` say whether the stream is binary or text and why.
+    """
+
+    def __init__(self, conninfo: Mapping[str, Any] | str, slot: str, publications: Iterable[str]
+                 | str, *, start_lsn: int = 0, binary: bool | None = None,
+                 streaming: bool = True, messages: bool = True,
+                 protocol_version: int | None = None, max_rows: int = DEFAULT_MAX_ROWS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int = DEFAULT_SPILL_BYTES,
+                 feedback_interval: float = 10.0):
+        from .replication import ReplicationConnection
+        from .snapshot import connect_session
+
+        self.conninfo = conninfo
+        self.slot = slot
+        self.publications = [publications] if isinstance(publications, str) else list(publications)
+        self.catalog = connect_session(conninfo, autocommit=True)
+        server = self.catalog.info.server_version
+        self.protocol_version = protocol_version or protocol_version_for(server)
+        if self.protocol_version > protocol_version_for(server):
+            raise PgoutputError(f"protocol version {self.protocol_version} needs a newer server "
+                                f"than {server}",
+                                hint=f"use proto_version <= {protocol_version_for(server)}")
+        types_catalog = spec_types.TypeCatalog.load(self.catalog)
+        if binary is None:
+            choice = choose_mode(self.catalog, self.publications, types_catalog)
+        else:
+            choice = ModeChoice(binary, "binary asked by the caller" if binary
+                                else "text asked by the caller")
+        self.mode_choice = choice
+        self._types_catalog = types_catalog
+        self.streaming = streaming and self.protocol_version >= 2
+        self.messages = messages
+        self.limits = (max_rows, max_bytes, spill_bytes)
+        self.flushed = start_lsn
+        self.feedback_interval = feedback_interval
+        self._last_feedback = time.monotonic()
+        self._rc_class = ReplicationConnection
+        self._session_params = (psycopg.conninfo.conninfo_to_dict(conninfo)
+                                if isinstance(conninfo, str) else dict(conninfo))
+        self._session_params["options"] = (self._session_params.get("options", "") + " "
+                                           + SESSION_OPTIONS).strip()
+        self.rc: Any = None
+        self.decoder: PgoutputEventDecoder | None = None
+        self._start(start_lsn)
+
+    @property
+    def mode(self) -> str:
+        return self.mode_choice.mode
+
+    @property
+    def mode_reason(self) -> str:
+        return self.mode_choice.reason
+
+    def options(self) -> dict[str, str]:
+        return start_options(self.publications, protocol_version=self.protocol_version,
+                             binary=self.mode_choice.binary, streaming=self.streaming,
+                             messages=self.messages)
+
+    def _start(self, lsn: int) -> None:
+        max_rows, max_bytes, spill = self.limits
+        self.decoder = PgoutputEventDecoder(self._types_catalog, binary=self.mode_choice.binary,
+                                            max_rows=max_rows, max_bytes=max_bytes,
+                                            spill_bytes=spill)
+        self.rc = self._rc_class(self._session_params)
+        self.rc.start(self.slot, lsn, self.options())
+
+    def _read(self, wait: float, max_messages: int = 4096) -> list[Any]:
+        """Whole CopyData messages (XLogData with its header: the change LSN is in it)."""
+        from .replication import StreamLost
+
+        pgconn = self.rc.pgconn
+        out: list[Any] = []
+        deadline = time.monotonic() + wait
+        while len(out) < max_messages:
+            try:
+                nbytes, data = pgconn.get_copy_data(1)
+            except psycopg.OperationalError as exc:
+                raise StreamLost(f"replication connection lost: {exc}") from exc
+            if nbytes == 0:
+                if out:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.rc._wait_readable(remaining):
+                    break
+                try:
+                    pgconn.consume_input()
+                except psycopg.OperationalError as exc:
+                    raise StreamLost(f"replication connection lost: {exc}") from exc
+                continue
+            if nbytes < 0:
+                self.rc._end_of_copy()
+            out.append(data)
+        return out
+
+    def events(self, timeout: float | None = None, *, keepalives: bool = False,
+               idle_timeout: float | None = None) -> Iterator[Event | Keepalive]:
+        """Events until ``timeout`` seconds passed, or ``idle_timeout`` seconds without data
+        (keepalives do not count as data)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_data = time.monotonic()
+        while deadline is None or time.monotonic() < deadline:
+            messages = self._read(0.1)
+            got_data = False
+            try:
+                for event in self.decoder.feed(messages):  # type: ignore[union-attr]
+                    if isinstance(event, Keepalive):
+                        self.last_wal_end = max(self.last_wal_end, event.wal_end)
+                        if event.reply_requested:
+                            self.send_feedback()
+                        if keepalives:
+                            yield event
+                        continue
+                    got_data = True
+                    yield event
+            except BinaryModeUnsupported as exc:
+                # binary applies to the whole stream: start again in text from what was
+                # acknowledged (events of the interrupted transaction were never emitted)
+                self.mode_choice = ModeChoice(False, f"text: switched from binary: {exc.message}")
+                self.rc.close()
+                self._start(self.flushed)
+                continue
+            if time.monotonic() - self._last_feedback > self.feedback_interval:
+                self.send_feedback()
+            if got_data:
+                last_data = time.monotonic()
+            elif idle_timeout is not None and time.monotonic() - last_data > idle_timeout:
+                return
+
+    last_wal_end = 0
+
+
+    def acknowledge(self, lsn: int) -> None:
+        """Report everything up to ``lsn`` as flushed (sent at the next feedback)."""
+        self.flushed = max(self.flushed, lsn)
+        self.send_feedback()
+
+    def send_feedback(self) -> None:
+        self.rc.send_feedback(self.flushed, reply=False)
+        self._last_feedback = time.monotonic()
+
+    def close(self) -> None:
+        if self.rc is not None:
+            self.rc.close()
+        self.catalog.close()
+
+    def __enter__(self) -> PgoutputStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def create_publication(conn: psycopg.Connection[Any], name: str, tables: Iterable[str]) -> None:
+    """CREATE PUBLICATION name FOR TABLE ... (a helper for tests and scripts)."""
+    idents = [sql.Identifier(*t.split(".", 1)) for t in tables]
+    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+        sql.Identifier(name), sql.SQL(", ").join(idents)))
+
+
+__all__ = ["BinaryModeUnsupported", "Keepalive", "ModeChoice", "PgoutputError",
+           "PgoutputEventDecoder", "PgoutputStream", "choose_mode", "create_publication",
+           "make_stream_decoder", "protocol_version_for", "start_options"]
