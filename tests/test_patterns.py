@@ -256,6 +256,9 @@ def test_preview_never_raises_and_caches(conn: psycopg.Connection[Any]) -> None:
     try:
         cached = preview(conn, "analytics.*", max_age=60)
         assert "analytics.sessions" not in cached.names  # served from the cached catalog
+        # past max_age the fingerprint notices the new table and the catalog is read again
+        revalidated = preview(conn, "analytics.*", max_age=1e-9)
+        assert "analytics.sessions" in revalidated.names
         fresh = preview(conn, "analytics.*", max_age=0)
         assert "analytics.sessions" in fresh.names
         assert "analytics.sessions" in {t.qualified_name for t in match_tables(conn, "analytics.*")}
@@ -264,6 +267,20 @@ def test_preview_never_raises_and_caches(conn: psycopg.Connection[Any]) -> None:
         catalog_cache.invalidate(conn)
     keyless = preview(conn, "keys.*")
     assert {t.qualified_name for t in keyless.without_key} == {"keys.no_pk", "keys.nothing"}
+
+
+def test_fingerprint_follows_grants_and_identity(conn: psycopg.Connection[Any]) -> None:
+    from cdc_notebook.patterns import catalog_fingerprint
+
+    before = catalog_fingerprint(conn)
+    assert catalog_fingerprint(conn) == before
+    conn.execute("ALTER TABLE keys.no_pk REPLICA IDENTITY FULL")
+    after_identity = catalog_fingerprint(conn)
+    assert after_identity != before
+    conn.execute("ALTER TABLE keys.no_pk REPLICA IDENTITY DEFAULT")
+    conn.execute("GRANT SELECT ON keys.no_pk TO PUBLIC")
+    assert catalog_fingerprint(conn) not in (before, after_identity)
+    conn.execute("REVOKE SELECT ON keys.no_pk FROM PUBLIC")
 
 
 def test_discovery_inside_a_transaction_leaves_it_clean(catalog_db: dict[str, Any]) -> None:
