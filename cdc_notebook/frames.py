@@ -7,7 +7,7 @@ from a replication stream each XLogData message's payload. Arrow bodies are read
 
     decoder = FrameDecoder()
     for frame in frames:
-        event = decoder.decode(frame)       # Begin, RelationSchema, ChangeBatch, Commit, ...
+        for event in decoder.decode(frame):   # Begin, RelationSchema, ChangeBatch, Commit, ...
 """
 
 from __future__ import annotations
@@ -61,14 +61,6 @@ class FrameError(CDCError):
     """A frame the decoder cannot read: unknown type, unsupported version, or corrupt."""
 
 
-def _aligned_buffer(view: memoryview) -> pa.Buffer:
-    """A pyarrow buffer over ``view``; copied only when its start is not 8-byte aligned."""
-    buf = pa.py_buffer(view)
-    if buf.address % 8 == 0:
-        return buf
-    return pa.py_buffer(bytes(view))  # bytes' data is 16-byte aligned
-
-
 class _Reader:
     __slots__ = ("view", "pos")
 
@@ -101,6 +93,7 @@ class FrameDecoder:
 
     def __init__(self) -> None:
         self._schemas: dict[tuple[int, int], RelationSchema] = {}
+        self.copied_bodies = 0  # Arrow bodies that were not 8-byte aligned and had to be copied
 
     def schema(self, relid: int, version: int) -> RelationSchema:
         try:
@@ -111,7 +104,11 @@ class FrameDecoder:
                 hint="decode every frame of the stream in order, from the start of the "
                 "decoding session") from None
 
-    def decode(self, frame: Buffer, offset: int = 0) -> Event:
+    def decode(self, frame: Buffer) -> list[Event]:
+        """The events of one frame (one plugin write): the decoder protocol of the reader."""
+        return [self.decode_one(frame)]
+
+    def decode_one(self, frame: Buffer, offset: int = 0) -> Event:
         """Decode the frame at ``frame[offset:]`` (offset 25 for a raw XLogData message)."""
         view = memoryview(frame)
         if view.ndim != 1 or view.itemsize != 1:
@@ -135,7 +132,14 @@ class FrameDecoder:
         return getattr(self, f"_decode_{kind}")(reader, view, offset, body_offset)
 
     def decode_all(self, frames: Iterable[Buffer]) -> list[Event]:
-        return [self.decode(frame) for frame in frames]
+        return [self.decode_one(frame) for frame in frames]
+
+    def _body(self, view: memoryview) -> pa.Buffer:
+        buf = pa.py_buffer(view)
+        if buf.address % 8 == 0:
+            return buf
+        self.copied_bodies += 1
+        return pa.py_buffer(bytes(view))  # bytes' data is 16-byte aligned
 
     # -- mirror of wal2arrow/src/frame.c
 
@@ -156,7 +160,7 @@ class FrameDecoder:
         keys = tuple(r.string() for _ in range(nkeys))
         if body == 0 or start + body > len(view):
             raise FrameError("schema frame without an Arrow body", hint="corrupt stream")
-        schema = pa.ipc.read_schema(_aligned_buffer(view[start + body:]))
+        schema = pa.ipc.read_schema(self._body(view[start + body:]))
         event = RelationSchema(relid, version, namespace, name, chr(replident), keys, schema)
         self._schemas[(relid, version)] = event
         return event
@@ -166,7 +170,7 @@ class FrameDecoder:
         rel = self.schema(relid, version)
         if body == 0 or start + body > len(view):
             raise FrameError("batch frame without an Arrow body", hint="corrupt stream")
-        batch = pa.ipc.read_record_batch(_aligned_buffer(view[start + body:]), rel.arrow_schema)
+        batch = pa.ipc.read_record_batch(self._body(view[start + body:]), rel.arrow_schema)
         if batch.num_rows != nrows:
             raise FrameError(f"batch frame announces {nrows} rows but holds {batch.num_rows}",
                              hint="corrupt stream")
@@ -217,4 +221,4 @@ def slot_changes(conn, slot: str, options: dict[str, str] | None = None, *, peek
         f"SELECT data FROM pg_catalog.{func}(%s, NULL, %s, VARIADIC %s::text[])",
         (slot, upto_nchanges, flat)).fetchall()
     decoder = decoder or FrameDecoder()
-    return [decoder.decode(row[0]) for row in rows]
+    return [decoder.decode_one(row[0]) for row in rows]

@@ -356,15 +356,15 @@ def test_empty_and_filtered_transactions_send_nothing(env, unique_name):
 def test_unknown_frame_type_is_a_clear_error():
     decoder = FrameDecoder()
     with pytest.raises(FrameError) as err:
-        decoder.decode(b"Z\x01\x00\x00rest")
+        decoder.decode_one(b"Z\x01\x00\x00rest")
     assert "unknown wal2arrow frame type 0x5a" in str(err.value)
     assert err.value.hint
     with pytest.raises(FrameError, match="format version 7"):
-        decoder.decode(b"B\x07\x00\x00" + bytes(28))
+        decoder.decode_one(b"B\x07\x00\x00" + bytes(28))
     with pytest.raises(FrameError, match="truncated"):
-        decoder.decode(b"B\x01\x00\x00" + bytes(3))
+        decoder.decode_one(b"B\x01\x00\x00" + bytes(3))
     with pytest.raises(FrameError, match="before its schema frame"):
-        decoder.decode(b"D\x01\x00\x00" + bytes(21))
+        decoder.decode_one(b"D\x01\x00\x00" + bytes(21))
 
 
 def test_arrow_body_is_aligned_for_streaming(env):
