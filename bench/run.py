@@ -436,6 +436,8 @@ def probe_plugin(server, plugin: str) -> str | None:
     options = plugin_options(plugin, "bench_probe_pub")
     flat = [x for kv in options.items() for x in kv]
     with server.connect("unix") as conn:
+        # the SQL interface decodes up to the flushed WAL only: commit the probe synchronously
+        conn.execute("SET synchronous_commit = on")
         conn.execute("DROP TABLE IF EXISTS public.bench_probe")
         conn.execute("CREATE TABLE public.bench_probe (id int PRIMARY KEY, note text)")
         conn.execute("DROP PUBLICATION IF EXISTS bench_probe_pub")

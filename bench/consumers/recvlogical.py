@@ -83,7 +83,7 @@ class RecvLogical(Consumer):
                                             b'"kind":"delete"'))
                 result["events"] = rows
                 result["verified"] = "rows counted in the output"
-            elif "recvlogical_file_bytes" in job.reference:
+            elif self.plugin == "pgoutput" and "recvlogical_file_bytes" in job.reference:
                 want = job.reference["recvlogical_file_bytes"]
                 if size != want:
                     return {"error": f"output has {size} bytes; the decode ceiling produced "

@@ -1,0 +1,74 @@
+"""The kit's minimal wal2arrow client (1): ``cdc_notebook.stream.Wal2ArrowStream`` (the
+replication connection plus the frame decoder, no router), each ``ChangeBatch`` a pyarrow
+record batch decoded in place; every commit acknowledged by its end LSN, as the kit does.
+Over the Unix socket and TCP.
+
+It stops at the first message at or past the workload's end position (a keepalive: the server
+sends one when it has nothing more and the client has not confirmed everything it sent).
+Availability is checked by feature at run time: the module, and a wal2arrow that encodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import Consumer, Job, Latencies, Window, now_us, password_env, register
+
+
+class KitWal2ArrowClient(Consumer):
+    group = 1
+    role = "kit"
+    plugin = "wal2arrow"
+
+    def __init__(self, transport: str):
+        self.transport = transport
+        self.name = f"kit_wal2arrow_client_{transport}"
+        self.title = (f"the kit's minimal wal2arrow client (Wal2ArrowStream: frames decoded into "
+                      f"pyarrow batches, no router) ({'TCP' if transport == 'tcp' else 'Unix socket'})")
+
+    def unavailable(self, env) -> str | None:
+        try:
+            from cdc_notebook.stream import Wal2ArrowStream  # noqa: F401
+        except ImportError as exc:
+            return f"not available yet: cdc_notebook.stream.Wal2ArrowStream ({exc})"
+        return super().unavailable(env)
+
+    def run(self, job: Job) -> dict[str, Any]:
+        import pyarrow as pa  # noqa: F401  (imported before the clock starts)
+        from cdc_notebook.events import ChangeBatch, Commit
+        from cdc_notebook.stream import Wal2ArrowStream
+
+        conninfo = {**job.conninfo, "application_name": job.application_name}
+        if password_env():
+            conninfo["password"] = password_env()
+        lat = Latencies() if job.mode == "latency" else None
+        rows = batches = 0
+        window = Window().start()
+        with Wal2ArrowStream(conninfo) as stream:
+            stream.start(job.slot, 0, {"publication_names": job.publication})
+            done = False
+            while not done:
+                for wal_end, event in stream.read(timeout=1.0):
+                    if isinstance(event, ChangeBatch):
+                        rows += event.batch.num_rows
+                        batches += 1
+                        if lat is not None and "note" in event.batch.schema.names:
+                            arrival = now_us()
+                            for note in event.batch.column("note").to_pylist():
+                                lat.note(note, arrival)
+                    elif isinstance(event, Commit):
+                        stream.send_feedback(event.end_lsn)
+                    if lat is not None:
+                        done = lat.stopped
+                    elif wal_end >= job.end_lsn:
+                        done = True
+                    if done:
+                        break
+            window.stop()
+        if lat is not None:
+            return lat.result(batches=batches)
+        return window.result(rows, batches=batches)
+
+
+register(KitWal2ArrowClient("unix"))
+register(KitWal2ArrowClient("tcp"))
