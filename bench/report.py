@@ -134,6 +134,16 @@ GOALS = [
      "kit_wal2arrow_unix", None, "latency_p50_ms", 1.0, "<="),
     ("5", "p99 commit-to-arrival ≤ 10 ms at 1,000 commits/s (kit via wal2arrow, Unix)",
      "kit_wal2arrow_unix", None, "latency_p99_ms", 10.0, "<="),
+    ("5", "kit's minimal wal2arrow client (Unix) ≥ 0.9× the decode ceiling (for reference)",
+     "kit_wal2arrow_client_unix", DECODE_CEILING, "events_per_s_median", 0.9, "ratio>="),
+    ("5", "kit's minimal wal2arrow client (TCP) ≥ 2.5× pg_recvlogical + pgoutput over TCP "
+     "(for reference)",
+     "kit_wal2arrow_client_tcp", "recvlogical_pgoutput_tcp", "events_per_s_median", 2.5,
+     "ratio>="),
+    ("5", "kit's minimal wal2arrow client (Unix) ≥ 4.5× psycopg2 + wal2json (Unix) "
+     "(for reference)",
+     "kit_wal2arrow_client_unix", "psycopg2_wal2json_unix", "events_per_s_median", 4.5,
+     "ratio>="),
     ("6", "kit snapshot ≥ 0.8× binary COPY drained (Unix)",
      "kit_snapshot_unix", "copy_binary_psql_unix", "events_per_s_median", 0.8, "ratio>="),
     ("6", "kit via pgoutput ≥ 0.9× pg_recvlogical + pgoutput, over TCP",
@@ -421,11 +431,12 @@ def chart(meta: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
 
 
 def write_reports(meta: dict[str, Any], records: list[dict[str, Any]], out: Path, tag: str,
-                  latest: bool) -> list[Path]:
+                  latest: bool, date: str | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records)
     goal_rows = goals(summary, meta["config"]["versions"])
-    stem = dt.date.today().isoformat() + (f"-{tag}" if tag else "")
+    stem = (date or meta["started"][:10] or dt.date.today().isoformat()) + (
+        f"-{tag}" if tag else "")
     md, js, png = (out / f"{stem}.md", out / f"{stem}.json", out / f"{stem}.png")
     md.write_text(markdown(meta, summary, goal_rows))
     js.write_text(json_dumps({"meta": meta, "summary": summary, "goals": goal_rows,
@@ -437,3 +448,28 @@ def write_reports(meta: dict[str, Any], records: list[dict[str, Any]], out: Path
             shutil.copyfile(src, out / name)
             paths.append(out / name)
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render the Markdown and the chart of a run from its raw JSON:
+    ``python -m bench.report bench/results/<date>.json [--out DIR] [--tag TAG]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.report")
+    p.add_argument("raw", type=Path)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--tag", default=None)
+    a = p.parse_args(argv)
+    data = json.loads(a.raw.read_text())
+    stem = a.raw.stem
+    tag = a.tag if a.tag is not None else (stem.split("-", 3)[3] if stem.count("-") >= 3 else "")
+    out = a.out or a.raw.parent
+    for path in write_reports(data["meta"], data["records"], out, tag,
+                              latest=a.raw.name == "latest.json" or False,
+                              date=stem[:10] if stem[:4].isdigit() else None):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
