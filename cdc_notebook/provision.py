@@ -33,13 +33,12 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from . import errors
 from .errors import (
     AuthenticationFailed,
     CDCError,
@@ -711,7 +710,7 @@ def plan_provision(
         report.add("server_version", "error",
                    f"PostgreSQL {facts.server_version // 10000} is too old; the kit needs 15+",
                    hint="upgrade the server to PostgreSQL 15 or newer",
-                   error=errors.UnsupportedServerVersion)
+                   error=UnsupportedServerVersion)
     else:
         report.add("server_version", "ok", f"PostgreSQL {facts.server_version // 10000}")
     if facts.wal_level != "logical":
