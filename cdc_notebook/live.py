@@ -806,3 +806,114 @@ class LiveFrames:
         with self.lock:
             lsns = [live.state().lsn for live in self.tables.values() if live.has_key]
             return min(lsns) if lsns else 0
+
+
+# --------------------------------------------------------------------------- the kernel-friendly reader
+
+
+class LiveReader:
+    """Streams a :class:`~cdc_notebook.reader.CDCStream`'s tables into :class:`LiveFrames` in
+    the background of a notebook kernel.
+
+    One daemon thread per table reader takes its events (batches, schema changes, truncates)
+    and applies them; cells keep running meanwhile. A batch counts as consumed (and may be
+    acknowledged) only once it is in the frames, when the thread asks for the next one.
+    ``pause()`` stops taking batches (the router's bounded queues then hold the stream back),
+    ``resume()`` goes on, ``stop()`` ends the threads and closes the stream (a temporary slot
+    goes with its connection). An interrupt of the running cell does not reach these threads;
+    the kernel's shutdown runs ``stop()`` (``atexit``), and a killed kernel's connections are
+    closed by the server.
+    """
+
+    def __init__(self, stream: Any, frames: LiveFrames | None = None, *,
+                 close_stream: bool = True, poll: float = 0.2) -> None:
+        import atexit
+
+        self.stream = stream
+        self.frames = frames if frames is not None else LiveFrames()
+        self.close_stream = close_stream
+        self.poll = poll
+        self.state = "created"  # created, running, paused, stopped, failed
+        self.error: BaseException | None = None
+        self._run = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        atexit.register(self.stop)
+
+    def __repr__(self) -> str:
+        return f"<LiveReader {self.state} tables={list(self.frames.tables)}>"
+
+    def start(self) -> LiveReader:
+        if self._threads:
+            return self.resume()
+        readers = getattr(self.stream, "readers", {})
+        for name, reader in readers.items():
+            key = tuple(getattr(reader, "key_columns", ()))
+            if name not in self.frames.tables and getattr(reader, "schema", None) is not None:
+                self.frames.table(name, reader.schema, key)
+            thread = threading.Thread(target=self._consume, args=(name, reader, key),
+                                      name=f"cdc-live-{name}", daemon=True)
+            self._threads.append(thread)
+        self._run.set()
+        self.state = "running"
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def pause(self) -> None:
+        if self.state == "running":
+            self._run.clear()
+            self.state = "paused"
+
+    def resume(self) -> LiveReader:
+        if self.state == "paused":
+            self._run.set()
+            self.state = "running"
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.state == "stopped":
+            return
+        self._stop.set()
+        self._run.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+        if self.close_stream and self.stream is not None:
+            self.stream.close()
+        if self.state != "failed":
+            self.state = "stopped"
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def _consume(self, name: str, reader: Any, key: tuple[str, ...]) -> None:
+        frames = self.frames
+        try:
+            while not self._stop.is_set():
+                self._run.wait()
+                if self._stop.is_set():
+                    return
+                try:
+                    for event in reader.events(follow=True, timeout=self.poll):
+                        self._apply(name, key, event)
+                        if self._stop.is_set() or not self._run.is_set():
+                            break
+                    else:
+                        return  # the reader ended (closed, or its table was dropped)
+                except TimeoutError:
+                    continue  # nothing new: look at the pause/stop flags again
+        except Exception as exc:  # noqa: BLE001 - kept for the status widget
+            self.error = exc
+            self.state = "failed"
+        del frames
+
+    def _apply(self, name: str, key: tuple[str, ...], event: Any) -> None:
+        frames = self.frames
+        if isinstance(event, pa.RecordBatch):
+            with frames.lock:
+                live = frames.tables.get(name) or frames.table(name, event.schema, key)
+                live.apply(event)
+        elif isinstance(event, (RelationSchema, Truncate, TableDropped)):
+            frames.handle(event)

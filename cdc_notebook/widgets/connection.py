@@ -1,0 +1,188 @@
+"""Connection: a DSN form (password masked, never echoed) or the embedded server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as w
+import psycopg
+
+from .. import provision
+from ..pump import held, set_changed
+from ._base import Model, WidgetView, esc, message_html
+
+
+class ConnectionModel(Model):
+    """Where to connect, and the open connection the other models use.
+
+    The password is kept only in memory: it is not in ``repr``, messages or the widget after a
+    successful connection (the form's field is emptied, so a saved notebook does not hold it).
+    """
+
+    def __init__(self, *, server_factory: Callable[[], Any] | None = None,
+                 embedded: bool = True) -> None:
+        super().__init__()
+        self.embedded = embedded
+        self.host = "localhost"
+        self.port = 5432
+        self.dbname = "postgres"
+        self.user = "postgres"
+        self.password = ""
+        self.options = ""  # more libpq parameters: "sslmode=require application_name=x"
+        self.connection: psycopg.Connection[Any] | None = None
+        self.target: str | None = None  # user@host:port/db (PostgreSQL x.y)
+        self.server: Any = None
+        self._server_factory = server_factory
+        self._owns_server = False
+        self._conninfo: dict[str, Any] = {}
+        self._listeners: list[Callable[[ConnectionModel], None]] = []
+
+    def __repr__(self) -> str:
+        return f"ConnectionModel(target={self.target!r}, embedded={self.embedded})"
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.closed
+
+    def on_change(self, listener: Callable[[ConnectionModel], None]) -> None:
+        """``listener(model)`` after every connect and disconnect (on the worker thread)."""
+        self._listeners.append(listener)
+
+    def conninfo(self) -> dict[str, Any]:
+        """The parameters of the current connection, password included (keep it private)."""
+        return dict(self._conninfo)
+
+    def open(self, **overrides: Any) -> psycopg.Connection[Any]:
+        """Another connection to the same server (status polls, the reader)."""
+        if not self._conninfo:
+            raise RuntimeError("not connected")
+        return provision.connect(self._conninfo, **overrides)
+
+    def _params(self) -> dict[str, Any]:
+        if self.embedded:
+            if self.server is None:
+                if self._server_factory is None:
+                    from ..server import PostgresServer
+                    self.server = PostgresServer()
+                else:
+                    self.server = self._server_factory()
+                self._owns_server = self.server.pid is None
+            if self.server.pid is None:
+                self.server.start()
+            return self.server.conninfo()
+        params: dict[str, Any] = {}
+        if self.options.strip():
+            params.update(psycopg.conninfo.conninfo_to_dict(self.options))
+        params.update(host=self.host, port=int(self.port), dbname=self.dbname, user=self.user)
+        if self.password:
+            params["password"] = self.password
+        return params
+
+    def connect(self) -> Any:
+        """Connect on the worker; errors become the model's message."""
+        def work() -> None:
+            self._close_connection()
+            params = self._params()
+            conn = provision.connect(params)
+            version = conn.info.parameter_status("server_version") or "?"
+            with self.lock:
+                self.connection = conn
+                self._conninfo = params
+                self.password = ""
+                self.target = f"{provision.describe_target(params)} (PostgreSQL {version})"
+                self.info = f"connected to {self.target}"
+            self._notify()
+        return self.run("connecting", work)
+
+    def disconnect(self) -> Any:
+        def work() -> None:
+            self._close_connection()
+            with self.lock:
+                self.info = "not connected"
+            self._notify()
+        return self.run("disconnecting", work)
+
+    def _close_connection(self) -> None:
+        with self.lock:
+            conn, self.connection = self.connection, None
+            self.target = None
+            self._conninfo = {}
+        if conn is not None:
+            conn.close()
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(self)
+            except Exception as exc:  # noqa: BLE001 - shown, the connection itself is fine
+                self.fail(exc)
+        self.bump()
+
+    def close(self) -> None:
+        """Close the connection and stop the embedded server when this model started it."""
+        self._close_connection()
+        if self._owns_server and self.server is not None:
+            self.server.stop()
+            self.server = None
+        self.shutdown()
+
+
+class ConnectionWidget(WidgetView):
+    """The form; a thin view over :class:`ConnectionModel`."""
+
+    def __init__(self, model: ConnectionModel) -> None:
+        super().__init__()
+        self.model = model
+        m = self.make
+        style = {"description_width": "90px"}
+        self.embedded = m(w.Checkbox(value=model.embedded, description="embedded server",
+                                     indent=False))
+        self.host = m(w.Text(value=model.host, description="host", style=style))
+        self.port = m(w.BoundedIntText(value=model.port, min=1, max=65535, description="port",
+                                       style=style))
+        self.dbname = m(w.Text(value=model.dbname, description="database", style=style))
+        self.user = m(w.Text(value=model.user, description="user", style=style))
+        self.password = m(w.Password(value="", description="password", style=style))
+        self.options = m(w.Text(value=model.options, description="options", style=style,
+                                placeholder="sslmode=require ..."))
+        self.connect_button = m(w.Button(description="Connect", button_style="primary"))
+        self.disconnect_button = m(w.Button(description="Disconnect"))
+        self.status = m(w.HTML())
+        self.form = m(w.VBox([self.host, self.port, self.dbname, self.user, self.password,
+                              self.options]))
+        self.buttons = m(w.HBox([self.connect_button, self.disconnect_button]))
+        self.box = m(w.VBox([m(w.HTML("<b>Connection</b>")), self.embedded, self.form,
+                             self.buttons, self.status]))
+        for name in ("embedded", "host", "port", "dbname", "user", "password", "options"):
+            getattr(self, name).observe(self._copy(name), names="value")
+        self.connect_button.on_click(lambda _: model.connect())
+        self.disconnect_button.on_click(lambda _: model.disconnect())
+        self.refresh(0.0)
+
+    def _copy(self, name: str) -> Callable[[dict[str, Any]], None]:
+        def handler(change: dict[str, Any]) -> None:
+            setattr(self.model, name, change["new"])
+        return handler
+
+    def version(self) -> int:
+        return self.model.version
+
+    def refresh(self, now: float) -> None:
+        m = self.model
+        with m.lock:
+            connected, busy, error = m.connected, m.busy, m.error
+            target, embedded, password = m.target, m.embedded, m.password
+        if connected:
+            text = f"connected to <b>{esc(target)}</b>"
+        elif busy:
+            text = f"{esc(busy)}…"
+        else:
+            text = "not connected"
+        with held(self.status, self.connect_button, self.disconnect_button, self.password):
+            set_changed(self.status, value=text + message_html(error, None))
+            set_changed(self.connect_button, disabled=bool(busy))
+            set_changed(self.disconnect_button, disabled=bool(busy) or not connected)
+            if not password:
+                set_changed(self.password, value="")
+        set_changed(self.form.layout, display="none" if embedded else "")

@@ -1,0 +1,225 @@
+"""Setup and teardown: the SQL shown first, then confirmation; the kit's slots and their state."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import ipywidgets as w
+
+from .. import provision
+from ..pump import held, set_changed
+from ..status import SlotStatus, _fmt_bytes
+from ._base import Model, WidgetView, esc, message_html
+from .connection import ConnectionModel
+from .patterns import PatternsModel
+
+
+def is_stale(slot: SlotStatus, *, older_than: float = 300.0,
+             now: datetime | None = None) -> bool:
+    """A slot nobody reads: invalidated, or inactive (for ``older_than`` seconds when the
+    server says since when, PostgreSQL 17+)."""
+    if slot.invalidated:
+        return True
+    if slot.active or slot.temporary:
+        return False
+    if slot.inactive_since is None:
+        return True
+    now = now or datetime.now(timezone.utc)
+    return (now - slot.inactive_since).total_seconds() >= older_than
+
+
+class SetupModel(Model):
+    """Plans (SQL first), confirmation, apply; slot listing and stale-slot clean-up."""
+
+    def __init__(self, connection: ConnectionModel, patterns: PatternsModel, *,
+                 plugin: str = provision.DEFAULT_PLUGIN, stale_after: float = 300.0) -> None:
+        super().__init__()
+        self.connection = connection
+        self.patterns = patterns
+        self.slot_name = ""
+        self.publication = ""
+        self.plugin = plugin
+        self.temporary = False
+        self.keyless = "error"
+        self.stale_after = stale_after
+        self.pending: Any = None  # a ProvisionPlan or TeardownPlan waiting for confirmation
+        self.pending_kind: str | None = None  # "setup" or "teardown"
+        self.result: Any = None
+        self.slots: list[SlotStatus] = []
+        connection.on_change(lambda _: self.refresh_slots() if connection.connected else None)
+
+    @property
+    def pending_sql(self) -> str:
+        if self.pending is None:
+            return ""
+        if self.pending_kind == "setup":
+            return str(self.pending)
+        return "\n".join(s.sql + ";" for s in self.pending.steps) or "-- nothing to drop"
+
+    def _conn(self) -> Any:
+        conn = self.connection.connection
+        if conn is None:
+            raise RuntimeError("connect first")
+        return conn
+
+    def plan_setup(self) -> Any:
+        def work() -> None:
+            plan = provision.plan_provision(
+                self._conn(), self.patterns.selection(), slot_name=self.slot_name or None,
+                publication=self.publication or None, plugin=self.plugin,
+                temporary=self.temporary, keyless=self.keyless, export_snapshot=False,
+                slot_method="sql")
+            with self.lock:
+                self.pending, self.pending_kind = plan, "setup"
+                problems = [c for c in plan.report.errors]
+                self.info = "review the SQL, then confirm" if not problems else None
+                if problems:
+                    self.error = "; ".join(c.message for c in problems)
+        return self.run("planning set-up", work)
+
+    def plan_teardown(self, slot_name: str | None = None, *, publication: str | None = None,
+                      force: bool = False) -> Any:
+        def work() -> None:
+            plan = provision.plan_teardown(
+                self._conn(), slot_name=slot_name or self.slot_name or None,
+                publication=publication if publication is not None else
+                (self.publication or None), force=force)
+            with self.lock:
+                self.pending, self.pending_kind = plan, "teardown"
+                self.info = "review what will be dropped, then confirm"
+        return self.run("planning teardown", work)
+
+    def plan_drop_stale(self) -> Any:
+        def work() -> None:
+            conn = self._conn()
+            stale = [s for s in provision.list_slots(conn) if is_stale(
+                s, older_than=self.stale_after)]
+            plans = [provision.plan_teardown(conn, slot_name=s.slot_name) for s in stale]
+            steps = [step for p in plans for step in p.steps]
+            merged = provision.TeardownPlan(conn, [s for p in plans for s in p.slots], [], [],
+                                            False, [x for p in plans for x in p.skipped], steps)
+            with self.lock:
+                self.pending, self.pending_kind = merged, "teardown"
+                self.info = (f"{len(stale)} stale slot(s): review, then confirm" if stale
+                             else "no stale slot")
+        return self.run("looking for stale slots", work)
+
+    def confirm(self) -> Any:
+        def work() -> None:
+            with self.lock:
+                plan, kind = self.pending, self.pending_kind
+            if plan is None:
+                raise RuntimeError("nothing to confirm: plan a set-up or teardown first")
+            if kind == "setup":
+                result = plan.apply()
+                if result.slot is not None and not self.temporary:
+                    result.slot.close()
+                text = "; ".join(result.actions) or "nothing to change"
+            else:
+                result = plan.apply()
+                text = str(result)
+            with self.lock:
+                self.result = result
+                self.pending, self.pending_kind = None, None
+                self.info = text
+            self._list_slots()
+        return self.run("applying", work)
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.pending, self.pending_kind = None, None
+            self.info = "cancelled"
+            self.bump()
+
+    def _list_slots(self) -> None:
+        slots = provision.list_slots(self._conn())
+        with self.lock:
+            self.slots = slots
+
+    def refresh_slots(self) -> Any:
+        return self.run("listing slots", self._list_slots)
+
+
+def slots_html(slots: list[SlotStatus], stale_after: float) -> str:
+    if not slots:
+        return "<i>no slot of the kit on this database</i>"
+    rows = []
+    for s in slots:
+        state = "active" if s.active else "inactive"
+        if not s.active and s.inactive_since is not None:
+            state += f" since {s.inactive_since:%Y-%m-%d %H:%M:%S}"
+        mark = " <b>stale</b>" if is_stale(s, older_than=stale_after) else ""
+        rows.append(
+            f"<tr><td>{esc(s.slot_name)}</td><td>{esc(s.plugin or '')}</td>"
+            f"<td>{esc(state)}{mark}</td><td>{esc(s.wal_status or 'n/a')}</td>"
+            f"<td>{'yes' if s.invalidated else 'no'}</td>"
+            f"<td>{esc(_fmt_bytes(s.retained_wal_bytes))}</td>"
+            f"<td>{'temporary' if s.temporary else 'permanent'}</td></tr>")
+    return ("<table><tr><th>slot</th><th>plugin</th><th>state</th><th>wal_status</th>"
+            "<th>invalidated</th><th>retained WAL</th><th>kind</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+class SetupWidget(WidgetView):
+    def __init__(self, model: SetupModel) -> None:
+        super().__init__()
+        self.model = model
+        m = self.make
+        self.slot_name = m(w.Text(value=model.slot_name, description="slot",
+                                  placeholder="(generated: cdcnb_...)"))
+        self.publication = m(w.Text(value=model.publication, description="publication",
+                                    placeholder="(generated)"))
+        self.plugin = m(w.Dropdown(options=["wal2arrow", "pgoutput"], value=model.plugin,
+                                   description="plugin"))
+        self.temporary = m(w.Checkbox(value=model.temporary, description="temporary slot",
+                                      indent=False))
+        self.plan_button = m(w.Button(description="Plan set-up", button_style="primary"))
+        self.teardown_button = m(w.Button(description="Plan teardown", button_style="warning"))
+        self.stale_button = m(w.Button(description="Drop stale slots…"))
+        self.refresh_button = m(w.Button(description="Refresh slots"))
+        self.confirm_button = m(w.Button(description="Confirm", button_style="danger"))
+        self.cancel_button = m(w.Button(description="Cancel"))
+        self.sql = m(w.HTML())
+        self.message = m(w.HTML())
+        self.slots = m(w.HTML())
+        self.confirm_row = m(w.HBox([self.confirm_button, self.cancel_button]))
+        self.box = m(w.VBox([
+            m(w.HTML("<b>Set-up and teardown</b>")),
+            m(w.HBox([self.slot_name, self.publication])),
+            m(w.HBox([self.plugin, self.temporary])),
+            m(w.HBox([self.plan_button, self.teardown_button, self.stale_button,
+                      self.refresh_button])),
+            self.sql, self.confirm_row, self.message, self.slots]))
+        for name in ("slot_name", "publication", "plugin", "temporary"):
+            getattr(self, name).observe(
+                lambda c, n=name: setattr(model, n, c["new"]), names="value")
+        self.plan_button.on_click(lambda _: model.plan_setup())
+        self.teardown_button.on_click(lambda _: model.plan_teardown())
+        self.stale_button.on_click(lambda _: model.plan_drop_stale())
+        self.refresh_button.on_click(lambda _: model.refresh_slots())
+        self.confirm_button.on_click(lambda _: model.confirm())
+        self.cancel_button.on_click(lambda _: model.cancel())
+        self.refresh(0.0)
+
+    def version(self) -> int:
+        return self.model.version
+
+    def refresh(self, now: float) -> None:
+        m = self.model
+        with m.lock:
+            sql_text, pending, busy = m.pending_sql, m.pending is not None, m.busy
+            error, info, slots = m.error, m.info, list(m.slots)
+        sql_html = (f"<pre style='white-space:pre-wrap'>{esc(sql_text)}</pre>" if pending
+                    else "")
+        status = (f"<i>{esc(busy)}…</i>" if busy else "") + message_html(error, info)
+        buttons = (self.plan_button, self.teardown_button, self.stale_button,
+                   self.refresh_button, self.confirm_button)
+        with held(self.sql, self.message, self.slots, *buttons):
+            set_changed(self.sql, value=sql_html)
+            set_changed(self.message, value=status)
+            set_changed(self.slots, value=slots_html(slots, m.stale_after))
+            for button in buttons:
+                set_changed(button, disabled=bool(busy))
+            set_changed(self.confirm_button, disabled=bool(busy) or not pending)
+        set_changed(self.confirm_row.layout, display="" if pending else "none")
