@@ -190,7 +190,8 @@ def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list
     # The previous version of an updated row is the last earlier upsert whose (new) key is the
     # update's old key; none in this fold means the mirror holds it.
     previous = needing.join_asof(targets, left_on=_SEQ, right_on=_PTR, by_left=src,
-                                 by_right=keys, strategy="backward", allow_exact_matches=False)
+                                 by_right=keys, strategy="backward", allow_exact_matches=False,
+                                 check_sortedness=False)  # sorted by seq by construction
     ups = ups.join(previous.select([_SEQ, _PTR]), on=_SEQ, how="left", maintain_order="left")
     unresolved = 0
     mirror_keys = mirror.select(keys).with_columns(pl.lit(True).alias(_FOUND))
