@@ -44,7 +44,7 @@ SESSION_OPTIONS = ("-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=U
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_BATCH_BYTES = 32 << 20
 DEFAULT_CHUNK_PAGES = 8_192  # 64 MiB of heap per chunk with 8 kB pages
-FEED_MESSAGES = 512          # COPY messages handed to the decoder per call
+FEED_MESSAGES = 2048         # COPY messages handed to the decoder per call
 
 
 class SnapshotError(CDCError):
@@ -412,8 +412,9 @@ class _Worker(threading.Thread):
                 for data in copy:
                     pending.append(data)
                     if len(pending) >= limit:
+                        before = decoder.total_bytes
                         rows = decoder.feed(pending)
-                        owner.add_bytes(sum(len(d) for d in pending))
+                        owner.add_bytes(decoder.total_bytes - before)
                         pending.clear()
                         if rows >= owner.batch_rows or decoder.nbytes >= owner.batch_bytes:
                             self._emit(conn, chunk, decoder)
@@ -422,8 +423,9 @@ class _Worker(threading.Thread):
                         if owner.stop.is_set():
                             return
             if pending:
+                before = decoder.total_bytes
                 decoder.feed(pending)
-                owner.add_bytes(sum(len(d) for d in pending))
+                owner.add_bytes(decoder.total_bytes - before)
         if not decoder.finished:
             raise SnapshotError(f"the COPY of {plan.qualified_name} ended early")
         self._emit(conn, chunk, decoder, last=True)

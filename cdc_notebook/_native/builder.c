@@ -235,6 +235,64 @@ int col_append_null(Col *c) {
     return col_mark(c, 0);
 }
 
+static int zero_bits(Buf *b, int64_t nbits) {
+    int64_t need = (nbits + 7) / 8;
+    if (need > b->len) {
+        if (buf_reserve(b, need - b->len) < 0)
+            return -1;
+        memset(b->data + b->len, 0, (size_t)(need - b->len));
+        b->len = need;
+    }
+    return 0;
+}
+
+static int repeat_i32(Buf *b, int32_t v, int64_t n) {
+    if (buf_reserve(b, 4 * n) < 0)
+        return -1;
+    int32_t *p = (int32_t *)(b->data + b->len);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = v;
+    b->len += 4 * n;
+    return 0;
+}
+
+int col_append_nulls(Col *c, int64_t n) {
+    if (n <= 0)
+        return 0;
+    switch (c->layout) {
+    case LAYOUT_NULL:
+        break;
+    case LAYOUT_BOOL:
+        if (zero_bits(&c->data, c->length + n) < 0)
+            return -1;
+        break;
+    case LAYOUT_FIXED:
+        if (buf_reserve(&c->data, n * c->width) < 0)
+            return -1;
+        memset(c->data.data + c->data.len, 0, (size_t)(n * c->width));
+        c->data.len += n * c->width;
+        break;
+    case LAYOUT_VARBIN:
+        if (repeat_i32(&c->offsets, (int32_t)c->data.len, n) < 0)
+            return -1;
+        break;
+    case LAYOUT_LIST:
+        if (repeat_i32(&c->offsets, (int32_t)c->children[0]->length, n) < 0)
+            return -1;
+        break;
+    case LAYOUT_STRUCT:
+        for (int i = 0; i < c->nchildren; i++)
+            if (col_append_nulls(c->children[i], n) < 0)
+                return -1;
+        break;
+    }
+    if (c->layout != LAYOUT_NULL && zero_bits(&c->validity, c->length + n) < 0)
+        return -1;
+    c->length += n;
+    c->null_count += n;
+    return 0;
+}
+
 int col_varbin_finish(Col *c) {
     if (c->data.len > INT32_MAX)
         return cdc_fail("column '%s': more than 2 GiB of values in one batch; lower the batch "

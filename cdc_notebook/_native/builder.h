@@ -94,6 +94,7 @@ static inline int col_mark(Col *c, int valid) {
 }
 
 int col_append_null(Col *c);
+int col_append_nulls(Col *c, int64_t n);   /* n nulls at once */
 
 static inline int col_append_fixed(Col *c, const void *value) {
     if (buf_append(&c->data, value, c->width) < 0)

@@ -111,8 +111,8 @@ static int64_t parse_rows(CopyDecoderObject *self, const uint8_t *p, int64_t n) 
             }
             q += len;
         }
-        if (col_append_null(t->before) < 0 ||
-            tab_finish_row(t, 'r', self->lsn, ++self->ordinal) < 0)
+        tab_before_null(t);
+        if (tab_finish_row(t, 'r', self->lsn, ++self->ordinal) < 0)
             return -1;
         self->total_rows++;
         pos = q - p;

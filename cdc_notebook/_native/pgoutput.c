@@ -239,6 +239,8 @@ static int read_tuple(DecObject *d, Rd *r, Rel *rel, int before) {
         return cdc_fail("relation %u: a tuple of %d columns, the relation has %d", rel->relid,
                         ncols, rel->ncols);
     int64_t row = tab_rows(t);
+    if (before && tab_before_flush(t) < 0)
+        return -1;
     Col *toast_names = t->toast->children[0];
     for (int i = 0; i < ncols; i++) {
         Col *c = before ? t->before->children[i] : t->root->children[i];
@@ -314,7 +316,8 @@ static int handle_change(DecObject *d, uint8_t type, Rd *r, uint64_t lsn, PyObje
     if (type == 'I') {
         if (marker != 'N')
             return cdc_fail("INSERT without a new tuple");
-        if (read_tuple(d, r, rel, 0) < 0 || col_append_null(t->before) < 0)
+        tab_before_null(t);
+        if (read_tuple(d, r, rel, 0) < 0)
             return -1;
         op = 'c';
     } else if (type == 'U') {
@@ -325,7 +328,9 @@ static int handle_change(DecObject *d, uint8_t type, Rd *r, uint64_t lsn, PyObje
         }
         if (marker != 'N')
             return cdc_fail("UPDATE without a new tuple");
-        if (read_tuple(d, r, rel, 0) < 0 || (!has_old && col_append_null(t->before) < 0))
+        if (!has_old)
+            tab_before_null(t);
+        if (read_tuple(d, r, rel, 0) < 0)
             return -1;
         op = 'u';
     } else {

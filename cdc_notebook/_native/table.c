@@ -156,7 +156,7 @@ int tab_export(Tab *t, const TxnInfo *info, struct ArrowArray *out) {
         return cdc_fail("out of memory");
     (void)parts;
     int done = 0, rc = -1;
-    if (build_unrep_map(t, rows) < 0)
+    if (tab_before_flush(t) < 0 || build_unrep_map(t, rows) < 0)
         goto out;
     for (int i = 0; i < t->root->nchildren; i++) {
         int r;
@@ -191,6 +191,7 @@ out:
 }
 
 void tab_discard(Tab *t) {
+    t->before_nulls = 0;
     free_unreps(t);
     col_reset(t->root);
 }

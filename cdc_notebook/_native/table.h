@@ -29,12 +29,22 @@ typedef struct {
     Unrep *unreps;
     int64_t nunreps, capunreps;
     Buf scratch;
+    int64_t before_nulls;  /* null before-images not yet written (most rows have none) */
 } Tab;
+
+/* A row without a before-image (written in bulk when needed). */
+static inline void tab_before_null(Tab *t) { t->before_nulls++; }
+/* Write the pending null before-images: call before appending a real one. */
+static inline int tab_before_flush(Tab *t) {
+    int64_t n = t->before_nulls;
+    t->before_nulls = 0;
+    return col_append_nulls(t->before, n);
+}
 
 /* schema: the full batch schema (a struct); kinds: per table column, set by the caller. */
 Tab *tab_new(const struct ArrowSchema *schema);
 void tab_free(Tab *t);
-int64_t tab_rows(const Tab *t);
+int64_t tab_rows(const Tab *t);  /* rows finished (the _cdc_op column's length) */
 int64_t tab_nbytes(const Tab *t);
 
 /* Record an unrepresentable value of row `row` (text may be NULL: to be fetched). */
