@@ -34,7 +34,8 @@ class DecoderUnavailable(CDCError):
     """The decoder for the chosen plugin is not part of this installation."""
 
 
-def make_decoder(plugin: str, publication: str | None) -> tuple[Any, dict[str, str]]:
+def make_decoder(plugin: str, publication: str | None,
+                 conninfo: dict[str, Any] | str | None = None) -> tuple[Any, dict[str, str]]:
     """The decoder object and START_REPLICATION options for ``plugin``.
 
     A decoder has ``decode(payload: memoryview) -> list[Event]``.
@@ -49,7 +50,7 @@ def make_decoder(plugin: str, publication: str | None) -> tuple[Any, dict[str, s
     if plugin == "pgoutput":
         from . import pgoutput
 
-        return pgoutput.make_stream_decoder(publication)
+        return pgoutput.make_stream_decoder(publication, conninfo)
     raise DecoderUnavailable(f"no decoder for output plugin {plugin!r}",
                              hint="use plugin='wal2arrow' or plugin='pgoutput'")
 
@@ -119,7 +120,7 @@ class CDCStream:
         self.readers: dict[str, TableReader] = {}
         for info in self.tables:
             self.readers[info.qualified_name] = self.router.add_reader(
-                info.qualified_name, tuple(info.key_columns))
+                info.qualified_name, tuple(info.primary_key or info.identity_columns))
         self._finalizer = weakref.finalize(self, CDCStream._cleanup, self.router, self.catalog,
                                            self.slot)
 
@@ -136,7 +137,7 @@ class CDCStream:
                     "changes after the last one read cannot be recovered",
                     hint="use a permanent slot (temporary=False) to survive reconnects")
             rc = ReplicationConnection(self.conninfo)
-        decoder, options = make_decoder(self.plugin, self.publication)
+        decoder, options = make_decoder(self.plugin, self.publication, self.conninfo)
         rc.start(self.slot.slot_name, 0, options)
         return _Source(rc, decoder)
 

@@ -65,6 +65,10 @@ def _raise_for(result: Any, slot: str) -> None:
         errors="replace")
     hint = (result.error_field(pq.DiagnosticField.MESSAGE_HINT) or b"").decode(errors="replace")
     state = sqlstate.decode() if sqlstate else None
+    if state is None or state.startswith(("57P", "08")):
+        # No server error: the connection broke (shutdown, restart, network) — try again.
+        detail = message or (result.error_message or b"").decode(errors="replace").strip()
+        raise StreamLost(f"the replication connection broke while starting: {detail}")
     if state == "42704" or "does not exist" in message:
         raise SlotDropped(f"replication slot {slot!r} does not exist (anymore): {message}",
                           hint="it was dropped or invalidated; create a new slot (and take a "
