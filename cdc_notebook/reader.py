@@ -61,13 +61,32 @@ class _Source:
     def __init__(self, rc: ReplicationConnection, decoder: Any):
         self.rc = rc
         self.decoder = decoder
+        self._keepalive_type: type = type(None)
+        if hasattr(decoder, "feed"):
+            from .pgoutput import Keepalive
+
+            self._keepalive_type = Keepalive
 
     def read(self, timeout: float) -> Iterator[tuple[Any, int]]:
-        for wal_end, payload in self.rc.read(timeout=timeout):
+        messages = self.rc.read_raw(timeout=timeout)
+        if not messages:
+            return
+        feed = getattr(self.decoder, "feed", None)
+        if feed is not None:
+            # Bulk decoders (pgoutput: one message per row) take every message in one call.
+            for event in feed(messages):
+                if isinstance(event, self._keepalive_type):
+                    yield None, event.wal_end
+                else:
+                    yield event, 0
+            return
+        split, decode = self.rc.split, self.decoder.decode
+        for message in messages:
+            wal_end, payload, _reply = split(message)
             if payload is None:
                 yield None, wal_end
                 continue
-            events = self.decoder.decode(payload)
+            events = decode(payload)
             if not events:
                 yield None, wal_end
             for event in events:
@@ -78,6 +97,10 @@ class _Source:
 
     def close(self) -> None:
         self.rc.close()
+        # pgoutput's decoder owns an ordinary connection for type look-ups.
+        conn = getattr(getattr(self.decoder, "catalog", None), "_conn", None)
+        if conn is not None:
+            conn.close()
 
 
 class CDCStream:
@@ -101,12 +124,27 @@ class CDCStream:
             self.conninfo["password"] = conninfo["password"]
         elif isinstance(conninfo, str):
             self.conninfo = {**psycopg.conninfo.conninfo_to_dict(conninfo)}
-        self.plugin = plugin or DEFAULT_PLUGIN
-        self.plan = plan_provision(self.catalog, tables, slot_name=slot_name,
-                                   publication=publication, plugin=self.plugin,
-                                   temporary=temporary, export_snapshot=False,
-                                   slot_method="replication" if temporary else "sql",
-                                   slot_timeout=slot_timeout, **provision_options)
+        options = dict(tables=tables, slot_name=slot_name, publication=publication,
+                       temporary=temporary, export_snapshot=False,
+                       slot_method="replication" if temporary else "sql",
+                       slot_timeout=slot_timeout, **provision_options)
+        if plugin is None:
+            # wal2arrow when the server has it and allows it; pgoutput (always there) otherwise.
+            self.plan = plan_provision(self.catalog, plugin=DEFAULT_PLUGIN, **options)
+            check = self.plan.report.get("plugin")
+            if check is not None and check.status == "error":
+                self.plugin = "pgoutput"
+                self.plugin_reason = (f"pgoutput, because {DEFAULT_PLUGIN} cannot be used here: "
+                                      f"{check.message}" + (f" (to use it: {check.hint})"
+                                                            if check.hint else ""))
+                self.plan = plan_provision(self.catalog, plugin="pgoutput", **options)
+            else:
+                self.plugin = DEFAULT_PLUGIN
+                self.plugin_reason = f"{DEFAULT_PLUGIN}, because the server has it and allows it"
+        else:
+            self.plugin = plugin
+            self.plugin_reason = f"{plugin}, as asked"
+            self.plan = plan_provision(self.catalog, plugin=plugin, **options)
         result = self.plan.apply()
         self.tables: list[TableInfo] = result.tables
         self.publication = result.publication
@@ -116,8 +154,10 @@ class CDCStream:
         self.decoder_name = self.plugin
         self._first_connection = self.slot.connection
         self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
-                                   memory_limit=memory_limit, reconnect=reconnect)
+                                   memory_limit=memory_limit, reconnect=reconnect,
+                                   missing_tables=self._missing_tables)
         self.readers: dict[str, TableReader] = {}
+        self._oids = {info.qualified_name: info.oid for info in self.tables}
         for info in self.tables:
             self.readers[info.qualified_name] = self.router.add_reader(
                 info.qualified_name, tuple(info.primary_key or info.identity_columns))
@@ -137,9 +177,26 @@ class CDCStream:
                     "changes after the last one read cannot be recovered",
                     hint="use a permanent slot (temporary=False) to survive reconnects")
             rc = ReplicationConnection(self.conninfo)
-        decoder, options = make_decoder(self.plugin, self.publication, self.conninfo)
-        rc.start(self.slot.slot_name, 0, options)
+        try:
+            decoder, options = make_decoder(self.plugin, self.publication, self.conninfo)
+            rc.start(self.slot.slot_name, 0, options)
+        except BaseException:
+            rc.close()
+            raise
         return _Source(rc, decoder)
+
+    def _missing_tables(self) -> tuple[list[str], int]:
+        """Readers whose table no longer exists, and the WAL position when that was seen."""
+        with self._catalog_lock:
+            rows = self.catalog.execute(
+                "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])",
+                (list(self._oids.values()),)).fetchall()
+            lsn = self.catalog.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        present = {r[0] for r in rows}
+        gone = [name for name, oid in self._oids.items() if oid not in present]
+        for name in gone:
+            del self._oids[name]
+        return gone, parse_lsn(lsn)
 
     def current_wal_lsn(self) -> int:
         with self._catalog_lock:

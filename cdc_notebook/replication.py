@@ -158,17 +158,18 @@ class ReplicationConnection:
             raise StreamLost(f"replication connection lost: {exc}") from exc
         return bool(readable)
 
-    def read(self, timeout: float = 0.1, max_messages: int = 1024
-             ) -> list[tuple[int, memoryview | None]]:
-        """Received messages as ``(wal_end, payload)``; payload None for a keepalive.
+    def read_raw(self, timeout: float = 0.1, max_messages: int = 4096) -> list[Any]:
+        """Received CopyData messages as they are (``w`` + 24-byte header + payload, or ``k``).
 
-        Returns what is available, waiting at most ``timeout`` for the first message.
+        For decoders that take a whole bulk of messages in one call (pgoutput's native
+        decoder). Waits at most ``timeout`` for the first message.
         """
-        out: list[tuple[int, memoryview | None]] = []
+        out: list[Any] = []
         deadline = time.monotonic() + timeout
+        get = self.pgconn.get_copy_data
         while len(out) < max_messages:
             try:
-                nbytes, data = self.pgconn.get_copy_data(1)
+                nbytes, data = get(1)
             except psycopg.OperationalError as exc:
                 raise StreamLost(f"replication connection lost: {exc}") from exc
             if nbytes == 0:
@@ -184,19 +185,34 @@ class ReplicationConnection:
                 continue
             if nbytes < 0:
                 self._end_of_copy()
-            view = memoryview(data)
             self.bytes_received += nbytes
-            kind = view[0]
-            if kind == 0x77:  # 'w' XLogData
-                _start, wal_end, _sent = _HDR_W.unpack_from(view, 1)
-                self.last_wal_end = max(self.last_wal_end, wal_end)
-                out.append((wal_end, view[25:]))
-            elif kind == 0x6B:  # 'k' keepalive
-                wal_end, _sent, reply = _HDR_K.unpack_from(view, 1)
-                self.last_wal_end = max(self.last_wal_end, wal_end)
-                out.append((wal_end, None))
-                if reply:
-                    self.reply_requested = True
+            out.append(data)
+        return out
+
+    @staticmethod
+    def split(message: Any) -> tuple[int, memoryview | None, bool]:
+        """``(wal_end, payload, reply_requested)`` of one raw message (payload None for a
+        keepalive); the payload is a view into the message, not a copy."""
+        view = memoryview(message)
+        if view[0] == 0x77:  # 'w' XLogData
+            _start, wal_end, _sent = _HDR_W.unpack_from(view, 1)
+            return wal_end, view[25:], False
+        wal_end, _sent, reply = _HDR_K.unpack_from(view, 1)
+        return wal_end, None, bool(reply)
+
+    def read(self, timeout: float = 0.1, max_messages: int = 1024
+             ) -> list[tuple[int, memoryview | None]]:
+        """Received messages as ``(wal_end, payload)``; payload None for a keepalive.
+
+        Returns what is available, waiting at most ``timeout`` for the first message.
+        """
+        out: list[tuple[int, memoryview | None]] = []
+        for message in self.read_raw(timeout, max_messages):
+            wal_end, payload, reply = self.split(message)
+            self.last_wal_end = max(self.last_wal_end, wal_end)
+            if reply:
+                self.reply_requested = True
+            out.append((wal_end, payload))
         return out
 
     reply_requested = False

@@ -221,6 +221,7 @@ class TableReader:
                     item = self._queue.popleft()
                     if item.payload is _END:
                         self._queue.appendleft(item)  # stays ended
+                        self.router.raise_if_failed()
                         return None
                     if item.spilled is None:
                         self._mem_bytes -= item.nbytes
@@ -326,6 +327,11 @@ class TableReader:
         finally:
             await loop.run_in_executor(None, it.close)
 
+    def resume_after(self, end_lsn: int, ordinal: int) -> None:
+        """Restore the high-water mark of an earlier run (e.g. from a checkpoint), so changes
+        it already applied are dropped when the server sends them again."""
+        self.high_water = max(self.high_water, (end_lsn, ordinal))
+
     def close(self) -> None:
         """Stop holding WAL for this table: queued batches are dropped and acknowledged."""
         with self._cond:
@@ -338,10 +344,14 @@ class TableReader:
         for item in items:
             if item.txn is not None:
                 self.router.acks.consumed(item.txn)
-        if self._spill is not None:
-            self._spill.close()
-            self._spill = None
-            self._spill_bytes = 0
+        self._drop_spill()
+
+    def _drop_spill(self) -> None:
+        with self._cond:
+            if self._spill is not None:
+                self._spill.close()
+                self._spill = None
+                self._spill_bytes = 0
 
     @property
     def queued_batches(self) -> int:
@@ -392,7 +402,9 @@ class ChangeRouter:
     def __init__(self, source_factory: Callable[[int], Any], *,
                  current_wal_lsn: Callable[[], int], memory_limit: int = 64 << 20,
                  spill_dir: str | None = None, reconnect: bool = True,
-                 max_backoff: float = 10.0, status_interval: float = 1.0):
+                 max_backoff: float = 10.0, status_interval: float = 1.0,
+                 missing_tables: Callable[[], tuple[list[str], int]] | None = None,
+                 table_check_interval: float = 2.0):
         self._source_factory = source_factory
         self._current_wal_lsn = current_wal_lsn
         self.memory_limit = memory_limit
@@ -414,6 +426,10 @@ class ChangeRouter:
         self._txn: Transaction | None = None
         self._last_status = 0.0
         self._sent_flush = -1
+        self._missing_tables = missing_tables
+        self._table_check_interval = table_check_interval
+        self._last_table_check = time.monotonic()
+        self._pending_drops: list[tuple[str, int]] = []
 
     # ---- set-up
 
@@ -503,6 +519,7 @@ class ChangeRouter:
         source = self._source
         while not self._stop.is_set():
             self._keep_alive()
+            self._check_tables()
             for event, wal_end in source.read(timeout=0.1):
                 if event is None:  # a keepalive or an empty message
                     self.acks.idle(wal_end)
@@ -536,6 +553,27 @@ class ChangeRouter:
                     if reader is not None:
                         reader._put(_Item(event, None), self._stop)
                 self.stats.events += 1
+
+    def _check_tables(self) -> None:
+        """End the readers of dropped tables, after every change before the drop arrived."""
+        now = time.monotonic()
+        if self._missing_tables is not None and \
+                now - self._last_table_check >= self._table_check_interval:
+            self._last_table_check = now
+            try:
+                gone, seen_at = self._missing_tables()
+            except Exception:  # noqa: BLE001 - the catalog connection is down: try next time
+                gone, seen_at = [], 0
+            self._pending_drops += [(name, seen_at) for name in gone]
+        if self._pending_drops:
+            self.request_position()
+            still = []
+            for name, lsn in self._pending_drops:
+                if self.caught_up(lsn):
+                    self.drop_table(name)
+                else:
+                    still.append((name, lsn))
+            self._pending_drops = still
 
     def _route_batch(self, event: ChangeBatch) -> None:
         reader = self.readers.get(event.qualified_name)
@@ -573,3 +611,4 @@ class ChangeRouter:
             self._source = None
         for reader in self.readers.values():
             reader._finish()
+            reader._drop_spill()

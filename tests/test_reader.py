@@ -264,3 +264,121 @@ def test_seed_readme_usage_runs_as_written(pg, unique_name):
     assert again["public.users"].stream.slot.created is False
     again["public.users"].stream.close()
     _drop_slot(pg, slot)
+
+
+def test_plugin_is_chosen_and_the_choice_explained(pg, pg_factory, unique_name):
+    schema = unique_name("pc")
+    with pg.connect() as conn:
+        _make_tables(conn, schema, ["t"])
+    with CDCStream(pg.conninfo(), f"{schema}.t") as stream:
+        assert stream.plugin == "wal2arrow"
+        assert "allows it" in stream.plugin_reason
+    _drop_slot(pg, stream.slot.slot_name)
+    bare = pg_factory(plugin=False)  # a server where no plugin can be installed
+    with bare.connect() as conn:
+        _make_tables(conn, "s", ["t"])
+    with CDCStream(bare.conninfo(), "s.t") as stream:
+        assert stream.plugin == "pgoutput"
+        assert "wal2arrow cannot be used" in stream.plugin_reason
+        with bare.connect() as conn:
+            conn.execute("INSERT INTO s.t VALUES (1, 1, 'x'), (2, 2, 'y')")
+        table = pa.Table.from_batches(list(stream["s.t"].batches(timeout=30)))
+        assert table.column("id").to_pylist() == [1, 2]
+        assert min(table.column("_cdc_lsn").to_pylist()) > 0
+
+
+def test_a_dropped_table_ends_its_reader_and_the_others_go_on(pg, unique_name):
+    schema = unique_name("drop")
+    with pg.connect() as conn:
+        _make_tables(conn, schema, ["gone", "stays"])
+    stream = CDCStream(pg.conninfo(), f"{schema}.*")
+    try:
+        with pg.connect() as conn:
+            conn.execute(f"INSERT INTO {schema}.gone VALUES (1, 1, 'last words')")
+            conn.execute(f"DROP TABLE {schema}.gone")
+            conn.execute(f"INSERT INTO {schema}.stays VALUES (1, 1, 'still here')")
+        events = list(stream[f"{schema}.gone"].events(follow=True, timeout=60))
+        kinds = [type(e).__name__ for e in events]
+        assert kinds[-1] == "TableDropped"
+        rows = [r for e in events if isinstance(e, pa.RecordBatch) for r in e.to_pylist()]
+        assert [r["note"] for r in rows] == ["last words"]
+        assert stream[f"{schema}.gone"].dropped
+        stays = pa.Table.from_batches(list(stream[f"{schema}.stays"].batches(timeout=30)))
+        assert stays.column("note").to_pylist() == ["still here"]
+    finally:
+        stream.close()
+        _drop_slot(pg, stream.slot.slot_name)
+
+
+def test_unread_reader_spills_and_holds_back_wal(pg, unique_name):
+    schema = unique_name("spill")
+    with pg.connect() as conn:
+        _make_tables(conn, schema, ["read", "unread"])
+    stream = CDCStream(pg.conninfo(), f"{schema}.*", memory_limit=4 << 20)
+    slot = stream.slot.slot_name
+    try:
+        with pg.connect() as conn:
+            for i in range(8):  # ~8 MB for the table nobody reads yet
+                conn.execute(f"INSERT INTO {schema}.unread SELECT g, g, repeat('u', 1000) "
+                             f"FROM generate_series({i * 1000 + 1}, {i * 1000 + 1000}) g")
+            conn.execute(f"INSERT INTO {schema}.read VALUES (1, 1, 'r')")
+        got = list(stream[f"{schema}.read"].batches(timeout=60))
+        assert sum(b.num_rows for b in got) == 1
+        unread = stream[f"{schema}.unread"]
+        assert unread.spilled_bytes > 0  # past its memory bound: on disk, not in memory
+        status = stream.status()
+        assert status.held_back_by_table.get(f"{schema}.unread", 0) > 0
+        with pg.connect() as conn:
+            flushed = parse_lsn(conn.execute(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                (slot,)).fetchone()[0])
+        assert flushed < unread.held_back_lsn  # the unread table's WAL is not acknowledged
+        ids = [i for b in unread.batches(timeout=60) for i in b.column("id").to_pylist()]
+        assert ids == list(range(1, 8001))
+        assert unread.spilled_bytes == 0
+    finally:
+        stream.close()
+        _drop_slot(pg, slot)
+
+
+def test_temporary_slot_reconnect_is_an_explicit_error(pg_factory):
+    from cdc_notebook.replication import TemporarySlotLost
+
+    server = pg_factory()
+    with server.connect() as conn:
+        _make_tables(conn, "tmp", ["t"])
+    stream = CDCStream(server.conninfo(), "tmp.t", temporary=True)
+    with server.connect() as conn:
+        conn.execute("INSERT INTO tmp.t VALUES (1, 1, 'a')")
+    assert sum(b.num_rows for b in stream["tmp.t"].batches(timeout=30)) == 1
+    server.restart()
+    with pytest.raises(TemporarySlotLost, match="vanished with its connection"):
+        for _ in stream["tmp.t"].batches(follow=True, timeout=60):
+            pass
+    stream.close()
+
+
+def test_slot_dropped_while_streaming(pg, unique_name):
+    from cdc_notebook.replication import SlotDropped
+
+    schema = unique_name("sd")
+    with pg.connect() as conn:
+        _make_tables(conn, schema, ["t"])
+    stream = CDCStream(pg.conninfo(), f"{schema}.t")
+    stream.start()
+    with pg.connect() as conn:
+        deadline = time.monotonic() + 10
+        while True:
+            pid = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                               (stream.slot.slot_name,)).fetchone()[0]
+            if pid:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.2)
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (stream.slot.slot_name,))
+    with pytest.raises(SlotDropped, match="does not exist"):
+        for _ in stream[f"{schema}.t"].batches(follow=True, timeout=60):
+            pass
+    stream.close()
