@@ -118,49 +118,53 @@ class CDCStream:
                  memory_limit: int = 256 << 20, reconnect: bool = True,
                  slot_timeout: float = 60.0, **provision_options: Any):
         self.catalog = connect(conninfo)
-        self._catalog_lock = threading.Lock()
-        self.conninfo = conninfo_of(self.catalog)
-        if isinstance(conninfo, dict) and conninfo.get("password"):
-            self.conninfo["password"] = conninfo["password"]
-        elif isinstance(conninfo, str):
-            self.conninfo = {**psycopg.conninfo.conninfo_to_dict(conninfo)}
-        options = dict(tables=tables, slot_name=slot_name, publication=publication,
-                       temporary=temporary, export_snapshot=False,
-                       slot_method="replication" if temporary else "sql",
-                       slot_timeout=slot_timeout, **provision_options)
-        if plugin is None:
-            # wal2arrow when the server has it and allows it; pgoutput (always there) otherwise.
-            self.plan = plan_provision(self.catalog, plugin=DEFAULT_PLUGIN, **options)
-            check = self.plan.report.get("plugin")
-            if check is not None and check.status == "error":
-                self.plugin = "pgoutput"
-                self.plugin_reason = (f"pgoutput, because {DEFAULT_PLUGIN} cannot be used here: "
-                                      f"{check.message}" + (f" (to use it: {check.hint})"
-                                                            if check.hint else ""))
-                self.plan = plan_provision(self.catalog, plugin="pgoutput", **options)
+        try:
+            self._catalog_lock = threading.Lock()
+            self.conninfo = conninfo_of(self.catalog)
+            if isinstance(conninfo, dict) and conninfo.get("password"):
+                self.conninfo["password"] = conninfo["password"]
+            elif isinstance(conninfo, str):
+                self.conninfo = {**psycopg.conninfo.conninfo_to_dict(conninfo)}
+            options = dict(tables=tables, slot_name=slot_name, publication=publication,
+                           temporary=temporary, export_snapshot=False,
+                           slot_method="replication" if temporary else "sql",
+                           slot_timeout=slot_timeout, **provision_options)
+            if plugin is None:
+                # wal2arrow when the server has it and allows it; pgoutput (always there) otherwise.
+                self.plan = plan_provision(self.catalog, plugin=DEFAULT_PLUGIN, **options)
+                check = self.plan.report.get("plugin")
+                if check is not None and check.status == "error":
+                    self.plugin = "pgoutput"
+                    self.plugin_reason = (f"pgoutput, because {DEFAULT_PLUGIN} cannot be used here: "
+                                          f"{check.message}" + (f" (to use it: {check.hint})"
+                                                                if check.hint else ""))
+                    self.plan = plan_provision(self.catalog, plugin="pgoutput", **options)
+                else:
+                    self.plugin = DEFAULT_PLUGIN
+                    self.plugin_reason = f"{DEFAULT_PLUGIN}, because the server has it and allows it"
             else:
-                self.plugin = DEFAULT_PLUGIN
-                self.plugin_reason = f"{DEFAULT_PLUGIN}, because the server has it and allows it"
-        else:
-            self.plugin = plugin
-            self.plugin_reason = f"{plugin}, as asked"
-            self.plan = plan_provision(self.catalog, plugin=plugin, **options)
-        result = self.plan.apply()
-        self.tables: list[TableInfo] = result.tables
-        self.publication = result.publication
-        assert result.slot is not None
-        self.slot = result.slot
-        self.temporary = temporary
-        self.decoder_name = self.plugin
-        self._first_connection = self.slot.connection
-        self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
-                                   memory_limit=memory_limit, reconnect=reconnect,
-                                   missing_tables=self._missing_tables)
-        self.readers: dict[str, TableReader] = {}
-        self._oids = {info.qualified_name: info.oid for info in self.tables}
-        for info in self.tables:
-            self.readers[info.qualified_name] = self.router.add_reader(
-                info.qualified_name, tuple(info.primary_key or info.identity_columns))
+                self.plugin = plugin
+                self.plugin_reason = f"{plugin}, as asked"
+                self.plan = plan_provision(self.catalog, plugin=plugin, **options)
+            result = self.plan.apply()
+            self.tables: list[TableInfo] = result.tables
+            self.publication = result.publication
+            assert result.slot is not None
+            self.slot = result.slot
+            self.temporary = temporary
+            self.decoder_name = self.plugin
+            self._first_connection = self.slot.connection
+            self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
+                                       memory_limit=memory_limit, reconnect=reconnect,
+                                       missing_tables=self._missing_tables)
+            self.readers: dict[str, TableReader] = {}
+            self._oids = {info.qualified_name: info.oid for info in self.tables}
+            for info in self.tables:
+                self.readers[info.qualified_name] = self.router.add_reader(
+                    info.qualified_name, tuple(info.primary_key or info.identity_columns))
+        except BaseException:
+            self.catalog.close()  # nothing else was opened, or it closed itself
+            raise
         self._finalizer = weakref.finalize(self, CDCStream._cleanup, self.router, self.catalog,
                                            self.slot)
 
