@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,6 +28,10 @@ from .provision import DEFAULT_PLUGIN, conninfo_of, connect, plan_provision
 from .replication import ReplicationConnection, StreamLost, TemporarySlotLost
 from .router import ChangeRouter, TableReader
 from .status import SlotStatus, fetch_slot_status
+
+
+class SnapshotUnavailable(CDCError):
+    """An initial snapshot was asked for, but the slot cannot provide a consistent one."""
 
 
 class DecoderUnavailable(CDCError):
@@ -116,7 +120,9 @@ class CDCStream:
                  slot_name: str | None = None, publication: str | None = None,
                  plugin: str | None = None, temporary: bool = False,
                  memory_limit: int = 256 << 20, reconnect: bool = True,
-                 slot_timeout: float = 60.0, **provision_options: Any):
+                 slot_timeout: float = 60.0, snapshot: bool = False,
+                 snapshot_progress: Callable[[Any], None] | None = None,
+                 snapshot_workers: int = 2, **provision_options: Any):
         self.catalog = connect(conninfo)
         try:
             self._catalog_lock = threading.Lock()
@@ -126,8 +132,8 @@ class CDCStream:
             elif isinstance(conninfo, str):
                 self.conninfo = {**psycopg.conninfo.conninfo_to_dict(conninfo)}
             options = dict(tables=tables, slot_name=slot_name, publication=publication,
-                           temporary=temporary, export_snapshot=False,
-                           slot_method="replication" if temporary else "sql",
+                           temporary=temporary, export_snapshot=snapshot,
+                           slot_method="replication" if temporary or snapshot else "sql",
                            slot_timeout=slot_timeout, **provision_options)
             if plugin is None:
                 # wal2arrow when the server has it and allows it; pgoutput (always there) otherwise.
@@ -152,6 +158,14 @@ class CDCStream:
             assert result.slot is not None
             self.slot = result.slot
             self.temporary = temporary
+            self.snapshot = snapshot
+            self.snapshot_progress = snapshot_progress
+            self.snapshot_workers = snapshot_workers
+            if snapshot and not (self.slot.created and self.slot.snapshot_name):
+                raise SnapshotUnavailable(
+                    f"slot {self.slot.slot_name} already exists, so no snapshot consistent with "
+                    "it can be taken", hint="resume without snapshot=True (the slot goes on "
+                    "where it was acknowledged), or drop the slot to start over with a snapshot")
             self.decoder_name = self.plugin
             self._first_connection = self.slot.connection
             self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
@@ -173,6 +187,10 @@ class CDCStream:
     def _open_source(self, flushed: int) -> _Source:
         if self._first_connection is not None:
             conn, self._first_connection = self._first_connection, None
+            if self.snapshot:
+                # The exported snapshot lives until this connection runs another command:
+                # read every table at it first, then start streaming on the same connection.
+                self._take_snapshot()
             rc = ReplicationConnection.adopt(conn)
         else:
             if self.temporary and self.router.reconnects:
@@ -188,6 +206,17 @@ class CDCStream:
             rc.close()
             raise
         return _Source(rc, decoder)
+
+    def _take_snapshot(self) -> None:
+        from .snapshot import snapshot_table
+
+        snap = (self.slot.snapshot_name, self.slot.consistent_point)
+        for info in self.tables:
+            for batch in snapshot_table(self.conninfo, info.oid, snap,
+                                        workers=self.snapshot_workers,
+                                        publication=self.publication,
+                                        progress=self.snapshot_progress):
+                self.router.put_snapshot(info.qualified_name, batch)
 
     def _missing_tables(self) -> tuple[list[str], int]:
         """Readers whose table no longer exists, and the WAL position when that was seen."""

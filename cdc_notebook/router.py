@@ -126,6 +126,7 @@ class _Item:
     nbytes: int = 0
     end_lsn: int = 0
     spilled: tuple[int, int] | None = None  # (offset, length) in the spill file
+    snapshot: bool = False  # rows of the initial snapshot (op 'r'): never redelivered
 
 
 class TableReader:
@@ -274,7 +275,8 @@ class TableReader:
                     return
                 payload = item.payload
                 if isinstance(payload, pa.RecordBatch):
-                    batch = self._filter_redelivered(payload)
+                    # Snapshot chunks arrive in no fixed order: only changes have a high-water mark.
+                    batch = payload if item.snapshot else self._filter_redelivered(payload)
                     if partition is not None and batch.num_rows:
                         parts = partition_of(batch, self.key_columns, partition[1])
                         batch = batch.filter(pa.array(parts == partition[0]))
@@ -588,6 +590,14 @@ class ChangeRouter:
             self.acks.add(txn)
         end_lsn = txn.end_lsn if txn is not None else 0
         reader._put(_Item(batch, txn, nbytes, end_lsn), self._stop)
+
+    def put_snapshot(self, qualified_name: str, batch: pa.RecordBatch) -> None:
+        """Deliver a batch of the initial snapshot (before the stream starts)."""
+        reader = self.readers.get(qualified_name)
+        if reader is not None and batch.num_rows:
+            self.stats.rows += batch.num_rows
+            self.stats.bytes += batch.nbytes
+            reader._put(_Item(batch, None, batch.nbytes, snapshot=True), self._stop)
 
     def drop_table(self, qualified_name: str, relid: int = 0) -> None:
         """End one reader with a TableDropped event (the table went away); the others go on."""

@@ -1,0 +1,102 @@
+"""The initial snapshot through the reader: snapshot + changes == the table, both plugins."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import polars as pl
+import pytest
+
+from cdc_notebook.live import LiveTable
+from cdc_notebook.reader import CDCStream, SnapshotUnavailable
+
+ROWS = 200_000
+
+
+def _table_frame(conn, table: str) -> pl.DataFrame:
+    cur = conn.execute(f"SELECT id, v, note FROM {table} ORDER BY id")
+    rows = cur.fetchall()
+    return pl.DataFrame(rows, schema={"id": pl.Int64, "v": pl.Int64, "note": pl.String},
+                        orient="row")
+
+
+@pytest.mark.parametrize("plugin", ["wal2arrow", "pgoutput"])
+def test_snapshot_while_writing_then_changes_equal_the_table(pg, unique_name, plugin):
+    schema = unique_name("snap")
+    table = f"{schema}.t"
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, v bigint, note text)")
+        conn.execute(f"INSERT INTO {table} SELECT g, g, 'n' || g FROM generate_series(1, {ROWS}) g")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:  # inserts, updates (keys included) and deletes while the snapshot runs
+        try:
+            with pg.connect() as conn:
+                i = 0
+                while not stop.is_set() and i < 200:
+                    base = ROWS + 1 + i * 10
+                    conn.execute(f"INSERT INTO {table} SELECT g, -g, 'new' FROM "
+                                 f"generate_series({base}, {base + 9}) g")
+                    conn.execute(f"UPDATE {table} SET v = v + 1 WHERE id %% 997 = %s", (i,))
+                    conn.execute(f"UPDATE {table} SET id = id + 10000000 WHERE id = %s",
+                                 (i * 31 + 7,))
+                    conn.execute(f"DELETE FROM {table} WHERE id = %s", (i * 53 + 11,))
+                    i += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    time.sleep(0.2)
+    progress: list = []
+    stream = CDCStream(pg.conninfo(), table, plugin=plugin, snapshot=True,
+                       snapshot_progress=progress.append)
+    try:
+        reader = stream[table]
+        live: LiveTable | None = None
+        snapshot_rows = 0
+        for batch in reader.batches(timeout=120):
+            if live is None:
+                live = LiveTable(table, batch.schema, reader.key_columns)
+            ops = set(batch.column("_cdc_op").to_pylist())
+            if ops == {"r"}:
+                snapshot_rows += batch.num_rows
+            live.apply(batch)
+        stop.set()
+        writer.join(30)
+        assert not errors, errors
+        # Whatever was committed after the first iteration ended comes in the second one.
+        for batch in reader.batches(timeout=120):
+            live.apply(batch)
+        with pg.connect() as conn:
+            expected = _table_frame(conn, table)
+        assert snapshot_rows >= ROWS - 300
+        assert progress and progress[-1].done
+        got = live.mirror().select(["id", "v", "note"]).sort("id")
+        assert got.height == expected.height
+        assert got.equals(expected)
+    finally:
+        stream.close()
+        with pg.connect() as conn:
+            deadline = time.monotonic() + 15
+            while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
+                               (stream.slot.slot_name,)).fetchone() and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (stream.slot.slot_name,))
+
+
+def test_snapshot_needs_a_new_slot(pg, unique_name):
+    schema = unique_name("snap2")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY)")
+    first = CDCStream(pg.conninfo(), f"{schema}.t")
+    first.close()
+    with pytest.raises(SnapshotUnavailable, match="already exists"):
+        CDCStream(pg.conninfo(), f"{schema}.t", slot_name=first.slot.slot_name, snapshot=True)
+    with pg.connect() as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (first.slot.slot_name,))
