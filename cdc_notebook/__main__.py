@@ -10,7 +10,13 @@ import time
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(version=args.pg, hold=args.hold, rows=args.rows)
+    return run_demo(version=args.pg, hold=args.hold, seconds=args.seconds, rate=args.rate)
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from .demo import run_lab
+
+    return run_lab(port=args.port, open_browser=not args.no_browser)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -27,13 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cdc_notebook",
                                      description="Arrow-native PostgreSQL CDC for notebooks")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="start a throwaway PostgreSQL, capture changes, stop")
+    demo = sub.add_parser("demo", help="the quickstart, headless: a throwaway PostgreSQL, a "
+                          "workload streamed into live Polars frames, the live summary, stop")
     demo.add_argument("--pg", default=None,
                       help="PostgreSQL to use: 18 (embedded wheel, default), 15, or a pg_config path")
-    demo.add_argument("--rows", type=int, default=10_000, help="rows the demo workload writes")
+    demo.add_argument("--seconds", type=float, default=10.0,
+                      help="how long the workload runs (default 10)")
+    demo.add_argument("--rate", type=float, default=None,
+                      help="row changes per second (default: as fast as the server takes them)")
     demo.add_argument("--hold", action="store_true",
                       help="after start-up, print READY and wait to be interrupted (for tests)")
     demo.set_defaults(func=_demo)
+    lab = sub.add_parser("lab", help="JupyterLab on the tutorial notebooks, at the quickstart")
+    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    lab.set_defaults(func=_lab)
     build = sub.add_parser("build-plugin", help="build wal2arrow for a PostgreSQL installation")
     build.add_argument("--pg", default=None)
     build.add_argument("--force", action="store_true")

@@ -1,18 +1,265 @@
-"""The main job: a throwaway PostgreSQL, wal2arrow loaded, a workload captured, all removed."""
+"""The main job: the quickstart, headless. A throwaway PostgreSQL with wal2arrow, a workload,
+a live reader streaming it into Polars frames, the live summary printed while it runs, the
+frames checked against SQL, everything removed.
+
+``notebooks/01_quickstart.ipynb`` runs the same steps in a kernel (with the dashboard); the
+workload and the SQL comparison used there live here so both say the same thing.
+"""
 
 from __future__ import annotations
 
+import io
 import sys
+import threading
 import time
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
 
 from .server import PostgresServer
+
+SHOP_SQL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE {schema}.customers (
+    id         bigint PRIMARY KEY,
+    name       text NOT NULL,
+    region     text
+);
+CREATE TABLE {schema}.orders (
+    id          bigint PRIMARY KEY,
+    customer_id bigint,
+    status      text,
+    amount      numeric(12,2),
+    is_paid     bool,
+    note        text
+);
+"""
+
+# One round of the workload, all in SQL (set-based: no row goes through Python). Each round is
+# one transaction: new customers, new orders, updates of recent orders, a key change (an order
+# renumbered), deletes of the oldest orders.
+ROUND_SQL = """
+INSERT INTO {schema}.customers (id, name, region)
+SELECT g, 'customer ' || g, (ARRAY['north','south','east','west'])[1 + g %% 4]
+FROM generate_series(%(c_lo)s::bigint, %(c_hi)s::bigint) g;
+INSERT INTO {schema}.orders (id, customer_id, status, amount, is_paid, note)
+SELECT g, 1 + g %% %(c_hi)s, 'new', ((g * 37) %% 100000) / 100.0, false,
+       'order ' || lpad(g::text, 10, '0')
+FROM generate_series(%(o_lo)s::bigint, %(o_hi)s::bigint) g;
+UPDATE {schema}.orders SET status = 'paid', is_paid = true, amount = amount + 1
+WHERE id BETWEEN %(u_lo)s AND %(u_hi)s;
+UPDATE {schema}.orders SET id = %(moved_to)s, note = 'renumbered from ' || id
+WHERE id = %(moved_from)s;
+DELETE FROM {schema}.orders WHERE id BETWEEN %(d_lo)s AND %(d_hi)s;
+"""
+
+
+class Workload:
+    """A shop's writes, in a background thread: inserts, updates, key changes and deletes.
+
+    Every round is one transaction of about ``batch * 1.7`` row changes. ``rate`` bounds the
+    row changes per second (None: as fast as the server takes them). Counters say what was
+    written; ``error`` keeps what stopped it.
+    """
+
+    def __init__(self, conninfo: dict[str, Any], *, schema: str = "shop",
+                 batch: int = 1_000) -> None:
+        self.conninfo = dict(conninfo)
+        self.schema = schema
+        self.batch = batch
+        self.rounds = 0
+        self.changes = 0
+        self.error: BaseException | None = None
+        self._next_order = 1
+        self._next_customer = 1
+        self._oldest = 1
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        # One statement per execute: bound parameters go through the extended protocol.
+        self._statements = [part.strip() for part in ROUND_SQL.format(schema=schema).split(";")
+                            if part.strip()]
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "idle"
+        return (f"<Workload {self.schema} {state}: {self.rounds} transactions, "
+                f"{self.changes:,} row changes>")
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(**self.conninfo, autocommit=True,
+                               application_name="cdc_notebook workload")
+
+    def create(self) -> Workload:
+        """Create the schema and its two tables (fails when they exist)."""
+        with self._connect() as conn:
+            conn.execute(SHOP_SQL.format(schema=self.schema))
+        return self
+
+    def run_round(self, conn: Any) -> int:
+        """One transaction of the workload; returns its row changes."""
+        b = self.batch
+        o_lo = self._next_order
+        o_hi = o_lo + b - 1
+        c_lo = self._next_customer
+        c_hi = c_lo + max(1, b // 100) - 1
+        u_lo = max(self._oldest, o_hi - b // 2 + 1)
+        d_lo, d_hi = self._oldest, self._oldest + b // 10 - 1
+        params = dict(c_lo=c_lo, c_hi=c_hi, o_lo=o_lo, o_hi=o_hi, u_lo=u_lo, u_hi=o_hi,
+                      moved_from=o_hi - b // 2 - 1 if o_hi - b // 2 - 1 > d_hi else o_hi,
+                      moved_to=o_hi + 1, d_lo=d_lo, d_hi=d_hi)
+        with conn.transaction():
+            for statement in self._statements:
+                conn.execute(statement, {k: v for k, v in params.items()
+                                         if f"%({k})s" in statement})
+        self._next_order = o_hi + 2  # o_hi + 1 is the renumbered order's new key
+        self._next_customer = c_hi + 1
+        self._oldest = d_hi + 1
+        changes = (c_hi - c_lo + 1) + b + (o_hi - u_lo + 1) + 1 + (d_hi - d_lo + 1)
+        self.rounds += 1
+        self.changes += changes
+        return changes
+
+    def run(self, rounds: int) -> Workload:
+        """Run ``rounds`` transactions now, in this thread."""
+        with self._connect() as conn:
+            for _ in range(rounds):
+                self.run_round(conn)
+        return self
+
+    def start(self, *, rate: float | None = None, duration: float | None = None,
+              rounds: int | None = None) -> Workload:
+        """Write in the background until :meth:`stop`, ``duration`` seconds or ``rounds``."""
+        if self.running:
+            return self
+        self._stop.clear()
+        self.error = None
+        self._thread = threading.Thread(target=self._loop, args=(rate, duration, rounds),
+                                        name="cdc-demo-workload", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self, rate: float | None, duration: float | None, rounds: int | None) -> None:
+        started = time.monotonic()
+        done = 0
+        try:
+            with self._connect() as conn:
+                while not self._stop.is_set():
+                    if duration is not None and time.monotonic() - started >= duration:
+                        return
+                    if rounds is not None and done >= rounds:
+                        return
+                    changes = self.run_round(conn)
+                    done += 1
+                    if rate:
+                        self._stop.wait(changes / rate)
+        except Exception as exc:  # noqa: BLE001 - kept for the caller
+            self.error = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> Workload:
+        """Wait for a bounded run (``duration``/``rounds``) to end; raises its error."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def stop(self) -> Workload:
+        self._stop.set()
+        return self.wait(30)
+
+
+def sql_frame(conn: Any, query: str, like: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``query`` as a Polars frame with ``like``'s columns and types.
+
+    The rows travel as CSV (``COPY ... TO STDOUT``) and are parsed by Polars in one go, so the
+    comparison with a live frame involves no per-row Python.
+    """
+    buffer = io.BytesIO()
+    with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER)") as copy:
+        for chunk in copy:
+            buffer.write(chunk)
+    text_schema = {name: (pl.String if dtype == pl.Boolean else dtype)
+                   for name, dtype in like.schema.items()}
+    frame = pl.read_csv(buffer.getvalue(), schema=text_schema) if buffer.tell() else \
+        like.clear()
+    booleans = [n for n, t in like.schema.items() if t == pl.Boolean]
+    return frame.with_columns([pl.col(n) == "t" for n in booleans])
+
+
+def assert_mirror_matches(reader: Any, conn: Any, table: str, key: str = "id") -> int:
+    """The table's mirror equals ``SELECT * FROM table ORDER BY key``; returns the row count."""
+    from polars.testing import assert_frame_equal
+
+    mirror = reader[table].mirror().sort(key)
+    columns = ", ".join(f'"{c}"' for c in mirror.columns)
+    expected = sql_frame(conn, f"SELECT {columns} FROM {table} ORDER BY {key}", mirror)
+    assert_frame_equal(mirror, expected)
+    return mirror.height
+
+
+def run_quickstart(server: PostgresServer, *, seconds: float = 10.0, rate: float | None = None,
+                   say: Callable[[str], None] = print, interval: float = 1.0) -> dict[str, int]:
+    """The quickstart's steps against a running server; returns rows per table."""
+    from .live import LiveReader
+    from .reader import CDCStream
+    from .widgets.summary import SummaryModel
+
+    workload = Workload(server.conninfo()).create()
+    say("  created shop.customers and shop.orders")
+    stream = CDCStream(server.conninfo(), "shop.*", temporary=True)
+    reader = LiveReader(stream).start()
+    say(f"  streaming {', '.join(stream.readers)} through temporary slot "
+        f"{stream.slot.slot_name} ({stream.plugin})")
+    summary = SummaryModel(reader.frames, reader=reader)
+    summary.sample()  # the first sample: rates are measured from here
+    try:
+        workload.start(rate=rate, duration=seconds)
+        say(f"  workload: inserts, updates, key changes and deletes for {seconds:.0f} s "
+            f"({'full speed' if not rate else f'{rate:,.0f} rows/s'})")
+        next_line = time.monotonic() + interval
+        while workload.running:
+            time.sleep(max(0.0, min(0.1, next_line - time.monotonic())))
+            if time.monotonic() >= next_line:
+                summary.poll_lag(wait=True)
+                say("  " + summary.sample().text())
+                next_line += interval
+        workload.wait()
+        lsn = reader.catch_up(timeout=120)
+        summary.poll_lag(wait=True)
+        say("  " + summary.sample().text())
+        rows = {}
+        with server.connect() as conn:
+            for table in ("shop.customers", "shop.orders"):
+                rows[table] = assert_mirror_matches(reader, conn, table)
+        say(f"  caught up at {format_lsn(lsn)}: the live frames equal SELECT * ORDER BY id "
+            f"({', '.join(f'{t} {n:,} rows' for t, n in rows.items())})")
+        return rows
+    finally:
+        summary.close()
+        reader.stop()
+        with server.connect() as conn:
+            left = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0]
+        say(f"  reader stopped; the temporary slot is gone ({left} slot(s) left)")
+
+
+def format_lsn(lsn: int) -> str:
+    from .events import format_lsn as fmt
+
+    return fmt(lsn)
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_demo(version: int | str | None = None, *, hold: bool = False, rows: int = 10_000) -> int:
+def run_demo(version: int | str | None = None, *, hold: bool = False, seconds: float = 10.0,
+             rate: float | None = None) -> int:
     t0 = time.monotonic()
     if isinstance(version, str) and version.isdigit():
         version = int(version)
@@ -25,27 +272,36 @@ def run_demo(version: int | str | None = None, *, hold: bool = False, rows: int 
             _say(f"READY {server.instance_dir} {server.pid}")
             while True:
                 time.sleep(0.2)
-        with server.connect() as conn:
-            conn.execute("DROP TABLE IF EXISTS demo_orders")
-            conn.execute("CREATE TABLE demo_orders (id bigint PRIMARY KEY, amount numeric(12,2), "
-                          "note text)")
-            slot = "cdcnb_demo"
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2arrow')", (slot,))
-            _say(f"  created slot {slot} with the wal2arrow plugin")
-            conn.execute("INSERT INTO demo_orders SELECT g, g / 100.0, 'note ' || g "
-                         "FROM generate_series(1, %s) g", (rows,))
-            conn.execute("UPDATE demo_orders SET amount = amount + 1 WHERE id % 10 = 0")
-            conn.execute("DELETE FROM demo_orders WHERE id % 100 = 0")
-            t1 = time.monotonic()
-            n_msgs, n_bytes = conn.execute(
-                "SELECT count(*), coalesce(sum(length(data)), 0) "
-                "FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL)", (slot,)).fetchone()
-            _say(f"  decoded the workload through wal2arrow: {n_msgs} messages, {n_bytes} bytes "
-                 f"in {time.monotonic() - t1:.2f} s")
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            _say(f"  dropped slot {slot}")
+        run_quickstart(server, seconds=seconds, rate=rate, say=_say)
     _say(f"stopped; server directory removed. total {time.monotonic() - t0:.1f} s")
     return 0
+
+
+def run_lab(*, port: int = 8888, open_browser: bool = True, extra: list[str] | None = None
+            ) -> int:
+    """JupyterLab on the tutorial notebooks (127.0.0.1 only), opened on the quickstart."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    if not (notebooks / "01_quickstart.ipynb").is_file():
+        _say(f"the tutorial notebooks are not next to this installation ({notebooks}); "
+             "run from a clone of the repository (pip install -e '.[notebook]')")
+        return 2
+    try:
+        import jupyterlab  # noqa: F401
+    except ImportError:
+        _say("JupyterLab is not installed: pip install 'cdc-notebook[notebook]'")
+        return 2
+    cmd = [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", f"--port={port}",
+           f"--ServerApp.root_dir={notebooks}", "--ServerApp.default_url=/lab/tree/"
+           "01_quickstart.ipynb"]
+    if not open_browser:
+        cmd.append("--no-browser")
+    cmd += extra or []
+    _say("starting JupyterLab on the tutorial notebooks: " + " ".join(cmd[2:]))
+    return subprocess.call(cmd, env={**os.environ})
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .events import (
@@ -374,14 +375,21 @@ class LiveTable:
             self._maybe_fold()
             return fresh.height
 
-    def commit(self, end_lsn: int) -> None:
-        """The transaction ending at ``end_lsn`` committed: its queued rows may be folded."""
+    def commit(self, end_lsn: int, *, complete: bool = True) -> None:
+        """The transactions ending at or before ``end_lsn`` committed: their queued rows may be
+        folded. ``complete=False`` when rows of them may still be on their way to this table
+        (the consistent LSN then stays where it is)."""
         with self._lock:
+            released = 0
             for item in self._pending:
                 if not item.committed and item.lsn <= end_lsn:
                     item.committed = True
-            self._horizon = max(self._horizon, end_lsn)
-            self._touch()
+                    released += 1
+            moved = complete and end_lsn > self._horizon
+            if moved:
+                self._horizon = end_lsn
+            if released or moved:
+                self._touch()
             self._maybe_fold()
 
     def abort(self) -> int:
@@ -819,30 +827,47 @@ class LiveReader:
     One daemon thread per table reader takes its events (batches, schema changes, truncates)
     and applies them; cells keep running meanwhile. A batch counts as consumed (and may be
     acknowledged) only once it is in the frames, when the thread asks for the next one.
-    ``pause()`` stops taking batches (the router's bounded queues then hold the stream back),
-    ``resume()`` goes on, ``stop()`` ends the threads and closes the stream (a temporary slot
-    goes with its connection). An interrupt of the running cell does not reach these threads;
-    the kernel's shutdown runs ``stop()`` (``atexit``), and a killed kernel's connections are
-    closed by the server.
+    ``pause()`` stops taking batches (what arrives meanwhile waits in the router, which holds
+    back acknowledgement, so the slot retains the WAL), ``resume()`` goes on, ``stop()`` ends
+    the threads and closes the stream (a temporary slot goes with its connection).
+
+    Consistency: a batch of a transaction the stream has not seen commit yet (a big one split
+    into several batches) waits in the table's queue until the commit arrives, so
+    :meth:`LiveTable.state` never shows half a transaction; a table with nothing left to read
+    has its consistent LSN moved to the stream's position, so ``state().lsn`` says how far
+    behind the stream the frame is (:meth:`catch_up` waits for "now").
+
+    In a kernel: an interrupt of the running cell (``KeyboardInterrupt`` in the main thread)
+    does not reach these threads, and the embedded server runs in its own session; the
+    kernel's shutdown or restart runs ``stop()`` (``atexit``) and a killed kernel's
+    connections are closed by the server, so a temporary slot disappears either way.
     """
 
     def __init__(self, stream: Any, frames: LiveFrames | None = None, *,
-                 close_stream: bool = True, poll: float = 0.2) -> None:
+                 close_stream: bool = True, poll: float = 0.2,
+                 sync_interval: float = 0.1) -> None:
         import atexit
 
         self.stream = stream
         self.frames = frames if frames is not None else LiveFrames()
         self.close_stream = close_stream
         self.poll = poll
+        self.sync_interval = sync_interval
         self.state = "created"  # created, running, paused, stopped, failed
         self.error: BaseException | None = None
+        self.started_at: float | None = None
         self._run = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._synced: dict[str, int] = {}  # per table: stream position with nothing queued
         atexit.register(self.stop)
 
     def __repr__(self) -> str:
-        return f"<LiveReader {self.state} tables={list(self.frames.tables)}>"
+        names = list(getattr(self.stream, "readers", None) or self.frames.tables)
+        return f"<LiveReader {self.state} tables={names}>"
+
+    def __getitem__(self, name: str) -> LiveTable:
+        return self.frames[name]
 
     def start(self) -> LiveReader:
         if self._threads:
@@ -857,6 +882,7 @@ class LiveReader:
             self._threads.append(thread)
         self._run.set()
         self.state = "running"
+        self.started_at = time.monotonic()
         for thread in self._threads:
             thread.start()
         return self
@@ -873,6 +899,9 @@ class LiveReader:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End the threads and close the stream (idempotent; also run at interpreter exit)."""
+        import atexit
+
         if self.state == "stopped":
             return
         self._stop.set()
@@ -884,13 +913,50 @@ class LiveReader:
             self.stream.close()
         if self.state != "failed":
             self.state = "stopped"
+        atexit.unregister(self.stop)
 
     @property
     def running(self) -> bool:
         return self.state == "running"
 
+    def stream_position(self) -> int | None:
+        """The newest commit (or idle keepalive) position the stream has received."""
+        acks = getattr(getattr(self.stream, "router", None), "acks", None)
+        return None if acks is None else int(acks.received)
+
+    def catch_up(self, timeout: float = 60.0) -> int:
+        """Wait until every table's frames are consistent at the server's current WAL
+        position (as of this call); returns that position. Raises ``TimeoutError``, or the
+        reader's error when it failed."""
+        target = int(self.stream.current_wal_lsn())
+        router = getattr(self.stream, "router", None)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.error is not None:
+                raise self.error
+            names = list(getattr(self.stream, "readers", None) or self.frames.tables)
+            with self.frames.lock:
+                behind = []
+                for name in names:
+                    live = self.frames.tables.get(name)
+                    if self._synced.get(name, 0) < target or (
+                            live is not None and live._pending_rows):
+                        behind.append(name)
+            if not behind:
+                return target
+            if self.state != "running":
+                raise RuntimeError(f"the reader is {self.state}: {', '.join(behind)} cannot "
+                                   "catch up (resume() or start() it)")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{', '.join(behind)} did not reach {format_lsn(target)} "
+                                   f"within {timeout} s")
+            if router is not None:
+                router.request_position()  # a keepalive tells where the stream stands
+            time.sleep(0.02)
+
     def _consume(self, name: str, reader: Any, key: tuple[str, ...]) -> None:
         frames = self.frames
+        last_sync = 0.0
         try:
             while not self._stop.is_set():
                 self._run.wait()
@@ -899,22 +965,47 @@ class LiveReader:
                 try:
                     for event in reader.events(follow=True, timeout=self.poll):
                         self._apply(name, key, event)
+                        now = time.monotonic()
+                        if now - last_sync >= self.sync_interval:
+                            self._sync(name, reader)
+                            last_sync = now
                         if self._stop.is_set() or not self._run.is_set():
                             break
                     else:
                         return  # the reader ended (closed, or its table was dropped)
                 except TimeoutError:
-                    continue  # nothing new: look at the pause/stop flags again
+                    pass  # nothing new: look at the pause/stop flags again
+                self._sync(name, reader)
+                last_sync = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - kept for the status widget
             self.error = exc
             self.state = "failed"
         del frames
 
+    def _sync(self, name: str, reader: Any) -> None:
+        """Release the batches of transactions that committed meanwhile and, when nothing of
+        this table is left to read, move its consistent LSN to the stream's position."""
+        # Read the position first: a transaction's batches are queued before its commit moves
+        # the position, so an empty queue afterwards means they were all applied.
+        position = self.stream_position()
+        if position is None:
+            return
+        complete = reader.queued_batches == 0
+        if complete:
+            self._synced[name] = max(self._synced.get(name, 0), position)
+        live = self.frames.tables.get(name)
+        if live is not None:
+            live.commit(position, complete=complete)
+
     def _apply(self, name: str, key: tuple[str, ...], event: Any) -> None:
         frames = self.frames
         if isinstance(event, pa.RecordBatch):
+            position = self.stream_position()
+            committed = True
+            if position is not None and event.num_rows:
+                committed = int(pc.max(event.column(END_LSN)).as_py() or 0) <= position
             with frames.lock:
                 live = frames.tables.get(name) or frames.table(name, event.schema, key)
-                live.apply(event)
+                live.apply(event, committed=committed)
         elif isinstance(event, (RelationSchema, Truncate, TableDropped)):
             frames.handle(event)

@@ -8,10 +8,11 @@ from .dashboard import Dashboard, ReaderModel, ReaderWidget, explore
 from .patterns import PatternsModel, PatternsWidget
 from .setup import SetupModel, SetupWidget
 from .status import StatusChart, StatusModel, StatusWidget
+from .summary import LiveSummary, SummaryModel, SummaryWidget
 from .table import TableViewModel, TableViewWidget
 
 __all__ = [
     "ConnectionModel", "ConnectionWidget", "Dashboard", "PatternsModel", "PatternsWidget",
     "ReaderModel", "ReaderWidget", "SetupModel", "SetupWidget", "StatusChart", "StatusModel",
-    "StatusWidget", "TableViewModel", "TableViewWidget", "explore",
+    "StatusWidget", "LiveSummary", "SummaryModel", "SummaryWidget", "TableViewModel", "TableViewWidget", "explore",
 ]

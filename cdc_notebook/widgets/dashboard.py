@@ -17,9 +17,10 @@ from ..live import LiveFrames, LiveReader
 from ..pump import UIPump, held, set_changed
 from ._base import Model, WidgetView, esc, message_html
 from .connection import ConnectionModel, ConnectionWidget
-from .patterns import PatternsModel, PatternsWidget
+from .patterns import PatternsModel, PatternsWidget, exact_pattern
 from .setup import SetupModel, SetupWidget
 from .status import StatusModel, StatusWidget, frames_counters
+from .summary import SummaryModel, SummaryWidget
 from .table import TableViewModel, TableViewWidget
 
 
@@ -61,14 +62,20 @@ class ReaderModel(Model):
                 factory: Callable[..., Any] = CDCStream
             else:
                 factory = self._stream_factory
+            # Without a slot chosen in set-up, the reader's slot is temporary: it goes with
+            # the reader (stop, kernel shutdown or restart). A permanent slot stays only when
+            # the user named or created one.
+            chosen = bool(self.setup.slot_name)
             stream = factory(self.connection.conninfo(), self.patterns.selection(),
                              slot_name=self.setup.slot_name or None,
                              publication=self.setup.publication or None,
-                             plugin=self.setup.plugin, temporary=self.setup.temporary)
+                             plugin=self.setup.plugin,
+                             temporary=self.setup.temporary if chosen else True)
             reader = LiveReader(stream, self.frames).start()
             with self.lock:
                 self.reader = reader
-            self.setup.slot_name = stream.slot.slot_name
+            if chosen:
+                self.setup.slot_name = stream.slot.slot_name
             self._note(f"streaming {len(stream.readers)} table(s) from slot "
                        f"{stream.slot.slot_name}")
         return self.run("starting the reader", work)
@@ -145,10 +152,15 @@ class Dashboard:
                  frames: LiveFrames | None = None, tables: str = "public.*",
                  connect: bool = False, pump_interval: float = 0.25,
                  clock: Callable[[], float] = time.monotonic, start_pump: bool = True,
-                 stream_factory: Callable[..., Any] | None = None) -> None:
+                 stream_factory: Callable[..., Any] | None = None,
+                 reader: LiveReader | None = None) -> None:
+        if reader is not None:
+            frames = reader.frames
         self.frames = frames if frames is not None else LiveFrames()
         self.connection = ConnectionModel(
             server_factory=(lambda: server) if server is not None else None, embedded=embedded)
+        if reader is not None and server is None:
+            _fill_connection(self.connection, getattr(reader.stream, "conninfo", None) or {})
         self.patterns = PatternsModel(self.connection, include=tables, clock=clock)
         self.setup = SetupModel(self.connection, self.patterns)
         self.status = StatusModel(self.connection, counters=frames_counters(self.frames),
@@ -156,33 +168,55 @@ class Dashboard:
         self.reader = ReaderModel(self.connection, self.patterns, self.setup, self.frames,
                                   stream_factory=stream_factory)
         self.table = TableViewModel(self.frames)
+        if reader is not None:
+            self.reader.reader = reader
+            if tables == "public.*" and getattr(reader.stream, "tables", None):
+                self.patterns.include = ", ".join(
+                    exact_pattern((t.schema, t.name)) for t in reader.stream.tables)
+        self.summary = SummaryModel(self.frames, reader=reader, clock=clock,
+                                    conninfo=self.connection.conninfo)
         self.views: list[WidgetView] = [
             ConnectionWidget(self.connection), PatternsWidget(self.patterns),
             SetupWidget(self.setup), ReaderWidget(self.reader), StatusWidget(self.status),
             TableViewWidget(self.table)]
         status_view = self.views[4]
         assert isinstance(status_view, StatusWidget)
+        summary_view = SummaryWidget(self.summary)
         self.pump = UIPump(interval=pump_interval, clock=clock)
         self.pump.add_hook(self.patterns.poll)
         self.pump.add_hook(self._poll_status)
+        self.pump.add_hook(self._sample_summary)
         for view in self.views:
             self.pump.add(view)
         self.pump.add(status_view.chart)
+        self.pump.add(summary_view)
+        self._summary_view = summary_view
         titles = ["Connection", "Tables", "Set-up", "Reader", "Status", "Live table"]
-        self.widget = w.Tab(children=[v.box for v in self.views])  # type: ignore[attr-defined]
+        self.tabs = w.Tab(children=[v.box for v in self.views])  # type: ignore[attr-defined]
         for i, title in enumerate(titles):
-            self.widget.set_title(i, title)
+            self.tabs.set_title(i, title)
+        if reader is not None:
+            self.tabs.selected_index = titles.index("Live table")
+        self.widget = w.VBox([summary_view.box, self.tabs])
         self.stopped = False
-        if connect:
+        if connect or (reader is not None and server is not None):
             self.connection.connect()
         if start_pump:
             self.pump.start()
 
+    def _sample_summary(self, now: float) -> None:
+        self.summary.reader = self.reader.reader
+        self._summary_view.hook(now)
+
+    def _reader_slot(self) -> str | None:
+        live = self.reader.reader
+        slot = getattr(getattr(live, "stream", None), "slot", None) if live is not None else None
+        return getattr(slot, "slot_name", None)
+
     def _poll_status(self, now: float) -> None:
-        if self.status.slot_name is None and self.setup.slot_name:
-            self.status.slot_name = self.setup.slot_name
-        elif self.setup.slot_name and self.status.slot_name != self.setup.slot_name:
-            self.status.slot_name = self.setup.slot_name
+        slot = self.setup.slot_name or self._reader_slot()
+        if slot and self.status.slot_name != slot:
+            self.status.slot_name = slot
         self.status.poll(now)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -201,17 +235,35 @@ class Dashboard:
         if self.reader.reader is not None:
             self.reader.reader.stop()
         self.pump.close()
+        self.tabs.close()
         self.widget.close()
         for model in (self.patterns, self.setup, self.reader, self.table):
             model.shutdown()
+        self.summary.close()
         self.status.close()
         self.connection.close()
 
 
-def explore(server: Any = None, **options: Any) -> Dashboard:
-    """The dashboard: connection, table patterns, set-up/teardown, reader, status, live table.
+def _fill_connection(model: ConnectionModel, conninfo: dict[str, Any]) -> None:
+    """Point the connection form at a running reader's server (password kept in memory)."""
+    params = dict(conninfo)
+    model.embedded = False
+    model.host = str(params.pop("host", model.host))
+    model.port = int(params.pop("port", model.port))
+    model.dbname = str(params.pop("dbname", model.dbname))
+    model.user = str(params.pop("user", model.user))
+    model.password = str(params.pop("password", "") or "")
+    params.pop("replication", None)
+    model.options = " ".join(f"{k}={v}" for k, v in params.items() if v is not None)
+
+
+def explore(server: Any = None, reader: LiveReader | None = None, **options: Any) -> Dashboard:
+    """The dashboard: a live summary above tabs for the connection, table patterns,
+    set-up/teardown, the reader, the slot's status and the live table.
 
     ``server``: an embedded :class:`~cdc_notebook.server.PostgresServer` to use (default: one is
-    started when you connect with "embedded server" ticked). Display the returned object.
+    started when you connect with "embedded server" ticked). ``reader``: a running
+    :class:`~cdc_notebook.live.LiveReader` to show and control (its frames, its slot), the
+    connection made at once. Display the returned object.
     """
-    return Dashboard(server=server, **options)
+    return Dashboard(server=server, reader=reader, **options)

@@ -1,0 +1,224 @@
+"""The live summary: rows per table, events/s, MB/s and the slot's lag, in one line.
+
+The same figures are printed by ``python -m cdc_notebook demo`` and shown above the dashboard.
+Rates are measured between two samples of the frames' counters (rows and bytes received), so
+they say what the reader is doing now, not an average since it started; the slot's lag comes
+from the server (``pg_current_wal_lsn() - confirmed_flush_lsn``) through a connection of its
+own, polled at most once a second on the model's worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ipywidgets as w
+
+from ..events import format_lsn
+from ..pump import set_changed
+from ..status import _fmt_bytes, fetch_slot_status
+from ._base import Model, WidgetView, describe_error, esc, message_html
+
+_MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    name: str
+    rows: int | None  # mirror rows (None: the table has no key, only a changelog)
+    changes: int  # rows received (snapshot rows and changes)
+    lsn: int  # where the frame is consistent
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """One sample of what the reader is doing."""
+
+    state: str
+    tables: tuple[TableSummary, ...]
+    events_per_second: float
+    bytes_per_second: float
+    rows_received: int
+    slot_name: str | None = None
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    retained_wal_bytes: int | None = None
+    error: str | None = None
+    taken_at: float = field(default_factory=time.monotonic)
+
+    def text(self) -> str:
+        """The summary as one line of text (what the demo prints)."""
+        parts = [f"reader {self.state}"]
+        parts += [f"{t.name}: {t.rows:,} rows" if t.rows is not None else
+                  f"{t.name}: {t.changes:,} changes" for t in self.tables]
+        parts.append(f"{self.events_per_second:,.0f} events/s")
+        parts.append(f"{self.bytes_per_second / _MB:.2f} MB/s")
+        if self.lag_bytes is not None:
+            lag = f"slot lag {_fmt_bytes(self.lag_bytes)}"
+            if self.lag_seconds is not None:
+                lag += f" ({self.lag_seconds:.2f} s)"
+            parts.append(lag)
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return " | ".join(parts)
+
+    def html(self) -> str:
+        rows = "".join(
+            f"<tr><td>{esc(t.name)}</td><td class='cdc-rows'>"
+            f"{'' if t.rows is None else f'{t.rows:,}'}</td><td>{t.changes:,}</td>"
+            f"<td>{esc(format_lsn(t.lsn))}</td></tr>" for t in self.tables)
+        lag = "n/a" if self.lag_bytes is None else _fmt_bytes(self.lag_bytes)
+        if self.lag_seconds is not None:
+            lag += f" ({self.lag_seconds:.2f} s)"
+        head = (f"<div class='cdc-summary'>reader <b>{esc(self.state)}</b> · "
+                f"<span class='cdc-throughput'>{self.events_per_second:,.0f} events/s</span> · "
+                f"{self.bytes_per_second / _MB:.2f} MB/s · slot lag {esc(lag)}</div>")
+        table = ("<table class='cdc-summary-tables'><tr><th>table</th><th>rows</th>"
+                 "<th>changes received</th><th>consistent at</th></tr>" + rows + "</table>")
+        return head + table + message_html(self.error)
+
+
+class SummaryModel(Model):
+    """Samples a :class:`~cdc_notebook.live.LiveReader` (or bare frames plus a slot name)."""
+
+    def __init__(self, frames: Any, *, reader: Any = None, slot_name: str | None = None,
+                 conninfo: Callable[[], dict[str, Any]] | dict[str, Any] | None = None,
+                 lag_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.frames = frames
+        self.reader = reader
+        self.slot_name = slot_name
+        self._conninfo = conninfo
+        self.lag_interval = lag_interval
+        self.clock = clock
+        self.summary: LiveSummary | None = None
+        self._previous: tuple[float, int, int] | None = None
+        self._lag: tuple[int | None, float | None, int | None] = (None, None, None)
+        self._lag_error: str | None = None
+        self._last_lag_poll: float | None = None
+        self._conn: Any = None
+
+    def _counts(self) -> tuple[int, int]:
+        tables = list(self.frames.tables.values())
+        return (sum(t.stats.rows_received for t in tables),
+                sum(t.stats.bytes_received for t in tables))
+
+    def sample(self, now: float | None = None) -> LiveSummary:
+        """Take a sample now (rates since the previous sample)."""
+        now = self.clock() if now is None else now
+        rows, nbytes = self._counts()
+        eps = bps = 0.0
+        if self._previous is not None:
+            then, rows0, bytes0 = self._previous
+            if now > then:
+                eps, bps = (rows - rows0) / (now - then), (nbytes - bytes0) / (now - then)
+        self._previous = (now, rows, nbytes)
+        tables = []
+        with self.frames.lock:
+            for name, live in list(self.frames.tables.items()):
+                height = live.state().frame.height if live.has_key else None
+                tables.append(TableSummary(name, height, live.stats.rows_received,
+                                           live._consistent_lsn()))
+        reader = self.reader
+        state = "stopped" if reader is None else reader.state
+        error = self._lag_error
+        if reader is not None and reader.error is not None:
+            error = describe_error(reader.error)
+        lag_bytes, lag_seconds, retained = self._lag
+        summary = LiveSummary(state, tuple(tables), eps, bps, rows, self._slot(), lag_bytes,
+                              lag_seconds, retained, error, now)
+        with self.lock:
+            self.summary = summary
+            self.bump()
+        return summary
+
+    def _slot(self) -> str | None:
+        if self.slot_name:
+            return self.slot_name
+        slot = getattr(getattr(getattr(self.reader, "stream", None), "slot", None),
+                       "slot_name", None)
+        return slot
+
+    def _params(self) -> dict[str, Any] | None:
+        if callable(self._conninfo):
+            return self._conninfo()
+        if self._conninfo is not None:
+            return dict(self._conninfo)
+        stream = getattr(self.reader, "stream", None)
+        params = getattr(stream, "conninfo", None)
+        return dict(params) if params else None
+
+    def poll_lag(self, now: float | None = None, *, wait: bool = False) -> None:
+        """Ask the server for the slot's lag (on the worker) when a poll is due."""
+        now = self.clock() if now is None else now
+        with self.lock:
+            due = self._last_lag_poll is None or now - self._last_lag_poll >= self.lag_interval
+            if not due or self.busy:
+                return
+            self._last_lag_poll = now
+        slot = self._slot()
+        if slot is None:
+            return
+
+        def work() -> None:
+            from ..provision import connect
+
+            try:
+                if self._conn is None or self._conn.closed:
+                    params = self._params()
+                    if not params:
+                        raise RuntimeError("no connection parameters for the slot's server")
+                    self._conn = connect(params, application_name="cdc_notebook summary")
+                status = fetch_slot_status(self._conn, slot)
+                self._lag = (status.lag_bytes, status.lag_seconds, status.retained_wal_bytes)
+                self._lag_error = None
+            except Exception as exc:  # noqa: BLE001 - shown in the summary
+                self._lag_error = describe_error(exc)
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        future = self.run("polling the slot", work, clear_error=False)
+        if wait:
+            future.result(30)
+
+    def close(self) -> None:
+        self.shutdown()
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._conn = None
+
+
+class SummaryWidget(WidgetView):
+    """One HTML line plus a small table; refreshed by the pump (its hook takes the samples)."""
+
+    min_interval = 0.5
+
+    def __init__(self, model: SummaryModel) -> None:
+        super().__init__()
+        self.model = model
+        self.html = self.make(w.HTML("<i>waiting for the reader…</i>"))
+        self.box = self.html
+
+    def version(self) -> int:
+        return self.model.version
+
+    def refresh(self, now: float) -> None:
+        with self.model.lock:
+            summary = self.model.summary
+        if summary is not None:
+            set_changed(self.html, value=summary.html())
+
+    def hook(self, now: float) -> None:
+        """Pump hook: a sample every ``min_interval`` (cheap) and a lag poll when due."""
+        m = self.model
+        previous = m.summary.taken_at if m.summary is not None else None
+        if previous is None or now - previous >= self.min_interval:
+            m.sample(now)
+        m.poll_lag(now)
