@@ -20,13 +20,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from .errors import CDCError
 from .events import parse_lsn
-from .patterns import TableInfo, TablePattern
+from .patterns import TableInfo, TablePattern, discover_tables, parse_patterns, select_tables
 from .provision import DEFAULT_PLUGIN, conninfo_of, connect, plan_provision
 from .replication import ReplicationConnection, StreamLost, TemporarySlotLost
-from .router import ChangeRouter, TableReader
+from .router import WATERMARK_PREFIX, ChangeRouter, TableJoin, TableReader
 from .status import SlotStatus, fetch_slot_status
 
 
@@ -47,7 +48,8 @@ def make_decoder(plugin: str, publication: str | None,
     if plugin == "wal2arrow":
         from . import frames
 
-        options = {"format_version": str(frames.FORMAT_VERSION)}
+        # Logical messages carry the watermarks of tables joining a running stream.
+        options = {"format_version": str(frames.FORMAT_VERSION), "messages": "on"}
         if publication:
             options["publication_names"] = publication
         return frames.FrameDecoder(), options
@@ -122,7 +124,9 @@ class CDCStream:
                  memory_limit: int = 256 << 20, reconnect: bool = True,
                  slot_timeout: float = 60.0, snapshot: bool = False,
                  snapshot_progress: Callable[[Any], None] | None = None,
-                 snapshot_workers: int = 2, **provision_options: Any):
+                 snapshot_workers: int = 2, watch: bool = True,
+                 on_table_added: Callable[[str], None] | None = None,
+                 **provision_options: Any):
         self.catalog = connect(conninfo)
         try:
             self._catalog_lock = threading.Lock()
@@ -159,6 +163,10 @@ class CDCStream:
             self.slot = result.slot
             self.temporary = temporary
             self.snapshot = snapshot
+            self.patterns = parse_patterns(tables)
+            self.watch = watch and self.publication is not None
+            self.on_table_added = on_table_added
+            self.joined: list[str] = []
             self.snapshot_progress = snapshot_progress
             self.snapshot_workers = snapshot_workers
             if snapshot and not (self.slot.created and self.slot.snapshot_name):
@@ -170,7 +178,7 @@ class CDCStream:
             self._first_connection = self.slot.connection
             self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
                                        memory_limit=memory_limit, reconnect=reconnect,
-                                       missing_tables=self._missing_tables)
+                                       missing_tables=self._table_changes)
             self.readers: dict[str, TableReader] = {}
             self._oids = {info.qualified_name: info.oid for info in self.tables}
             for info in self.tables:
@@ -218,9 +226,11 @@ class CDCStream:
                                         progress=self.snapshot_progress):
                 self.router.put_snapshot(info.qualified_name, batch)
 
-    def _missing_tables(self) -> tuple[list[str], int]:
-        """Readers whose table no longer exists, and the WAL position when that was seen."""
+    def _table_changes(self) -> tuple[list[str], int]:
+        """Readers whose table no longer exists (and the WAL position when that was seen);
+        tables that started matching the patterns join the stream."""
         with self._catalog_lock:
+            catalog = discover_tables(self.catalog) if self.watch else None
             rows = self.catalog.execute(
                 "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])",
                 (list(self._oids.values()),)).fetchall()
@@ -229,7 +239,51 @@ class CDCStream:
         gone = [name for name, oid in self._oids.items() if oid not in present]
         for name in gone:
             del self._oids[name]
+        if catalog is not None:
+            known = set(self.readers)
+            for info in select_tables(catalog, self.patterns).tables:
+                if info.qualified_name not in known and info.has_replica_identity:
+                    self._join(info)
         return gone, parse_lsn(lsn)
+
+    def _join(self, info: TableInfo) -> None:
+        """Add a table to the running stream: publication, reader, watermarked snapshot."""
+        name = info.qualified_name
+        keys = tuple(info.primary_key or info.identity_columns)
+        with self._catalog_lock:
+            self.catalog.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(self.publication), sql.Identifier(info.schema, info.name)))
+        self.readers[name] = self.router.add_reader(name, keys)
+        self._oids[name] = info.oid
+        self.tables.append(info)
+        join = TableJoin(f"{self.slot.slot_name}:{info.oid}:{time.monotonic_ns()}", name, keys)
+        self.router.joins[join.id] = join
+        threading.Thread(target=self._snapshot_joining_table, args=(info, join),
+                         name=f"cdc-join-{name}", daemon=True).start()
+        self.joined.append(name)
+        if self.on_table_added is not None:
+            self.on_table_added(name)
+
+    def _snapshot_joining_table(self, info: TableInfo, join: TableJoin) -> None:
+        from .snapshot import snapshot_table
+
+        emit = "SELECT pg_logical_emit_message(true, %s, %s)"
+        try:
+            with connect(self.conninfo) as conn:
+                conn.execute(emit, (WATERMARK_PREFIX, f"low {join.id}"))
+                with connect(self.conninfo, autocommit=False) as reader_conn:
+                    reader_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    name = reader_conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+                    lsn = parse_lsn(reader_conn.execute(
+                        "SELECT pg_current_wal_lsn()::text").fetchone()[0])
+                    join.batches = list(snapshot_table(self.conninfo, info.oid, (name, lsn),
+                                                       workers=1))
+                    reader_conn.rollback()
+                join.ready.set()
+                conn.execute(emit, (WATERMARK_PREFIX, f"high {join.id}"))
+        except BaseException as exc:  # noqa: BLE001 - reported on the stream
+            join.error = exc
+            join.ready.set()
 
     def current_wal_lsn(self) -> int:
         with self._catalog_lock:

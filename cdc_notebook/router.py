@@ -35,10 +35,68 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .events import ChangeBatch, RelationSchema, TableDropped, Truncate
+from .events import ChangeBatch, LogicalMessage, RelationSchema, TableDropped, Truncate
 from .partition import partition_of
 
 _END = object()  # queue marker: the stream ended (position reached, or closed)
+WATERMARK_PREFIX = "cdc_notebook.watermark"
+
+
+def _stamp(batch: pa.RecordBatch, end_lsn: int, first_ordinal: int) -> pa.RecordBatch:
+    """Snapshot rows of a joining table take the position of the high watermark's commit."""
+    n = batch.num_rows
+    at = pa.array(np.full(n, end_lsn, dtype=np.uint64))
+    replaced = {"_cdc_lsn": at, "_cdc_commit_lsn": at, "_cdc_end_lsn": at,
+                "_cdc_ordinal": pa.array(np.arange(first_ordinal + 1, first_ordinal + n + 1,
+                                                   dtype=np.uint64))}
+    arrays = [replaced.get(f.name, batch.column(i)) for i, f in enumerate(batch.schema)]
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+class TableJoin:
+    """A table joining a running stream: its snapshot merged between two watermarks.
+
+    The joiner writes a low watermark (a transactional logical message), reads the table, keeps
+    the rows here, and writes a high watermark. The stream thread records the keys of the
+    table's changes seen between the two; at the high watermark it delivers the snapshot rows
+    whose keys did *not* change in that window (those changes arrive as changes), so the
+    reader sees the table's rows exactly once as of the high watermark, then its changes.
+    """
+
+    def __init__(self, join_id: str, qualified_name: str, key_columns: tuple[str, ...]):
+        self.id = join_id
+        self.name = qualified_name
+        self.key_columns = key_columns
+        self.window_open = False
+        self.changed: set[tuple[Any, ...]] = set()
+        self.batches: list[pa.RecordBatch] = []
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.delivered_rows = 0
+        self.dropped_rows = 0
+
+    def record(self, batch: pa.RecordBatch) -> None:
+        """Keys a change batch touches: new keys, and old keys of updates and deletes."""
+        cols = [batch.column(k).to_pylist() for k in self.key_columns]
+        self.changed.update(zip(*cols))
+        before = batch.column("_cdc_before")
+        if before.null_count < len(before):
+            old = [before.field(k).to_pylist() for k in self.key_columns]
+            self.changed.update(t for t in zip(*old) if t[0] is not None)
+
+    def surviving(self) -> list[pa.RecordBatch]:
+        out = []
+        for batch in self.batches:
+            if self.changed and batch.num_rows:
+                keys = list(zip(*[batch.column(k).to_pylist() for k in self.key_columns]))
+                mask = pa.array([key not in self.changed for key in keys])
+                kept = batch.filter(mask)
+                self.dropped_rows += batch.num_rows - kept.num_rows
+                batch = kept
+            self.delivered_rows += batch.num_rows
+            out.append(batch)
+        return out
 
 
 class Transaction:
@@ -286,6 +344,8 @@ class TableReader:
                     self.rows_read += batch.num_rows
                     self.bytes_read += item.nbytes
                     yield batch
+                elif isinstance(payload, BaseException):
+                    raise payload
                 elif isinstance(payload, TableDropped):
                     self.dropped = True
                     if events:
@@ -432,6 +492,8 @@ class ChangeRouter:
         self._table_check_interval = table_check_interval
         self._last_table_check = time.monotonic()
         self._pending_drops: list[tuple[str, int]] = []
+        self.joins: dict[str, TableJoin] = {}
+        self._joins_at_commit: list[TableJoin] = []
 
     # ---- set-up
 
@@ -529,6 +591,8 @@ class ChangeRouter:
                 if isinstance(event, Begin):
                     self._txn = self.acks.begin(event.xid, event.end_lsn, event.commit_ts)
                 elif isinstance(event, Commit):
+                    if self._joins_at_commit:
+                        self._deliver_joins(event.end_lsn)
                     if self._txn is not None:
                         self.acks.commit(self._txn, event.end_lsn)
                         self.stats.transactions += 1
@@ -550,6 +614,9 @@ class ChangeRouter:
                             if self._txn is not None:
                                 self.acks.add(self._txn)
                             reader._put(_Item(event, self._txn), self._stop)
+                elif isinstance(event, LogicalMessage):
+                    if event.prefix == WATERMARK_PREFIX:
+                        self._watermark(event.content.decode())
                 elif isinstance(event, TableDropped):
                     reader = self.readers.get(event.qualified_name)
                     if reader is not None:
@@ -577,7 +644,42 @@ class ChangeRouter:
                     still.append((name, lsn))
             self._pending_drops = still
 
+    def _watermark(self, content: str) -> None:
+        kind, _, join_id = content.partition(" ")
+        join = self.joins.get(join_id)
+        if join is None:
+            return  # another stream's (or an earlier run's) watermark
+        if kind == "low":
+            join.window_open = True
+        elif kind == "high":
+            join.window_open = False
+            # Delivered at the watermark's commit, stamped with its end LSN: after every change
+            # of the window, before every later one.
+            self._joins_at_commit.append(join)
+
+    def _deliver_joins(self, end_lsn: int) -> None:
+        for join in self._joins_at_commit:
+            # The rows were read before the high watermark was written: they are here.
+            if not join.ready.wait(60) or join.error is not None:
+                join.error = join.error or TimeoutError(
+                    f"snapshot of {join.name} not ready at its watermark")
+                reader = self.readers.get(join.name)
+                if reader is not None:  # that reader fails; the others go on
+                    reader._put(_Item(join.error, None), self._stop)
+            else:
+                ordinal = 0
+                for batch in join.surviving():
+                    self.put_snapshot(join.name, _stamp(batch, end_lsn, ordinal))
+                    ordinal += batch.num_rows
+            join.batches = []
+            self.joins.pop(join.id, None)
+            join.done.set()
+        self._joins_at_commit = []
+
     def _route_batch(self, event: ChangeBatch) -> None:
+        for join in self.joins.values():
+            if join.window_open and join.name == event.qualified_name:
+                join.record(event.batch)
         reader = self.readers.get(event.qualified_name)
         batch = event.batch
         self.stats.rows += batch.num_rows
