@@ -6,6 +6,13 @@
  * dates and times, timestamps, intervals, uuid, text-like varlenas, bytea, json. Only types
  * that the spec carries as text (and values Arrow cannot hold, for _cdc_unrepresentable) go
  * through their output function.
+ *
+ * Values are written straight into the builders' buffers (reserve, copy, validity bit) rather
+ * than through nanoarrow's generic append functions, which switch on the storage type for
+ * every value. Two per-row costs are deferred to the batch: runs of null before-images (most
+ * inserts and updates have none) are appended as one run of nulls, and the transaction's
+ * constant metadata columns (_cdc_commit_lsn, _cdc_end_lsn, _cdc_commit_ts, _cdc_xid) are
+ * filled for the whole batch when it is finished (w2a_finish_batch).
  */
 #include "wal2arrow.h"
 
@@ -17,6 +24,10 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/jsonb.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
@@ -50,14 +61,39 @@ init_pow10(void)
 	pow10_ready = true;
 }
 
+/* A non-null value was written to the array's buffers: its validity bit and length. */
+static inline void
+mark_valid(struct ArrowArray *a)
+{
+	struct ArrowBitmap *validity = ArrowArrayValidityBitmap(a);
+
+	/* nanoarrow allocates the validity bitmap with the first null; until then none is kept */
+	if (validity->buffer.data != NULL)
+		W2A_CHECK(ArrowBitmapAppend(validity, 1, 1), "appending a value");
+	a->length++;
+}
+
+/* A value of a fixed-width type (integers, floats, decimal128, timestamps, uuid, ...). */
+static inline void
+append_fixed(struct ArrowArray *a, const void *value, int64 size, int64 *nbytes)
+{
+	W2A_CHECK(ArrowBufferAppend(ArrowArrayBuffer(a, 1), value, size), "appending a value");
+	mark_valid(a);
+	*nbytes += size;
+}
+
+/* A value of a utf8 or binary column (32-bit offsets). */
 static inline void
 append_bytes(struct ArrowArray *a, const void *data, int64 len, int64 *nbytes)
 {
-	struct ArrowBufferView view;
+	struct ArrowBuffer *values = ArrowArrayBuffer(a, 2);
+	int64		end = values->size_bytes + len;
 
-	view.data.data = data;
-	view.size_bytes = len;
-	W2A_CHECK(ArrowArrayAppendBytes(a, view), "appending a value");
+	if (unlikely(end > PG_INT32_MAX))
+		w2a_nanoarrow_check(EOVERFLOW, "appending a value", NULL);
+	W2A_CHECK(ArrowBufferAppend(values, data, len), "appending a value");
+	W2A_CHECK(ArrowBufferAppendInt32(ArrowArrayBuffer(a, 1), (int32) end), "appending a value");
+	mark_valid(a);
 	*nbytes += len + 4;
 }
 
@@ -65,6 +101,106 @@ static inline void
 append_cstring(struct ArrowArray *a, const char *s, int64 *nbytes)
 {
 	append_bytes(a, s, (int64) strlen(s), nbytes);
+}
+
+/* The end of a list or map element whose child values were appended (or an empty one). */
+static inline void
+finish_list(struct ArrowArray *a)
+{
+	int64		child_length = a->children[0]->length;
+
+	if (unlikely(child_length > PG_INT32_MAX))
+		w2a_nanoarrow_check(EOVERFLOW, "appending a list", NULL);
+	W2A_CHECK(ArrowBufferAppendInt32(ArrowArrayBuffer(a, 1), (int32) child_length),
+			  "appending a list");
+	mark_valid(a);
+}
+
+/* ---------------------------------------------------------------- enum labels */
+
+/*
+ * Enum labels by pg_enum OID, cached for the decoding session: a label is looked up in the
+ * catalog once, not per value. ALTER TYPE ... RENAME VALUE invalidates pg_enum's syscache,
+ * whose callback empties the cache (decoding replays invalidations at the right point of the
+ * stream, so a value is rendered with the label it had when it was written).
+ */
+typedef struct EnumLabel
+{
+	Oid			oid;			/* hash key */
+	int			len;
+	char	   *label;
+} EnumLabel;
+
+static HTAB *enum_labels = NULL;
+static MemoryContext enum_cxt = NULL;
+static bool enum_callback_registered = false;
+
+static void
+enum_cache_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (enum_cxt != NULL)
+		MemoryContextReset(enum_cxt);
+	enum_labels = NULL;
+}
+
+static void
+enum_cache_forget(void *arg)
+{
+	/* the plugin's context (and enum_cxt in it) is going away */
+	enum_cxt = NULL;
+	enum_labels = NULL;
+}
+
+void
+w2a_enum_cache_init(W2AState *state)
+{
+	MemoryContextCallback *cb;
+
+	enum_cxt = AllocSetContextCreate(state->cxt, "wal2arrow enum labels", ALLOCSET_SMALL_SIZES);
+	enum_labels = NULL;
+	cb = MemoryContextAlloc(state->cxt, sizeof(MemoryContextCallback));
+	cb->func = enum_cache_forget;
+	cb->arg = NULL;
+	MemoryContextRegisterResetCallback(state->cxt, cb);
+	if (!enum_callback_registered)
+	{
+		CacheRegisterSyscacheCallback(ENUMOID, enum_cache_invalidate, (Datum) 0);
+		enum_callback_registered = true;
+	}
+}
+
+static const EnumLabel *
+enum_label(Oid oid)
+{
+	EnumLabel  *label;
+	HeapTuple	tp;
+
+	if (enum_labels != NULL)
+	{
+		label = hash_search(enum_labels, &oid, HASH_FIND, NULL);
+		if (label != NULL)
+			return label;
+	}
+	tp = SearchSysCache1(ENUMOID, ObjectIdGetDatum(oid));
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "wal2arrow: cache lookup failed for enum value %u", oid);
+	/* the catalog lookup may have processed invalidations: touch the cache only now */
+	if (enum_labels == NULL)
+	{
+		HASHCTL		info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(Oid);
+		info.entrysize = sizeof(EnumLabel);
+		info.hcxt = enum_cxt;
+		enum_labels = hash_create("wal2arrow enum labels", 64, &info,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	label = hash_search(enum_labels, &oid, HASH_ENTER, NULL);
+	label->label = MemoryContextStrdup(enum_cxt, NameStr(((Form_pg_enum) GETSTRUCT(tp))->enumlabel));
+	label->len = (int) strlen(label->label);
+	ReleaseSysCache(tp);
+	return label;
 }
 
 /* Unscaled decimal128 value of a numeric at the given scale; false for NaN/Infinity. */
@@ -123,10 +259,12 @@ numeric_to_int128(Datum value, int scale, __int128 *out)
 /*
  * Append one non-null value. Returns false when the value cannot be held by the Arrow type:
  * scalars are then appended as null; a list is still appended with its representable
- * elements. The caller reports such values in _cdc_unrepresentable.
+ * elements. The caller reports such values in _cdc_unrepresentable. `scratch` is a reusable
+ * buffer for values rendered as text.
  */
 static bool
-append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbytes)
+append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbytes,
+			 StringInfo scratch)
 {
 	switch (type->kind)
 	{
@@ -135,40 +273,55 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 			*nbytes += 1;
 			return true;
 		case W2A_KIND_INT2:
-			W2A_CHECK(ArrowArrayAppendInt(a, DatumGetInt16(value)), "appending an int2");
-			*nbytes += 2;
-			return true;
+			{
+				int16		v = DatumGetInt16(value);
+
+				append_fixed(a, &v, sizeof(v), nbytes);
+				return true;
+			}
 		case W2A_KIND_INT4:
-			W2A_CHECK(ArrowArrayAppendInt(a, DatumGetInt32(value)), "appending an int4");
-			*nbytes += 4;
-			return true;
+			{
+				int32		v = DatumGetInt32(value);
+
+				append_fixed(a, &v, sizeof(v), nbytes);
+				return true;
+			}
 		case W2A_KIND_INT8:
-			W2A_CHECK(ArrowArrayAppendInt(a, DatumGetInt64(value)), "appending an int8");
-			*nbytes += 8;
-			return true;
+			{
+				int64		v = DatumGetInt64(value);
+
+				append_fixed(a, &v, sizeof(v), nbytes);
+				return true;
+			}
 		case W2A_KIND_OID:
-			W2A_CHECK(ArrowArrayAppendUInt(a, DatumGetObjectId(value)), "appending an oid");
-			*nbytes += 4;
-			return true;
+			{
+				uint32		v = DatumGetObjectId(value);
+
+				append_fixed(a, &v, sizeof(v), nbytes);
+				return true;
+			}
 		case W2A_KIND_FLOAT4:
-			W2A_CHECK(ArrowArrayAppendDouble(a, DatumGetFloat4(value)), "appending a float4");
-			*nbytes += 4;
-			return true;
+			{
+				float4		v = DatumGetFloat4(value);
+
+				append_fixed(a, &v, sizeof(v), nbytes);
+				return true;
+			}
 		case W2A_KIND_FLOAT8:
-			W2A_CHECK(ArrowArrayAppendDouble(a, DatumGetFloat8(value)), "appending a float8");
-			*nbytes += 8;
-			return true;
+			{
+				float8		v = DatumGetFloat8(value);
+
+				append_fixed(a, &v, sizeof(v), nbytes);
+				return true;
+			}
 		case W2A_KIND_DECIMAL:
 			{
+				/* decimal128: 16 bytes, two's complement, the host's (little-endian) order */
 				__int128	unscaled;
-				struct ArrowDecimal dec;
 
 				if (!numeric_to_int128(value, type->scale, &unscaled))
 					break;
-				ArrowDecimalInit(&dec, 128, type->precision, type->scale);
-				ArrowDecimalSetBytes(&dec, (const uint8_t *) &unscaled);
-				W2A_CHECK(ArrowArrayAppendDecimal(a, &dec), "appending a decimal");
-				*nbytes += 16;
+				append_fixed(a, &unscaled, sizeof(unscaled), nbytes);
 				return true;
 			}
 		case W2A_KIND_TEXT:
@@ -186,35 +339,37 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 		case W2A_KIND_DATE:
 			{
 				DateADT		d = DatumGetDateADT(value);
+				int32		days;
 
 				if (DATE_NOT_FINITE(d))
 					break;
-				W2A_CHECK(ArrowArrayAppendInt(a, (int64) d + W2A_EPOCH_OFFSET_DAYS),
-						  "appending a date");
-				*nbytes += 4;
+				days = d + W2A_EPOCH_OFFSET_DAYS;
+				append_fixed(a, &days, sizeof(days), nbytes);
 				return true;
 			}
 		case W2A_KIND_TIME:
 			{
 				TimeADT		t = DatumGetTimeADT(value);
+				int64		us = t;
 
 				if (t < 0 || t >= USECS_PER_DAY)
 					break;
-				W2A_CHECK(ArrowArrayAppendInt(a, t), "appending a time");
-				*nbytes += 8;
+				append_fixed(a, &us, sizeof(us), nbytes);
 				return true;
 			}
 		case W2A_KIND_TIMETZ:
 			{
 				TimeTzADT  *t = DatumGetTimeTzADTP(value);
+				int64		us = t->time;
+
+				/* PostgreSQL keeps the zone in seconds west of UTC */
+				int32		offset = -t->zone;
 
 				if (t->time < 0 || t->time >= USECS_PER_DAY)
 					break;
-				W2A_CHECK(ArrowArrayAppendInt(a->children[0], t->time), "appending a timetz");
-				/* PostgreSQL keeps the zone in seconds west of UTC */
-				W2A_CHECK(ArrowArrayAppendInt(a->children[1], -t->zone), "appending a timetz");
-				W2A_CHECK(ArrowArrayFinishElement(a), "appending a timetz");
-				*nbytes += 12;
+				append_fixed(a->children[0], &us, sizeof(us), nbytes);
+				append_fixed(a->children[1], &offset, sizeof(offset), nbytes);
+				mark_valid(a);
 				return true;
 			}
 		case W2A_KIND_TIMESTAMP:
@@ -226,8 +381,7 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 				if (TIMESTAMP_NOT_FINITE(ts) ||
 					pg_add_s64_overflow(ts, W2A_EPOCH_OFFSET_US, &unix_us))
 					break;
-				W2A_CHECK(ArrowArrayAppendInt(a, unix_us), "appending a timestamp");
-				*nbytes += 8;
+				append_fixed(a, &unix_us, sizeof(unix_us), nbytes);
 				return true;
 			}
 		case W2A_KIND_INTERVAL:
@@ -251,20 +405,25 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 				return true;
 			}
 		case W2A_KIND_UUID:
-			append_bytes(a, DatumGetUUIDP(value)->data, UUID_LEN, nbytes);
+			append_fixed(a, DatumGetUUIDP(value)->data, UUID_LEN, nbytes);
 			return true;
 		case W2A_KIND_ENUM:
 			{
-				HeapTuple	tp = SearchSysCache1(ENUMOID, value);
+				const EnumLabel *label = enum_label(DatumGetObjectId(value));
 
-				if (!HeapTupleIsValid(tp))
-					elog(ERROR, "wal2arrow: cache lookup failed for enum value %u",
-						 DatumGetObjectId(value));
-				append_cstring(a, NameStr(((Form_pg_enum) GETSTRUCT(tp))->enumlabel), nbytes);
-				ReleaseSysCache(tp);
+				append_bytes(a, label->label, label->len, nbytes);
 				return true;
 			}
 		case W2A_KIND_JSONB:
+			{
+				/* jsonb's text output (what jsonb_out returns), rendered into a reused buffer */
+				Jsonb	   *jb = DatumGetJsonbP(value);
+
+				resetStringInfo(scratch);
+				JsonbToCString(scratch, &jb->root, VARSIZE(jb));
+				append_bytes(a, scratch->data, scratch->len, nbytes);
+				return true;
+			}
 		case W2A_KIND_NUMERIC:
 		case W2A_KIND_TEXTOUT:
 		case W2A_KIND_OTHER:
@@ -286,10 +445,10 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 				{
 					if (enulls[i])
 						W2A_CHECK(ArrowArrayAppendNull(child, 1), "appending an array");
-					else if (!append_value(type->elem, child, elems[i], nbytes))
+					else if (!append_value(type->elem, child, elems[i], nbytes, scratch))
 						ok = false;
 				}
-				W2A_CHECK(ArrowArrayFinishElement(a), "appending an array");
+				finish_list(a);
 				*nbytes += 4;
 				return ok;
 			}
@@ -302,7 +461,7 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 /* Append a tuple's published columns to the fields of a struct-like list of children. */
 static void
 append_tuple(W2ARelEntry *entry, struct ArrowArray **children, Datum *values, bool *nulls,
-			 const char *prefix, RowNotes *notes, int64 *nbytes)
+			 const char *prefix, RowNotes *notes, int64 *nbytes, StringInfo scratch)
 {
 	for (int i = 0; i < entry->ncols; i++)
 	{
@@ -323,7 +482,7 @@ append_tuple(W2ARelEntry *entry, struct ArrowArray **children, Datum *values, bo
 								   : col->name);
 			continue;
 		}
-		if (!append_value(&col->type, children[i], value, nbytes))
+		if (!append_value(&col->type, children[i], value, nbytes, scratch))
 		{
 			notes->unrep_keys = lappend(notes->unrep_keys,
 										prefix ? psprintf("%s%s", prefix, col->name) : col->name);
@@ -331,6 +490,107 @@ append_tuple(W2ARelEntry *entry, struct ArrowArray **children, Datum *values, bo
 										  OutputFunctionCall(&col->type.out, value));
 		}
 	}
+}
+
+/*
+ * Append n empty values (valid or null) at once. nanoarrow 0.9.0's ArrowArrayAppendEmpty and
+ * ArrowArrayAppendNull size a bool array's bit-packed data for a single value when given
+ * n > 1 (and then set bits past it), so bool arrays, and structs that may hold them, are
+ * handled here; other layouts use nanoarrow's bulk append.
+ */
+static void
+append_empty_run(struct ArrowArray *a, int64 n, bool is_valid)
+{
+	enum ArrowType storage = ((struct ArrowArrayPrivateData *) a->private_data)->storage_type;
+	struct ArrowBitmap *validity;
+
+	if (n <= 0)
+		return;
+	if (storage == NANOARROW_TYPE_BOOL)
+	{
+		struct ArrowBuffer *data = ArrowArrayBuffer(a, 1);
+		int64		need = (a->length + n + 7) / 8;
+
+		/* the value bits past the length are zero (false) */
+		if (data->size_bytes < need)
+			W2A_CHECK(ArrowBufferAppendFill(data, 0, need - data->size_bytes),
+					  "appending nulls");
+	}
+	else if (storage == NANOARROW_TYPE_STRUCT)
+	{
+		for (int64 i = 0; i < a->n_children; i++)
+			append_empty_run(a->children[i], n, true);
+	}
+	else
+	{
+		W2A_CHECK(is_valid ? ArrowArrayAppendEmpty(a, n) : ArrowArrayAppendNull(a, n),
+				  "appending nulls");
+		return;
+	}
+	validity = ArrowArrayValidityBitmap(a);
+	if (!is_valid && validity->buffer.data == NULL)
+	{
+		/* the first null: the bitmap starts with the values so far, all valid */
+		W2A_CHECK(ArrowBitmapReserve(validity, a->length + n), "appending nulls");
+		ArrowBitmapAppendUnsafe(validity, 1, a->length);
+		ArrowBitmapAppendUnsafe(validity, 0, n);
+	}
+	else if (validity->buffer.data != NULL)
+		W2A_CHECK(ArrowBitmapAppend(validity, is_valid ? 1 : 0, n), "appending nulls");
+	a->length += n;
+	if (!is_valid)
+		a->null_count += n;
+}
+
+/* Write the run of null before-images that w2a_append_row deferred. */
+static void
+materialize_null_befores(W2ARelEntry *entry)
+{
+	append_empty_run(entry->batch.children[entry->ncols + 7], entry->null_befores, false);
+	entry->null_befores = 0;
+}
+
+/* Append `n` copies of a fixed-width value (or `n` nulls when value is NULL). */
+static void
+fill_fixed(struct ArrowArray *a, const void *value, int64 size, int64 n)
+{
+	struct ArrowBuffer *data;
+	char	   *p;
+
+	if (value == NULL)
+	{
+		append_empty_run(a, n, false);
+		return;
+	}
+	data = ArrowArrayBuffer(a, 1);
+	W2A_CHECK(ArrowBufferReserve(data, size * n), "filling metadata");
+	p = (char *) data->data + data->size_bytes;
+	for (int64 i = 0; i < n; i++, p += size)
+		memcpy(p, value, size);
+	data->size_bytes += size * n;
+	if (ArrowArrayValidityBitmap(a)->buffer.data != NULL)
+		W2A_CHECK(ArrowBitmapAppend(ArrowArrayValidityBitmap(a), 1, n), "filling metadata");
+	a->length += n;
+}
+
+void
+w2a_finish_batch(W2ARelEntry *entry)
+{
+	struct ArrowArray **children = entry->batch.children;
+	int			n = entry->ncols;
+	int64		missing = entry->nrows - children[n + 5]->length;
+
+	materialize_null_befores(entry);
+	if (missing <= 0)
+		return;
+	/* the transaction's constant columns: null while it is streamed in progress */
+	fill_fixed(children[n + 2], entry->batch_streaming ? NULL : &entry->batch_commit_lsn,
+			   sizeof(uint64), missing);
+	fill_fixed(children[n + 3], entry->batch_streaming ? NULL : &entry->batch_end_lsn,
+			   sizeof(uint64), missing);
+	fill_fixed(children[n + 4], entry->batch_streaming ? NULL : &entry->batch_commit_ts,
+			   sizeof(int64), missing);
+	fill_fixed(children[n + 5], &entry->batch_xid, sizeof(uint32), missing);
 }
 
 void
@@ -347,14 +607,27 @@ w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc, const W2ARow
 	struct ArrowArray *before = children[n + 7];
 	struct ArrowArray *toast = children[n + 8];
 	struct ArrowArray *unrep = children[n + 9];
+	uint64		u64;
 
 	if (!pow10_ready)
 		init_pow10();
 
+	if (entry->nrows == 0)
+	{
+		/* constant for the batch: a batch holds rows of one transaction */
+		entry->batch_streaming = meta->streaming;
+		entry->batch_commit_lsn = meta->commit_lsn;
+		entry->batch_end_lsn = meta->end_lsn;
+		entry->batch_commit_ts = meta->commit_ts_us;
+		entry->batch_xid = meta->xid;
+	}
+	Assert(entry->batch_xid == meta->xid && entry->batch_streaming == meta->streaming);
+
 	if (newtuple != NULL)
 	{
 		heap_deform_tuple(newtuple, desc, entry->values, entry->nulls);
-		append_tuple(entry, children, entry->values, entry->nulls, NULL, &notes, &nbytes);
+		append_tuple(entry, children, entry->values, entry->nulls, NULL, &notes, &nbytes,
+					 &state->scratch);
 	}
 	else
 	{
@@ -363,35 +636,26 @@ w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc, const W2ARow
 	}
 
 	append_bytes(children[n + 0], &meta->op, 1, &nbytes);
-	W2A_CHECK(ArrowArrayAppendUInt(children[n + 1], meta->lsn), "appending metadata");
-	if (meta->streaming)
-	{
-		W2A_CHECK(ArrowArrayAppendNull(children[n + 2], 1), "appending metadata");
-		W2A_CHECK(ArrowArrayAppendNull(children[n + 3], 1), "appending metadata");
-		W2A_CHECK(ArrowArrayAppendNull(children[n + 4], 1), "appending metadata");
-	}
-	else
-	{
-		W2A_CHECK(ArrowArrayAppendUInt(children[n + 2], meta->commit_lsn), "appending metadata");
-		W2A_CHECK(ArrowArrayAppendUInt(children[n + 3], meta->end_lsn), "appending metadata");
-		W2A_CHECK(ArrowArrayAppendInt(children[n + 4], meta->commit_ts_us), "appending metadata");
-	}
-	W2A_CHECK(ArrowArrayAppendUInt(children[n + 5], meta->xid), "appending metadata");
-	W2A_CHECK(ArrowArrayAppendUInt(children[n + 6], meta->ordinal), "appending metadata");
+	u64 = meta->lsn;
+	append_fixed(children[n + 1], &u64, sizeof(u64), &nbytes);
+	/* n + 2 .. n + 5: filled per batch by w2a_finish_batch */
+	u64 = meta->ordinal;
+	append_fixed(children[n + 6], &u64, sizeof(u64), &nbytes);
 
 	if (oldtuple != NULL && state->opts.before_images)
 	{
+		materialize_null_befores(entry);
 		heap_deform_tuple(oldtuple, desc, entry->old_values, entry->old_nulls);
 		append_tuple(entry, before->children, entry->old_values, entry->old_nulls,
-					 "_cdc_before.", &notes, &nbytes);
-		W2A_CHECK(ArrowArrayFinishElement(before), "appending a before-image");
+					 "_cdc_before.", &notes, &nbytes, &state->scratch);
+		mark_valid(before);
 	}
 	else
-		W2A_CHECK(ArrowArrayAppendNull(before, 1), "appending a before-image");
+		entry->null_befores++;
 
 	foreach(lc, notes.toast)
 		append_cstring(toast->children[0], lfirst(lc), &nbytes);
-	W2A_CHECK(ArrowArrayFinishElement(toast), "appending the TOAST mask");
+	finish_list(toast);
 
 	forboth(lc, notes.unrep_keys, lc2, notes.unrep_values)
 	{
@@ -399,11 +663,13 @@ w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc, const W2ARow
 
 		append_cstring(entries->children[0], lfirst(lc), &nbytes);
 		append_cstring(entries->children[1], lfirst(lc2), &nbytes);
-		W2A_CHECK(ArrowArrayFinishElement(entries), "appending _cdc_unrepresentable");
+		mark_valid(entries);
 	}
-	W2A_CHECK(ArrowArrayFinishElement(unrep), "appending _cdc_unrepresentable");
+	finish_list(unrep);
 
-	W2A_CHECK(ArrowArrayFinishElement(batch), "appending a row");
+	/* the row struct has no validity bitmap (never null); its children are complete once
+	 * w2a_finish_batch has run */
+	batch->length++;
 	entry->nrows++;
 	entry->nbytes += nbytes;
 }

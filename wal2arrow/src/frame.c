@@ -177,16 +177,14 @@ w2a_write_batch(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry
 		w2a_write_schema(ctx, state, entry);
 
 	error.message[0] = '\0';
+	w2a_finish_batch(entry);
 	w2a_nanoarrow_check(ArrowArrayFinishBuilding(&entry->batch,
 												 NANOARROW_VALIDATION_LEVEL_MINIMAL, &error),
 						"finishing a batch", &error);
-	ArrowArrayViewReset(&state->view);
-	w2a_nanoarrow_check(ArrowArrayViewInitFromSchema(&state->view, &entry->schema, &error),
-						"viewing a batch", &error);
-	w2a_nanoarrow_check(ArrowArrayViewSetArray(&state->view, &entry->batch, &error),
+	w2a_nanoarrow_check(ArrowArrayViewSetArray(&entry->view, &entry->batch, &error),
 						"viewing a batch", &error);
 	reset_ipc_buffers(state);
-	w2a_nanoarrow_check(ArrowIpcEncoderEncodeSimpleRecordBatch(&state->encoder, &state->view,
+	w2a_nanoarrow_check(ArrowIpcEncoderEncodeSimpleRecordBatch(&state->encoder, &entry->view,
 															   &state->ipc_body, &error),
 						"encoding a batch", &error);
 	W2A_CHECK(ArrowIpcEncoderFinalizeBuffer(&state->encoder, 1, &state->ipc_header),
@@ -208,7 +206,6 @@ w2a_write_batch(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry
 						   (int) state->ipc_body.size_bytes);
 	frame_end(ctx);
 
-	ArrowArrayViewReset(&state->view);
 	w2a_array_clear(&entry->batch);
 	entry->nrows = 0;
 	entry->nbytes = 0;

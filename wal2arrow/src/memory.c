@@ -29,6 +29,12 @@ release_array(void *arg)
 }
 
 static void
+release_view(void *arg)
+{
+	ArrowArrayViewReset((struct ArrowArrayView *) arg);
+}
+
+static void
 release_state(void *arg)
 {
 	W2AState  *state = arg;
@@ -37,7 +43,6 @@ release_state(void *arg)
 		ArrowIpcEncoderReset(&state->encoder);
 	ArrowBufferReset(&state->ipc_header);
 	ArrowBufferReset(&state->ipc_body);
-	ArrowArrayViewReset(&state->view);
 }
 
 static void
@@ -60,6 +65,12 @@ void
 w2a_release_array_with(MemoryContext cxt, struct ArrowArray *array)
 {
 	register_callback(cxt, release_array, array);
+}
+
+void
+w2a_release_view_with(MemoryContext cxt, struct ArrowArrayView *view)
+{
+	register_callback(cxt, release_view, view);
 }
 
 void

@@ -445,8 +445,10 @@ w2a_entry_ready(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry
 	entry->built = false;
 	memset(&entry->schema, 0, sizeof(entry->schema));
 	memset(&entry->batch, 0, sizeof(entry->batch));
+	ArrowArrayViewInitFromType(&entry->view, NANOARROW_TYPE_UNINITIALIZED);
 	w2a_release_schema_with(cxt, &entry->schema);
 	w2a_release_array_with(cxt, &entry->batch);
+	w2a_release_view_with(cxt, &entry->view);
 
 	old = MemoryContextSwitchTo(cxt);
 	entry->signature = pstrdup(signature);
@@ -497,12 +499,20 @@ w2a_entry_ready(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry
 							"creating a batch builder", &error);
 	}
 	W2A_CHECK(ArrowArrayStartAppending(&entry->batch), "creating a batch builder");
+	{
+		struct ArrowError error;
+
+		error.message[0] = '\0';
+		w2a_nanoarrow_check(ArrowArrayViewInitFromSchema(&entry->view, &entry->schema, &error),
+							"viewing a batch", &error);
+	}
 	MemoryContextSwitchTo(old);
 
 	entry->schema_version++;
 	entry->schema_sent = false;
 	entry->nrows = 0;
 	entry->nbytes = 0;
+	entry->null_befores = 0;
 	entry->built = true;
 	entry->valid = true;
 	list_free_deep(keys);

@@ -94,9 +94,15 @@ w2a_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
 	W2A_CHECK(ArrowIpcEncoderInit(&state->encoder), "creating the IPC encoder");
 	ArrowBufferInit(&state->ipc_header);
 	ArrowBufferInit(&state->ipc_body);
-	ArrowArrayViewInitFromType(&state->view, NANOARROW_TYPE_UNINITIALIZED);
 	w2a_release_state_with(cxt, state);
+	{
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+
+		initStringInfo(&state->scratch);
+		MemoryContextSwitchTo(old);
+	}
 	w2a_relcache_init(state);
+	w2a_enum_cache_init(state);
 }
 
 static void

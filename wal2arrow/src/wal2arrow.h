@@ -17,6 +17,7 @@
 #include "access/htup.h"
 #include "access/tupconvert.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
@@ -178,8 +179,16 @@ typedef struct W2ARelEntry
 	MemoryContext cxt;			/* everything above; releases the Arrow objects below */
 	struct ArrowSchema schema;
 	struct ArrowArray batch;
+	struct ArrowArrayView view;	/* of batch, for the IPC encoder; set up once */
 	int64		nrows;
 	int64		nbytes;
+	int64		null_befores;	/* trailing rows whose null _cdc_before is not appended yet */
+	/* the batch's transaction, for its constant metadata columns (w2a_finish_batch) */
+	bool		batch_streaming;
+	uint64		batch_commit_lsn;
+	uint64		batch_end_lsn;
+	int64		batch_commit_ts;
+	uint32		batch_xid;
 	TransactionId subxid;
 	bool		pending;		/* listed in the plugin's pending list */
 } W2ARelEntry;
@@ -211,7 +220,8 @@ typedef struct W2AState
 	struct ArrowIpcEncoder encoder;
 	struct ArrowBuffer ipc_header;
 	struct ArrowBuffer ipc_body;
-	struct ArrowArrayView view;
+
+	StringInfoData scratch;		/* values rendered as text (jsonb), reused */
 } W2AState;
 
 /* per streamed transaction, in ReorderBufferTXN.output_plugin_private */
@@ -241,6 +251,8 @@ typedef struct W2ARowMeta
 	uint64		ordinal;
 } W2ARowMeta;
 
+extern void w2a_enum_cache_init(W2AState *state);
+extern void w2a_finish_batch(W2ARelEntry *entry);
 extern void w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc,
 						   const W2ARowMeta *meta, HeapTuple newtuple, HeapTuple oldtuple);
 
@@ -269,6 +281,7 @@ extern void w2a_write_stream_abort(LogicalDecodingContext *ctx, TransactionId xi
 
 extern void w2a_release_schema_with(MemoryContext cxt, struct ArrowSchema *schema);
 extern void w2a_release_array_with(MemoryContext cxt, struct ArrowArray *array);
+extern void w2a_release_view_with(MemoryContext cxt, struct ArrowArrayView *view);
 extern void w2a_release_state_with(MemoryContext cxt, W2AState *state);
 extern void w2a_array_clear(struct ArrowArray *array);
 extern void w2a_nanoarrow_check(ArrowErrorCode code, const char *what, struct ArrowError *error);
