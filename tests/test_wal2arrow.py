@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+from decimal import Decimal
+
 import psycopg
 import pyarrow as pa
 import pytest
@@ -376,3 +379,63 @@ def test_arrow_body_is_aligned_for_streaming(env):
     offsets = {bytes(r[0][:1]): int.from_bytes(r[0][2:4], "little") for r in raw}
     assert offsets[b"R"] % 8 == 7 and offsets[b"D"] % 8 == 7
     assert offsets[b"B"] == 0 and offsets[b"C"] == 0
+
+
+def test_runs_of_null_before_images_keep_every_column_aligned(env):
+    """Null before-images are appended in runs (inserts, updates keeping the key) between
+    rows that carry one: every type of the before-image struct, bool and timetz included,
+    must stay aligned with its rows across such runs."""
+    env.run(f"CREATE TABLE {env.q('runs')} (id int PRIMARY KEY, b bool, tz timetz, "
+            f"xs int4[], u uuid, n numeric(6,2), s text)",
+            f"INSERT INTO {env.q('runs')} SELECT g, g % 2 = 0, '10:00+02', ARRAY[g, NULL], "
+            f"md5(g::text)::uuid, g / 4.0, 's' || g FROM generate_series(1, 23) g",
+            f"UPDATE {env.q('runs')} SET s = 'kept key' WHERE id <= 11",
+            f"UPDATE {env.q('runs')} SET id = id + 100 WHERE id IN (3, 12)",
+            f"ALTER TABLE {env.q('runs')} REPLICA IDENTITY FULL",
+            f"DELETE FROM {env.q('runs')} WHERE id IN (5, 6, 103)")
+    got = rows(env.changes(), "runs")
+    assert len(got) == 23 + 11 + 2 + 3
+    befores = [(r["_cdc_op"], r["_cdc_before"]) for r in got]
+    assert all(b is None for op, b in befores[:34])
+    assert [b["id"] for _op, b in befores[34:36]] == [3, 12]
+    assert all(b["b"] is None and b["s"] is None for _op, b in befores[34:36])
+    full = [b for _op, b in befores[36:]]
+    assert [(b["id"], b["b"], b["xs"], b["n"], b["s"]) for b in full] == [
+        (5, False, [5, None], Decimal("1.25"), "kept key"),
+        (6, True, [6, None], Decimal("1.50"), "kept key"),
+        (103, False, [3, None], Decimal("0.75"), "kept key")]
+    assert all(b["tz"] == {"time": datetime.time(10, 0), "utc_offset": 7200} for b in full)
+    assert all(b["u"] is not None and len(b["u"]) == 16 for b in full)
+    # the after-images are untouched by the runs
+    assert [r["b"] for r in got[:23]] == [g % 2 == 0 for g in range(1, 24)]
+    assert [r["xs"] for r in got[:3]] == [[1, None], [2, None], [3, None]]
+
+
+def test_transaction_metadata_is_constant_within_a_batch(env):
+    env.run(f"CREATE TABLE {env.q('m')} (id int PRIMARY KEY)")
+    with env.conn.transaction():
+        env.conn.execute(f"INSERT INTO {env.q('m')} SELECT generate_series(1, 10)")
+    with env.conn.transaction():
+        env.conn.execute(f"INSERT INTO {env.q('m')} SELECT generate_series(11, 15)")
+    events = env.changes({"batch_rows": "4"})
+    commits = [e for e in events if isinstance(e, Commit)]
+    got = rows(events, "m")
+    assert [len(b.batch) for b in batches(events, "m")] == [4, 4, 2, 4, 1]
+    for r in got:
+        commit = commits[0] if r["id"] <= 10 else commits[1]
+        assert (r["_cdc_commit_lsn"], r["_cdc_end_lsn"], r["_cdc_xid"]) == \
+            (commit.commit_lsn, commit.end_lsn, commit.xid)
+        assert r["_cdc_commit_ts"] is not None
+    assert [r["_cdc_ordinal"] for r in got] == list(range(1, 11)) + list(range(1, 6))
+
+
+def test_enum_label_renamed_mid_stream(env):
+    """Enum labels are cached per session; a renamed label is seen from the rename on."""
+    env.run(f"CREATE TYPE {env.q('state')} AS ENUM ('new', 'done')",
+            f"CREATE TABLE {env.q('e')} (id int PRIMARY KEY, s {env.q('state')})",
+            f"INSERT INTO {env.q('e')} VALUES (1, 'new'), (2, 'done')",
+            f"ALTER TYPE {env.q('state')} RENAME VALUE 'new' TO 'fresh'",
+            f"INSERT INTO {env.q('e')} VALUES (3, 'fresh')",
+            f"ALTER TYPE {env.q('state')} ADD VALUE 'late'",
+            f"INSERT INTO {env.q('e')} VALUES (4, 'late'), (5, 'done')")
+    assert [r["s"] for r in rows(env.changes(), "e")] == ["new", "done", "fresh", "late", "done"]
