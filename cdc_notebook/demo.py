@@ -192,13 +192,16 @@ def sql_frame(conn: Any, query: str, like: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns([pl.col(n) == "t" for n in booleans])
 
 
-def assert_mirror_matches(reader: Any, conn: Any, table: str, key: str = "id") -> int:
+def assert_mirror_matches(reader: Any, conn: Any, table: str,
+                          key: str | list[str] | tuple[str, ...] = "id") -> int:
     """The table's mirror equals ``SELECT * FROM table ORDER BY key``; returns the row count."""
     from polars.testing import assert_frame_equal
 
-    mirror = reader[table].mirror().sort(key)
+    keys = [key] if isinstance(key, str) else list(key)
+    mirror = reader[table].mirror().sort(keys)
     columns = ", ".join(f'"{c}"' for c in mirror.columns)
-    expected = sql_frame(conn, f"SELECT {columns} FROM {table} ORDER BY {key}", mirror)
+    order = ", ".join(f'"{k}"' for k in keys)
+    expected = sql_frame(conn, f"SELECT {columns} FROM {table} ORDER BY {order}", mirror)
     assert_frame_equal(mirror, expected)
     return mirror.height
 

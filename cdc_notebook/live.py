@@ -860,6 +860,7 @@ class LiveReader:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._synced: dict[str, int] = {}  # per table: stream position with nothing queued
+        self._adopt_lock = threading.Lock()
         atexit.register(self.stop)
 
     def __repr__(self) -> str:
@@ -886,6 +887,21 @@ class LiveReader:
         for thread in self._threads:
             thread.start()
         return self
+
+    def _adopt_new_readers(self) -> None:
+        """Tables that joined the running stream (they started matching its patterns) get a
+        thread of their own."""
+        readers = getattr(self.stream, "readers", {})
+        with self._adopt_lock:
+            known = {t.name.removeprefix("cdc-live-") for t in self._threads}
+            for name, reader in list(readers.items()):
+                if name in known or self._stop.is_set():
+                    continue
+                key = tuple(getattr(reader, "key_columns", ()))
+                thread = threading.Thread(target=self._consume, args=(name, reader, key),
+                                          name=f"cdc-live-{name}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
 
     def pause(self) -> None:
         if self.state == "running":
@@ -987,6 +1003,8 @@ class LiveReader:
         this table is left to read, move its consistent LSN to the stream's position."""
         # Read the position first: a transaction's batches are queued before its commit moves
         # the position, so an empty queue afterwards means they were all applied.
+        if len(getattr(self.stream, "readers", ())) > len(self._threads):
+            self._adopt_new_readers()
         position = self.stream_position()
         if position is None:
             return

@@ -43,6 +43,7 @@ class SetupModel(Model):
         self.temporary = False
         self.keyless = "error"
         self.stale_after = stale_after
+        self.release_wait = 3.0  # seconds teardown waits for a just-stopped reader's slot
         self.pending: Any = None  # a ProvisionPlan or TeardownPlan waiting for confirmation
         self.pending_kind: str | None = None  # "setup" or "teardown"
         self.result: Any = None
@@ -81,10 +82,19 @@ class SetupModel(Model):
     def plan_teardown(self, slot_name: str | None = None, *, publication: str | None = None,
                       force: bool = False) -> Any:
         def work() -> None:
-            plan = provision.plan_teardown(
-                self._conn(), slot_name=slot_name or self.slot_name or None,
-                publication=publication if publication is not None else
-                (self.publication or None), force=force)
+            conn = self._conn()
+            slot = slot_name or self.slot_name or None
+            if slot is not None and not force:
+                # A reader stopped a moment ago: its walsender lets go of the slot shortly
+                # after the connection closed.
+                provision._wait_inactive(conn, slot, self.release_wait)
+            pub = publication if publication is not None else (self.publication or None)
+            if pub is None and slot is not None:
+                # The kit's publication made for this slot alone goes with it.
+                own = [name for name, marker in provision.kit_publications(conn).items()
+                       if set(marker.get("slots", [])) == {slot}]
+                pub = own[0] if len(own) == 1 else None
+            plan = provision.plan_teardown(conn, slot_name=slot, publication=pub, force=force)
             with self.lock:
                 self.pending, self.pending_kind = plan, "teardown"
                 self.info = "review what will be dropped, then confirm"
