@@ -61,6 +61,56 @@ class FrameError(CDCError):
     """A frame the decoder cannot read: unknown type, unsupported version, or corrupt."""
 
 
+# the fixed fields that follow each tag's 4-byte prefix (strings and bodies come after them)
+_FIXED = {
+    "begin": _TXN, "commit": _TXN, "stream_commit": _TXN, "schema": _SCHEMA, "batch": _BATCH,
+    "truncate": _TRUNCATE, "message": _MESSAGE, "stream_start": _STREAM_START,
+    "stream_stop": struct.Struct("<"), "stream_abort": _STREAM_ABORT,
+}
+
+
+def _byte_view(frame: Buffer) -> memoryview:
+    view = memoryview(frame)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view
+
+
+def _frame_kind(view: memoryview, offset: int) -> tuple[str, int]:
+    """The kind and body offset of the frame at ``view[offset:]``, its prefix checked."""
+    if len(view) - offset < _PREFIX.size:
+        raise FrameError(f"frame of {len(view) - offset} bytes is too short",
+                         hint="is this slot using the wal2arrow plugin?")
+    tag, version, body_offset = _PREFIX.unpack_from(view, offset)
+    kind = TAGS.get(tag)
+    if kind is None:
+        raise FrameError(
+            f"unknown wal2arrow frame type 0x{tag:02x} ({chr(tag)!r})",
+            hint="the plugin speaks a newer protocol than this client, or the slot does not "
+            "use wal2arrow: upgrade cdc_notebook or pass format_version "
+            f"{FORMAT_VERSION} when starting replication")
+    if version not in FORMAT_VERSIONS:
+        raise FrameError(
+            f"wal2arrow frame of format version {version}; this client reads {FORMAT_VERSIONS}",
+            hint=f"start replication with format_version '{FORMAT_VERSION}'")
+    return kind, body_offset
+
+
+def frame_header(frame: Buffer, offset: int = 0) -> tuple[str, tuple]:
+    """A frame's kind (``"batch"``, ``"commit"``, ...) and fixed fields, without pyarrow.
+
+    For clients that route, count or store frames without reading their Arrow bodies: a
+    batch's fields are ``(relid, schema_version, xid, subxid, rows, flags)``, a commit's
+    ``(xid, commit_lsn, end_lsn, commit_ts_us)`` (docs/protocol.md lists every tag's).
+    """
+    view = _byte_view(frame)
+    kind, _body = _frame_kind(view, offset)
+    fixed = _FIXED[kind]
+    if len(view) - offset < _PREFIX.size + fixed.size:
+        raise FrameError("truncated frame", hint="the stream was cut; reconnect")
+    return kind, fixed.unpack_from(view, offset + _PREFIX.size)
+
+
 class _Reader:
     __slots__ = ("view", "pos")
 
@@ -110,24 +160,8 @@ class FrameDecoder:
 
     def decode_one(self, frame: Buffer, offset: int = 0) -> Event:
         """Decode the frame at ``frame[offset:]`` (offset 25 for a raw XLogData message)."""
-        view = memoryview(frame)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
-        if len(view) - offset < _PREFIX.size:
-            raise FrameError(f"frame of {len(view) - offset} bytes is too short",
-                             hint="is this slot using the wal2arrow plugin?")
-        tag, version, body_offset = _PREFIX.unpack_from(view, offset)
-        kind = TAGS.get(tag)
-        if kind is None:
-            raise FrameError(
-                f"unknown wal2arrow frame type 0x{tag:02x} ({chr(tag)!r})",
-                hint="the plugin speaks a newer protocol than this client, or the slot does not "
-                "use wal2arrow: upgrade cdc_notebook or pass format_version "
-                f"{FORMAT_VERSION} when starting replication")
-        if version not in FORMAT_VERSIONS:
-            raise FrameError(
-                f"wal2arrow frame of format version {version}; this client reads {FORMAT_VERSIONS}",
-                hint=f"start replication with format_version '{FORMAT_VERSION}'")
+        view = _byte_view(frame)
+        kind, body_offset = _frame_kind(view, offset)
         reader = _Reader(view, offset + _PREFIX.size)
         return getattr(self, f"_decode_{kind}")(reader, view, offset, body_offset)
 

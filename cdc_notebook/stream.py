@@ -59,14 +59,17 @@ class Wal2ArrowStream:
 
     def read(self, timeout: float = 0.1) -> list[tuple[int, Event | None]]:
         """What arrived within ``timeout``: ``(wal_end, event)``, event None for a keepalive."""
+        return [(wal_end, None if frame is None else self.decoder.decode_one(frame))
+                for wal_end, frame in self.read_frames(timeout)]
+
+    def read_frames(self, timeout: float = 0.1) -> list[tuple[int, memoryview | None]]:
+        """What arrived within ``timeout``, undecoded: ``(wal_end, frame)``, frame None for a
+        keepalive. Each frame is a view of the received message (docs/protocol.md), for
+        clients that forward or store frames without reading them (``frames.frame_header``
+        reads a frame's fixed fields without pyarrow)."""
         if self.rc is None:
             raise StreamLost("the stream is not connected", hint="call start() first")
-        out: list[tuple[int, Event | None]] = []
-        for wal_end, payload in self.rc.read(timeout=timeout):
-            if payload is None:
-                out.append((wal_end, None))
-            else:
-                out.append((wal_end, self.decoder.decode_one(payload)))
+        out = self.rc.read(timeout=timeout)
         if self.rc.reply_requested:
             self.send_feedback(self.acknowledged)
         return out

@@ -20,7 +20,7 @@ from cdc_notebook.events import (
     RelationSchema,
     Truncate,
 )
-from cdc_notebook.frames import FrameDecoder, FrameError, slot_changes
+from cdc_notebook.frames import FrameDecoder, FrameError, frame_header, slot_changes
 
 
 class Env:
@@ -439,3 +439,23 @@ def test_enum_label_renamed_mid_stream(env):
             f"ALTER TYPE {env.q('state')} ADD VALUE 'late'",
             f"INSERT INTO {env.q('e')} VALUES (4, 'late'), (5, 'done')")
     assert [r["s"] for r in rows(env.changes(), "e")] == ["new", "done", "fresh", "late", "done"]
+
+
+def test_frame_header_reads_fixed_fields_without_pyarrow(env):
+    env.run(f"CREATE TABLE {env.q('h')} (id int PRIMARY KEY)",
+            f"INSERT INTO {env.q('h')} SELECT generate_series(1, 5)")
+    raw = [r[0] for r in env.conn.execute(
+        "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL)",
+        (env.slot,)).fetchall()]
+    events = FrameDecoder().decode_all(raw)
+    headers = [frame_header(f) for f in raw]
+    assert [k for k, _ in headers] == ["begin", "schema", "batch", "commit"]
+    begin, schema, batch, commit = events
+    assert headers[0][1] == (begin.xid, begin.commit_lsn, begin.end_lsn, begin.commit_ts)
+    assert headers[1][1][:2] == (schema.relid, schema.schema_version)
+    assert headers[2][1][:5] == (batch.relid, batch.schema_version, batch.xid, 0, 5)
+    assert headers[3][1][2] == commit.end_lsn
+    with pytest.raises(FrameError, match="unknown wal2arrow frame type"):
+        frame_header(b"Z\x01\x00\x00")
+    with pytest.raises(FrameError, match="truncated"):
+        frame_header(b"D\x01\x00\x00" + bytes(5))

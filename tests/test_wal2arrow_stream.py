@@ -20,6 +20,7 @@ from cdc_notebook.events import (
     StreamStop,
     parse_lsn,
 )
+from cdc_notebook.frames import frame_header
 from cdc_notebook.stream import Wal2ArrowStream
 from tests.test_wal2arrow import Env, batches
 
@@ -240,3 +241,29 @@ def test_streamed_abort_and_rolled_back_savepoint_deliver_nothing(env):
     # streamed rows carry no commit position; the commit frame does
     (commit,) = [c for c in applier.commits if isinstance(c, StreamCommit)]
     assert commit.end_lsn > commit.commit_lsn > 0
+
+
+def test_raw_frames_over_the_stream(env):
+    """read_frames hands out the undecoded frames (what a forwarding client stores)."""
+    env.run(f"CREATE TABLE {env.q('raw')} (id int PRIMARY KEY)",
+            f"INSERT INTO {env.q('raw')} SELECT generate_series(1, 7)")
+    with Wal2ArrowStream(env.pg.conninfo("unix")) as stream:
+        stream.start(env.slot)
+        kinds: list[str] = []
+        rows = 0
+        deadline = time.monotonic() + 30
+        while "commit" not in kinds:
+            assert time.monotonic() < deadline
+            for _wal_end, frame in stream.read_frames(timeout=0.2):
+                if frame is None:
+                    continue
+                kind, fields = frame_header(frame)
+                kinds.append(kind)
+                if kind == "batch":
+                    rows += fields[4]
+                    # the same bytes decode with the reference decoder, in place
+                    assert stream.decoder.decode_one(frame).batch.num_rows == fields[4]
+                elif kind == "schema":
+                    stream.decoder.decode_one(frame)
+    assert kinds == ["begin", "schema", "batch", "commit"] and rows == 7
+    assert stream.decoder.copied_bodies == 0

@@ -42,6 +42,9 @@
 #define NUM_SHORT_WEIGHT_MASK 0x003F
 #define NUM_BASE 10000
 
+/* the largest buffer kept for rendering values as text between rows */
+#define W2A_SCRATCH_KEEP_BYTES (1024 * 1024)
+
 typedef struct RowNotes
 {
 	List	   *toast;			/* column names (char *) */
@@ -422,6 +425,16 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 				resetStringInfo(scratch);
 				JsonbToCString(scratch, &jb->root, VARSIZE(jb));
 				append_bytes(a, scratch->data, scratch->len, nbytes);
+				if (scratch->maxlen > W2A_SCRATCH_KEEP_BYTES)
+				{
+					/* do not keep a huge document's buffer for the whole session */
+					MemoryContext cxt = GetMemoryChunkContext(scratch->data);
+
+					pfree(scratch->data);
+					scratch->data = MemoryContextAlloc(cxt, 1024);
+					scratch->maxlen = 1024;
+					resetStringInfo(scratch);
+				}
 				return true;
 			}
 		case W2A_KIND_NUMERIC:

@@ -246,13 +246,18 @@ w2a_relation_entry(W2AState *state, Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
 	bool		found;
-	W2ARelEntry *entry;
+	W2ARelEntry *entry = state->last_entry;
 
-	entry = hash_search(state->relations, &relid, HASH_ENTER, &found);
-	if (!found)
+	/* consecutive changes mostly touch one relation; entries never move nor go away */
+	if (entry == NULL || entry->relid != relid)
 	{
-		memset(((char *) entry) + sizeof(Oid), 0, sizeof(W2ARelEntry) - sizeof(Oid));
-		entry->subxid = InvalidTransactionId;
+		entry = hash_search(state->relations, &relid, HASH_ENTER, &found);
+		if (!found)
+		{
+			memset(((char *) entry) + sizeof(Oid), 0, sizeof(W2ARelEntry) - sizeof(Oid));
+			entry->subxid = InvalidTransactionId;
+		}
+		state->last_entry = entry;
 	}
 	if (!entry->pub_valid)
 		compute_publication(state, entry, rel);

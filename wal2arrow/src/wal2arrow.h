@@ -201,6 +201,7 @@ typedef struct W2AState
 	MemoryContext cxt;			/* the plugin's long-lived memory */
 	MemoryContext change_cxt;	/* reset after every change */
 	HTAB	   *relations;
+	struct W2ARelEntry *last_entry;	/* the entry of the last change, if any */
 	List	   *pending;		/* relids with rows not yet written, in first-row order */
 	List	   *publications;	/* Publication *, loaded lazily into pub_cxt */
 	MemoryContext pub_cxt;
