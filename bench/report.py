@@ -200,6 +200,12 @@ def _f(value: Any, fmt: str = ",.0f", none: str = "–") -> str:
     return format(value, fmt)
 
 
+def _cell(text: str, limit: int = 200) -> str:
+    """One table cell: no line breaks, no column separators."""
+    flat = " ".join(str(text).split()).replace("|", "/")
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
 def _x(value: Any) -> str:
     return "–" if value is None else f"{value:.2f}×"
 
@@ -249,7 +255,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
             for r in sel:
                 cells = [_name(r), TRANSPORT_NAMES.get(r["transport"], r["transport"])]
                 if r.get("events_per_s_median") is None:
-                    cells += ["failed: " + "; ".join(r["failures"])[:160]] + [""] * (
+                    cells += [_cell("failed: " + "; ".join(r["failures"]))] + [""] * (
                         len(hdr) - 3)
                 else:
                     cells += [_f(r["events_per_s_median"]) + ("*" if r.get("capped") else ""),
@@ -264,7 +270,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
                             cells += [_f(lr["latency_p50_ms"], ".2f"),
                                       _f(lr["latency_p99_ms"], ".2f")]
                         elif lr.get("failures"):
-                            cells += ["failed: " + lr["failures"][0][:80], ""]
+                            cells += [_cell("failed: " + lr["failures"][0], 80), ""]
                         else:
                             cells += ["–", "–"]
                 lines.append("| " + " | ".join(cells) + " |")
@@ -274,7 +280,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
             failed = [r for r in sel if r["rounds_failed"] and r.get("events_per_s_median")]
             for r in failed:
                 lines.append(f"- {r['consumer']}: {r['rounds_failed']} round(s) failed: "
-                             + "; ".join(r["failures"]))
+                             + _cell("; ".join(r["failures"]), 400))
             lines.append("")
         sel = _sorted([r for r in rows.values()
                        if r["version"] == version and r["workload"] == "snapshot"])
@@ -286,8 +292,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
                       "|---|---|---|---|---|---|---|---|---|"]
             for r in sel:
                 if r.get("events_per_s_median") is None:
-                    lines.append(f"| {_name(r)} | {TRANSPORT_NAMES[r['transport']]} | failed: "
-                                 + "; ".join(r["failures"])[:160] + " |||||||")
+                    lines.append(f"| {_name(r)} | {TRANSPORT_NAMES[r['transport']]} | "
+                                 + _cell("failed: " + "; ".join(r["failures"])) + " |||||||")
                     continue
                 lines.append(
                     f"| {_name(r)} | {TRANSPORT_NAMES[r['transport']]} | "
@@ -305,8 +311,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
                       "|---|---|---|---|---|---|"]
             for r in _sorted(lat_rows):
                 if r.get("latency_p50_ms") is None:
-                    lines.append(f"| {_name(r)} | {TRANSPORT_NAMES[r['transport']]} | failed: "
-                                 + "; ".join(r["failures"])[:160] + " ||||")
+                    lines.append(f"| {_name(r)} | {TRANSPORT_NAMES[r['transport']]} | "
+                                 + _cell("failed: " + "; ".join(r["failures"])) + " ||||")
                     continue
                 lines.append(f"| {_name(r)} | {TRANSPORT_NAMES[r['transport']]} | "
                              f"{_f(r['latency_p50_ms'], '.2f')} | "
@@ -318,7 +324,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
                   "|---|---|---|"]
         for key, why in sorted(summary["unavailable"].items()):
             version, consumer = key.split("/", 1)
-            lines.append(f"| {version} | {consumer} | {why} |")
+            lines.append(f"| {version} | {consumer} | {_cell(why, 400)} |")
         lines.append("")
     if goal_rows:
         lines += ["## Goals of issues 4, 5 and 6", "",
@@ -330,7 +336,7 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
                              f"{g['measured']:.2f}{unit} | {'yes' if g['met'] else 'no'} |")
             else:
                 lines.append(f"| {g['version']} | {g['issue']} | {g['goal']} | "
-                             f"{g['status'][:200]} | – |")
+                             f"{_cell(g['status'])} | – |")
         lines.append("")
     lines += ["Names: " + "; ".join(f"`{n}`: {c['title']}"
                                     for n, c in sorted(meta["consumers"].items())) + ".", ""]
@@ -459,13 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("raw", type=Path)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--tag", default=None)
+    p.add_argument("--latest", action="store_true", help="also refresh latest.{md,json,png}")
     a = p.parse_args(argv)
     data = json.loads(a.raw.read_text())
     stem = a.raw.stem
     tag = a.tag if a.tag is not None else (stem.split("-", 3)[3] if stem.count("-") >= 3 else "")
     out = a.out or a.raw.parent
     for path in write_reports(data["meta"], data["records"], out, tag,
-                              latest=a.raw.name == "latest.json" or False,
+                              latest=a.latest,
                               date=stem[:10] if stem[:4].isdigit() else None):
         print(path)
     return 0
