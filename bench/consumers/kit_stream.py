@@ -32,20 +32,14 @@ class KitStream(Consumer):
 
     def unavailable(self, env) -> str | None:
         try:
-            from cdc_notebook.reader import CDCStream, make_decoder  # noqa: F401
+            from cdc_notebook.reader import CDCStream  # noqa: F401
         except ImportError as exc:
             return f"not available yet: cdc_notebook.reader.CDCStream ({exc})"
+        # The decoder's module must be there; CDCStream wires its connections itself.
+        module = "frames" if self.plugin == "wal2arrow" else "pgoutput"
         try:
-            make_decoder(self.plugin, "bench_pub")
-        except TypeError:
-            # make_decoder wants more than (plugin, publication) now (a catalog connection):
-            # CDCStream supplies it; check that the decoder's module is there
-            module = "frames" if self.plugin == "wal2arrow" else "pgoutput"
-            try:
-                __import__(f"cdc_notebook.{module}")
-            except ImportError as exc:
-                return f"not available yet: the kit's {self.plugin} decoder ({exc})"
-        except Exception as exc:  # ImportError, DecoderUnavailable, a decoder not wired yet
+            __import__(f"cdc_notebook.{module}")
+        except ImportError as exc:
             return f"not available yet: the kit's {self.plugin} decoder ({exc})"
         return super().unavailable(env)
 
