@@ -861,6 +861,8 @@ class LiveReader:
         self._threads: list[threading.Thread] = []
         self._synced: dict[str, int] = {}  # per table: stream position with nothing queued
         self._adopt_lock = threading.Lock()
+        self._parked: set[str] = set()  # names of the threads waiting while paused
+        self._parked_cond = threading.Condition()
         atexit.register(self.stop)
 
     def __repr__(self) -> str:
@@ -903,10 +905,19 @@ class LiveReader:
                 self._threads.append(thread)
                 thread.start()
 
-    def pause(self) -> None:
+    def pause(self, timeout: float = 10.0) -> None:
+        """Stop applying changes; returns once every thread has finished the event it was
+        applying, so the frames stay as they are until :meth:`resume`."""
         if self.state == "running":
             self._run.clear()
             self.state = "paused"
+            deadline = time.monotonic() + timeout
+            with self._parked_cond:
+                while any(t.is_alive() and t.name not in self._parked for t in self._threads):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._parked_cond.wait(min(left, 0.05))
 
     def resume(self) -> LiveReader:
         if self.state == "paused":
@@ -973,26 +984,34 @@ class LiveReader:
     def _consume(self, name: str, reader: Any, key: tuple[str, ...]) -> None:
         frames = self.frames
         last_sync = 0.0
+        me = threading.current_thread().name
         try:
             while not self._stop.is_set():
-                self._run.wait()
+                if not self._run.is_set():
+                    with self._parked_cond:
+                        self._parked.add(me)
+                        self._parked_cond.notify_all()
+                    self._run.wait()
+                    with self._parked_cond:
+                        self._parked.discard(me)
                 if self._stop.is_set():
                     return
                 try:
                     for event in reader.events(follow=True, timeout=self.poll):
                         self._apply(name, key, event)
+                        if self._stop.is_set() or not self._run.is_set():
+                            break
                         now = time.monotonic()
                         if now - last_sync >= self.sync_interval:
                             self._sync(name, reader)
                             last_sync = now
-                        if self._stop.is_set() or not self._run.is_set():
-                            break
                     else:
                         return  # the reader ended (closed, or its table was dropped)
                 except TimeoutError:
                     pass  # nothing new: look at the pause/stop flags again
-                self._sync(name, reader)
-                last_sync = time.monotonic()
+                if self._run.is_set():
+                    self._sync(name, reader)
+                    last_sync = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - kept for the status widget
             self.error = exc
             self.state = "failed"

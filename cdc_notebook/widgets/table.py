@@ -119,7 +119,9 @@ class TableViewWidget(WidgetView):
         with held(self.info, self.html, self.table):
             if self.table.options != names:
                 self.table.options = names
-            if self.model.table is None and names and self.table.value is None:
-                self.table.value = names[0]
+            wanted = self.model.table if self.model.table in names else \
+                (names[0] if names else None)
+            if wanted is not None and self.table.value != wanted:
+                self.table.value = wanted
             set_changed(self.info, value=esc(line) + message_html(error))
             set_changed(self.html, value=body)
