@@ -376,31 +376,7 @@ class PgoutputStream:
 
     def _read(self, wait: float, max_messages: int = 4096) -> list[Any]:
         """Whole CopyData messages (XLogData with its header: the change LSN is in it)."""
-        from .replication import StreamLost
-
-        pgconn = self.rc.pgconn
-        out: list[Any] = []
-        deadline = time.monotonic() + wait
-        while len(out) < max_messages:
-            try:
-                nbytes, data = pgconn.get_copy_data(1)
-            except psycopg.OperationalError as exc:
-                raise StreamLost(f"replication connection lost: {exc}") from exc
-            if nbytes == 0:
-                if out:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.rc._wait_readable(remaining):
-                    break
-                try:
-                    pgconn.consume_input()
-                except psycopg.OperationalError as exc:
-                    raise StreamLost(f"replication connection lost: {exc}") from exc
-                continue
-            if nbytes < 0:
-                self.rc._end_of_copy()
-            out.append(data)
-        return out
+        return self.rc.read_raw(wait, max_messages)
 
     def events(self, timeout: float | None = None, *, keepalives: bool = False,
                idle_timeout: float | None = None) -> Iterator[Event | Keepalive]:

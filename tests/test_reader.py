@@ -12,6 +12,8 @@ import pytest
 from cdc_notebook.events import parse_lsn
 from cdc_notebook.reader import ArrowCDCReaderConfig, CDCStream
 
+from .pgutil import drop_slot
+
 PLUGINS = ["wal2arrow", "pgoutput"]
 
 
@@ -19,17 +21,6 @@ def _make_tables(conn, schema: str, names: list[str]) -> None:
     conn.execute(f"CREATE SCHEMA {schema}")
     for name in names:
         conn.execute(f"CREATE TABLE {schema}.{name} (id bigint PRIMARY KEY, v bigint, note text)")
-
-
-def _drop_slot(pg, slot: str) -> None:
-    """Drop the slot once its walsender has gone (it exits just after the stream closes)."""
-    with pg.connect() as conn:
-        deadline = time.monotonic() + 15
-        while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                           (slot,)).fetchone() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE slot_name = %s", (slot,))
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
@@ -84,7 +75,7 @@ def test_interleaved_transactions_arrive_per_table_in_commit_order(pg, unique_na
             assert ends == sorted(ends)  # commit order
     finally:
         stream.close()
-        _drop_slot(pg, stream.slot.slot_name)
+        drop_slot(pg, stream.slot.slot_name)
 
 
 def test_acknowledgement_follows_consumption(pg, unique_name):
@@ -119,7 +110,7 @@ def test_acknowledgement_follows_consumption(pg, unique_name):
             time.sleep(0.2)
     finally:
         stream.close()
-        _drop_slot(pg, slot)
+        drop_slot(pg, slot)
 
 
 def test_idle_slot_pins_no_wal(pg, unique_name):
@@ -160,7 +151,7 @@ def test_idle_slot_pins_no_wal(pg, unique_name):
     finally:
         stop.set()
         stream.close()
-        _drop_slot(pg, slot)
+        drop_slot(pg, slot)
 
 
 def test_server_restart_mid_stream_loses_nothing(pg_factory, unique_name):
@@ -263,7 +254,7 @@ def test_seed_readme_usage_runs_as_written(pg, unique_name):
     assert set(again) == {"public.users", "public.orders"}
     assert again["public.users"].stream.slot.created is False
     again["public.users"].stream.close()
-    _drop_slot(pg, slot)
+    drop_slot(pg, slot)
 
 
 def test_plugin_is_chosen_and_the_choice_explained(pg, pg_factory, unique_name):
@@ -273,7 +264,7 @@ def test_plugin_is_chosen_and_the_choice_explained(pg, pg_factory, unique_name):
     with CDCStream(pg.conninfo(), f"{schema}.t") as stream:
         assert stream.plugin == "wal2arrow"
         assert "allows it" in stream.plugin_reason
-    _drop_slot(pg, stream.slot.slot_name)
+    drop_slot(pg, stream.slot.slot_name)
     bare = pg_factory(plugin=False)  # a server where no plugin can be installed
     with bare.connect() as conn:
         _make_tables(conn, "s", ["t"])
@@ -307,7 +298,7 @@ def test_a_dropped_table_ends_its_reader_and_the_others_go_on(pg, unique_name):
         assert stays.column("note").to_pylist() == ["still here"]
     finally:
         stream.close()
-        _drop_slot(pg, stream.slot.slot_name)
+        drop_slot(pg, stream.slot.slot_name)
 
 
 def test_unread_reader_spills_and_holds_back_wal(pg, unique_name):
@@ -338,7 +329,7 @@ def test_unread_reader_spills_and_holds_back_wal(pg, unique_name):
         assert unread.spilled_bytes == 0
     finally:
         stream.close()
-        _drop_slot(pg, slot)
+        drop_slot(pg, slot)
 
 
 def test_temporary_slot_reconnect_is_an_explicit_error(pg_factory):

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from .pgutil import drop_slot
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -72,9 +74,4 @@ def test_sigkill_and_restart_lose_nothing_and_see_each_change_once(pg, unique_na
     ids = _ids(log)
     assert sorted(set(ids)) == list(range(1, total + 1))  # none lost
     assert len(ids) == total  # none twice once the high-water mark drops redeliveries
-    with pg.connect() as conn:
-        deadline = time.monotonic() + 15
-        while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                           (slot,)).fetchone()[0] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    drop_slot(pg, slot)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from cdc_notebook import errors
 from cdc_notebook.reader import CDCStream
+
+from .pgutil import drop_slot
 
 
 @pytest.fixture
@@ -17,13 +17,7 @@ def table(pg, unique_name):
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY)")
     yield f"{schema}.t"
-    with pg.connect() as conn:  # leave no slot behind to pin the shared server's WAL
-        deadline = time.monotonic() + 15
-        while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name LIKE %s AND active",
-                           (f"%{schema}%",)).fetchone() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                     "WHERE slot_name LIKE %s", (f"%{schema}%",))
+    drop_slot(pg, schema, like=True)  # leave no slot behind to pin the shared server's WAL
 
 
 def test_wrong_password(pg, table):

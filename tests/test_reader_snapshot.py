@@ -11,6 +11,8 @@ import pytest
 from cdc_notebook.live import LiveTable
 from cdc_notebook.reader import CDCStream, SnapshotUnavailable
 
+from .pgutil import drop_slot
+
 ROWS = 200_000
 
 
@@ -80,13 +82,7 @@ def test_snapshot_while_writing_then_changes_equal_the_table(pg, unique_name, pl
         assert got.equals(expected)
     finally:
         stream.close()
-        with pg.connect() as conn:
-            deadline = time.monotonic() + 15
-            while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                               (stream.slot.slot_name,)).fetchone() and \
-                    time.monotonic() < deadline:
-                time.sleep(0.1)
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (stream.slot.slot_name,))
+        drop_slot(pg, stream.slot.slot_name)
 
 
 def test_snapshot_needs_a_new_slot(pg, unique_name):
@@ -161,10 +157,4 @@ def test_a_table_created_later_joins_the_running_stream(pg, unique_name, plugin)
     finally:
         stop.set()
         stream.close()
-        with pg.connect() as conn:
-            deadline = time.monotonic() + 15
-            while conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                               (stream.slot.slot_name,)).fetchone() and \
-                    time.monotonic() < deadline:
-                time.sleep(0.1)
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (stream.slot.slot_name,))
+        drop_slot(pg, stream.slot.slot_name)
