@@ -199,7 +199,7 @@ class Dashboard:
             self.tabs.selected_index = titles.index("Live table")
         self.widget = w.VBox([summary_view.box, self.tabs])
         self.stopped = False
-        if connect or (reader is not None and server is not None):
+        if connect or reader is not None:
             self.connection.connect()
         if start_pump:
             self.pump.start()

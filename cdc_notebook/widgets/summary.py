@@ -143,10 +143,9 @@ class SummaryModel(Model):
         return slot
 
     def _params(self) -> dict[str, Any] | None:
-        if callable(self._conninfo):
-            return self._conninfo()
-        if self._conninfo is not None:
-            return dict(self._conninfo)
+        params = self._conninfo() if callable(self._conninfo) else self._conninfo
+        if params:
+            return dict(params)
         stream = getattr(self.reader, "stream", None)
         params = getattr(stream, "conninfo", None)
         return dict(params) if params else None
