@@ -267,3 +267,9 @@ def test_raw_frames_over_the_stream(env):
                     stream.decoder.decode_one(frame)
     assert kinds == ["begin", "schema", "batch", "commit"] and rows == 7
     assert stream.decoder.copied_bodies == 0
+    # the walsender lets go of the slot a moment after the connection closed
+    deadline = time.monotonic() + 20
+    while env.conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                           (env.slot,)).fetchone()[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -237,3 +237,51 @@ def test_enums_domains_and_unrepresentable_before_images(env):
     assert got[2]["p"] == Decimal("1.00")
     assert got[2]["_cdc_before"]["p"] is None
     assert dict(got[2]["_cdc_unrepresentable"]) == {"_cdc_before.p": "NaN"}
+
+
+JSONB_DOCUMENTS = [
+    "{}", "[]", '""', '"a"', "null", "true", "false", "0", "-0", "1", "-1", "7.0", "-1.50",
+    "1e10", "1e-10", "2E3", "0.0001", "10000", "100000000", "9999999999999999",
+    "10000000000000000", "-9999999999999999", "123456789012345678901234567890.5",
+    "[1, [2, [3, []]], {}]", '{"a": {"b": {"c": [null, true, false, 0.5]}}}',
+    '{"k\\"ey": "v\\\\al\\nue\\t\\b\\f\\r\\u0001\\u001f é ✓ 😀 \\u007f /"}',
+    '{"": "", "z": 1, "a": [], "mm": {}}', '[{"a": 1}, {"b": 2}, "x", 3, null]',
+    '"' + "esc\\\\aped \\\"quotes\\\" and \\n " * 20 + '"',
+    '{"sku": "SKU-1", "qty": 1, "gift": false}',
+    "[" + ", ".join(str(i * 37 - 500) for i in range(60)) + "]",
+]
+
+
+def test_jsonb_text_equals_the_servers(env):
+    """The plugin renders jsonb itself: byte for byte the server's jsonb::text, for short
+    (1-byte header), inline, compressed and TOASTed values, in arrays and before-images."""
+    env.run(f"CREATE TABLE {env.q('jb')} (id int PRIMARY KEY, j jsonb, js jsonb[])",
+            f"ALTER TABLE {env.q('jb')} REPLICA IDENTITY FULL")
+    with env.conn.cursor() as cur:
+        for i, doc in enumerate(JSONB_DOCUMENTS):
+            cur.execute(f"INSERT INTO {env.q('jb')} VALUES (%s, %s::jsonb, "
+                        f"ARRAY[%s::jsonb, NULL])", (i, doc, doc))
+        base = len(JSONB_DOCUMENTS)
+        # inline with a 4-byte header, compressed inline, and out of line
+        cur.execute(f"INSERT INTO {env.q('jb')} SELECT {base} + g, jsonb_build_object("
+                    f"'n', g, 'pad', repeat('p', g * 300), 'list', "
+                    f"(SELECT jsonb_agg(x) FROM generate_series(1, g * 50) x)) "
+                    f"FROM generate_series(1, 3) g")
+        cur.execute(f"INSERT INTO {env.q('jb')} SELECT {base + 10}, jsonb_object_agg("
+                    f"'key' || x, md5(x::text)) FROM generate_series(1, 5000) x")
+    env.run(f"DELETE FROM {env.q('jb')} WHERE id < 3")
+    want = dict(env.conn.execute(f"SELECT id, j::text FROM {env.q('jb')}").fetchall())
+    want_arrays = dict(env.conn.execute(
+        f"SELECT id, js[1]::text FROM {env.q('jb')}").fetchall())
+    got = rows(env.changes(), "jb")
+    inserts = [r for r in got if r["_cdc_op"] == "c"]
+    assert len(inserts) == base + 4
+    for r in inserts:
+        if r["id"] in want:
+            assert r["j"] == want[r["id"]], r["id"]
+            if want_arrays[r["id"]] is not None:
+                assert r["js"] == [want_arrays[r["id"]], None], r["id"]
+    deletes = [r for r in got if r["_cdc_op"] == "d"]
+    assert [d["_cdc_before"]["j"] for d in deletes] == [
+        inserts[i]["j"] for i in range(3)]
+    assert [d["_cdc_before"]["j"] for d in deletes] == ["{}", "[]", '""']

@@ -65,7 +65,7 @@ init_pow10(void)
 }
 
 /* A non-null value was written to the array's buffers: its validity bit and length. */
-static inline void
+static pg_attribute_always_inline void
 mark_valid(struct ArrowArray *a)
 {
 	struct ArrowBitmap *validity = ArrowArrayValidityBitmap(a);
@@ -77,7 +77,7 @@ mark_valid(struct ArrowArray *a)
 }
 
 /* A value of a fixed-width type (integers, floats, decimal128, timestamps, uuid, ...). */
-static inline void
+static pg_attribute_always_inline void
 append_fixed(struct ArrowArray *a, const void *value, int64 size, int64 *nbytes)
 {
 	W2A_CHECK(ArrowBufferAppend(ArrowArrayBuffer(a, 1), value, size), "appending a value");
@@ -86,7 +86,7 @@ append_fixed(struct ArrowArray *a, const void *value, int64 size, int64 *nbytes)
 }
 
 /* A value of a utf8 or binary column (32-bit offsets). */
-static inline void
+static pg_attribute_always_inline void
 append_bytes(struct ArrowArray *a, const void *data, int64 len, int64 *nbytes)
 {
 	struct ArrowBuffer *values = ArrowArrayBuffer(a, 2);
@@ -262,12 +262,12 @@ numeric_to_int128(Datum value, int scale, __int128 *out)
 /*
  * Append one non-null value. Returns false when the value cannot be held by the Arrow type:
  * scalars are then appended as null; a list is still appended with its representable
- * elements. The caller reports such values in _cdc_unrepresentable. `scratch` is a reusable
- * buffer for values rendered as text.
+ * elements. The caller reports such values in _cdc_unrepresentable. The state lends its
+ * reusable buffers (values rendered as text, short varlenas realigned).
  */
 static bool
 append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbytes,
-			 StringInfo scratch)
+			 W2AState *state)
 {
 	switch (type->kind)
 	{
@@ -420,20 +420,37 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 		case W2A_KIND_JSONB:
 			{
 				/* jsonb's text output (what jsonb_out returns), rendered into a reused buffer */
-				Jsonb	   *jb = DatumGetJsonbP(value);
+				struct varlena *v = (struct varlena *) DatumGetPointer(value);
+				StringInfo	text = &state->scratch;
+				Jsonb	   *jb;
 
-				resetStringInfo(scratch);
-				JsonbToCString(scratch, &jb->root, VARSIZE(jb));
-				append_bytes(a, scratch->data, scratch->len, nbytes);
-				if (scratch->maxlen > W2A_SCRATCH_KEEP_BYTES)
+				if (VARATT_IS_SHORT(v) && !VARATT_IS_EXTERNAL(v))
+				{
+					/* a short inline value: realigned in a reused buffer, not a palloc'd copy
+					 * (TOAST pointers have a 1-byte header too: those are detoasted below) */
+					Size		len = VARSIZE_SHORT(v) - VARHDRSZ_SHORT;
+					StringInfo	aligned = &state->varlena;
+
+					resetStringInfo(aligned);
+					enlargeStringInfo(aligned, (int) (len + VARHDRSZ));
+					SET_VARSIZE(aligned->data, len + VARHDRSZ);
+					memcpy(VARDATA(aligned->data), VARDATA_SHORT(v), len);
+					jb = (Jsonb *) aligned->data;
+				}
+				else
+					jb = DatumGetJsonbP(value);
+				resetStringInfo(text);
+				w2a_jsonb_to_text(text, &jb->root);
+				append_bytes(a, text->data, text->len, nbytes);
+				if (text->maxlen > W2A_SCRATCH_KEEP_BYTES)
 				{
 					/* do not keep a huge document's buffer for the whole session */
-					MemoryContext cxt = GetMemoryChunkContext(scratch->data);
+					MemoryContext cxt = GetMemoryChunkContext(text->data);
 
-					pfree(scratch->data);
-					scratch->data = MemoryContextAlloc(cxt, 1024);
-					scratch->maxlen = 1024;
-					resetStringInfo(scratch);
+					pfree(text->data);
+					text->data = MemoryContextAlloc(cxt, 1024);
+					text->maxlen = 1024;
+					resetStringInfo(text);
 				}
 				return true;
 			}
@@ -458,7 +475,7 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 				{
 					if (enulls[i])
 						W2A_CHECK(ArrowArrayAppendNull(child, 1), "appending an array");
-					else if (!append_value(type->elem, child, elems[i], nbytes, scratch))
+					else if (!append_value(type->elem, child, elems[i], nbytes, state))
 						ok = false;
 				}
 				finish_list(a);
@@ -474,7 +491,7 @@ append_value(const W2AType *type, struct ArrowArray *a, Datum value, int64 *nbyt
 /* Append a tuple's published columns to the fields of a struct-like list of children. */
 static void
 append_tuple(W2ARelEntry *entry, struct ArrowArray **children, Datum *values, bool *nulls,
-			 const char *prefix, RowNotes *notes, int64 *nbytes, StringInfo scratch)
+			 const char *prefix, RowNotes *notes, int64 *nbytes, W2AState *state)
 {
 	for (int i = 0; i < entry->ncols; i++)
 	{
@@ -495,7 +512,7 @@ append_tuple(W2ARelEntry *entry, struct ArrowArray **children, Datum *values, bo
 								   : col->name);
 			continue;
 		}
-		if (!append_value(&col->type, children[i], value, nbytes, scratch))
+		if (!append_value(&col->type, children[i], value, nbytes, state))
 		{
 			notes->unrep_keys = lappend(notes->unrep_keys,
 										prefix ? psprintf("%s%s", prefix, col->name) : col->name);
@@ -640,7 +657,7 @@ w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc, const W2ARow
 	{
 		heap_deform_tuple(newtuple, desc, entry->values, entry->nulls);
 		append_tuple(entry, children, entry->values, entry->nulls, NULL, &notes, &nbytes,
-					 &state->scratch);
+					 state);
 	}
 	else
 	{
@@ -660,7 +677,7 @@ w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc, const W2ARow
 		materialize_null_befores(entry);
 		heap_deform_tuple(oldtuple, desc, entry->old_values, entry->old_nulls);
 		append_tuple(entry, before->children, entry->old_values, entry->old_nulls,
-					 "_cdc_before.", &notes, &nbytes, &state->scratch);
+					 "_cdc_before.", &notes, &nbytes, state);
 		mark_valid(before);
 	}
 	else

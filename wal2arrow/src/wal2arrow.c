@@ -99,6 +99,7 @@ w2a_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
 		MemoryContext old = MemoryContextSwitchTo(cxt);
 
 		initStringInfo(&state->scratch);
+		initStringInfo(&state->varlena);
 		MemoryContextSwitchTo(old);
 	}
 	w2a_relcache_init(state);

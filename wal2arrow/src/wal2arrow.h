@@ -6,6 +6,7 @@
  *   relcache.c   per-relation cache: publication membership, columns, schema versions
  *   typemap.c    the PostgreSQL -> Arrow type table (mirror of cdc_notebook/typemap.json)
  *   encode.c     appending rows to Arrow builders
+ *   jsonb.c      jsonb values as jsonb_out's text
  *   frame.c      the wire format (docs/protocol.md)
  *   memory.c     tying nanoarrow's malloc'd objects to PostgreSQL memory contexts
  */
@@ -23,6 +24,7 @@
 #include "replication/output_plugin.h"
 #include "replication/reorderbuffer.h"
 #include "utils/hsearch.h"
+#include "utils/jsonb.h"
 #include "utils/rel.h"
 
 #include "nanoarrow/nanoarrow.h"
@@ -223,6 +225,7 @@ typedef struct W2AState
 	struct ArrowBuffer ipc_body;
 
 	StringInfoData scratch;		/* values rendered as text (jsonb), reused */
+	StringInfoData varlena;		/* short varlenas realigned (jsonb), reused */
 } W2AState;
 
 /* per streamed transaction, in ReorderBufferTXN.output_plugin_private */
@@ -253,6 +256,7 @@ typedef struct W2ARowMeta
 } W2ARowMeta;
 
 extern void w2a_enum_cache_init(W2AState *state);
+extern void w2a_jsonb_to_text(StringInfo out, JsonbContainer *container);
 extern void w2a_finish_batch(W2ARelEntry *entry);
 extern void w2a_append_row(W2AState *state, W2ARelEntry *entry, TupleDesc desc,
 						   const W2ARowMeta *meta, HeapTuple newtuple, HeapTuple oldtuple);
