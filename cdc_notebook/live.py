@@ -463,12 +463,30 @@ class LiveTable:
         with self._lock:
             self._fold()
 
-    def state(self) -> MirrorState:
+    def fold_if_due(self) -> None:
+        """Fold committed queued changes when the fold cadence is due (the live reader calls
+        this in the background, so the mirror follows without anyone reading it)."""
+        with self._lock:
+            if self._clock() - self._last_fold >= self.fold_interval and \
+                    any(p.committed for p in self._pending):
+                self._fold()
+                self._touch()  # views reading without folding (the pump's) refresh again
+
+    def state(self, *, fresh: bool = True) -> MirrorState:
+        """The mirror and the LSN it is consistent at.
+
+        ``fresh=False`` (views refreshed by the UI pump) folds only when the fold cadence is
+        due, so frequent readers of a large mirror do not fold it over and over: the frame
+        may then stand up to ``fold_interval`` behind, at the LSN it states.
+        """
         with self._lock:
             self._require_key()
-            self._fold()
-            return MirrorState(self.name, self._mirror.clone(), self._consistent_lsn(),
-                               self._version, self._pending_rows)
+            if fresh or self._clock() - self._last_fold >= self.fold_interval:
+                self._fold()
+            ready = any(p.committed for p in self._pending)
+            lsn = self._folded[0] if ready else self._consistent_lsn()
+            return MirrorState(self.name, self._mirror.clone(), lsn, self._version,
+                               self._pending_rows)
 
     def mirror(self) -> pl.DataFrame:
         """The table's current state (committed changes), as one frame."""
@@ -1033,6 +1051,8 @@ class LiveReader:
         live = self.frames.tables.get(name)
         if live is not None:
             live.commit(position, complete=complete)
+            if live.has_key:
+                live.fold_if_due()
 
     def _apply(self, name: str, key: tuple[str, ...], event: Any) -> None:
         frames = self.frames

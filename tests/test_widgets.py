@@ -506,3 +506,60 @@ def test_widget_messages_stay_bounded_while_ingesting_at_full_speed(comms: Any) 
     table_view.close()
     assert len(_instances) < before
     assert not [x for x in table_view._widgets if x.comm is not None]
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+
+def test_dashboard_reader_buttons_start_pause_resume_stop_a_temporary_slot(
+        pg: Any, tables: str, comms: Any) -> None:
+    from cdc_notebook.widgets import Dashboard
+
+    clock = Clock()
+    dash = Dashboard(server=pg, tables=f"{tables}.orders", clock=clock, start_pump=False)
+    reader_view = dash.views[3]
+    try:
+        dash.connection.connect().result(60)
+        reader_view.start_button.click()  # no slot named in set-up: a temporary one
+        dash.reader.wait()
+        assert dash.reader.error is None, dash.reader.error
+        live = dash.reader.reader
+        assert live is not None and live.state == "running"
+        slot = live.stream.slot.slot_name
+        with pg.connect() as conn:
+            conn.execute(f"INSERT INTO {tables}.orders (id, v) "
+                         "SELECT g, 'v' || g FROM generate_series(1, 500) g")
+            assert conn.execute("SELECT temporary, active FROM pg_replication_slots WHERE "
+                                "slot_name = %s", [slot]).fetchone() == (True, True)
+        live.catch_up(60)
+        assert dash.frames[f"{tables}.orders"].mirror().height == 500
+        clock.now += 1
+        dash.pump.tick()
+        dash.wait()
+        clock.now += 1
+        dash.pump.tick()
+        assert "running" in reader_view.state.value
+        summary = dash.summary.summary
+        assert summary is not None and summary.rows_received == 500
+        assert f"{tables}.orders" in dash._summary_view.html.value
+        reader_view.pause_button.click()
+        assert live.state == "paused"
+        frozen = dash.frames[f"{tables}.orders"].state().lsn
+        with pg.connect() as conn:
+            conn.execute(f"INSERT INTO {tables}.orders (id, v) VALUES (1001, 'late')")
+        clock.now += 1
+        dash.pump.tick()
+        assert "paused" in reader_view.state.value
+        assert dash.frames[f"{tables}.orders"].state().lsn == frozen
+        reader_view.resume_button.click()
+        live.catch_up(60)
+        assert dash.frames[f"{tables}.orders"].mirror().height == 501
+        reader_view.stop_button.click()
+        dash.reader.wait()
+        assert live.state == "stopped"
+        wait_inactive(pg, slot)  # the temporary slot goes with the reader's connection
+        with pg.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE "
+                                "slot_name = %s", [slot]).fetchone()[0] == 0
+    finally:
+        dash.stop()

@@ -119,7 +119,7 @@ class SummaryModel(Model):
         tables = []
         with self.frames.lock:
             for name, live in list(self.frames.tables.items()):
-                height = live.state().frame.height if live.has_key else None
+                height = live.state(fresh=False).frame.height if live.has_key else None
                 tables.append(TableSummary(name, height, live.stats.rows_received,
                                            live._consistent_lsn()))
         reader = self.reader
