@@ -334,6 +334,16 @@ class CDCStream:
         router.close()
         slot.close()
         try:
+            # The walsender exits just after its connection closes: return once the server has
+            # let go of the slot, so a teardown right after close() does not find it in use.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and catalog.execute(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
+                    (slot.slot_name,)).fetchone():
+                time.sleep(0.02)
+        except psycopg.Error:
+            pass  # the server is gone: nothing holds the slot
+        try:
             catalog.close()
         except Exception:  # noqa: BLE001
             pass
