@@ -1,6 +1,7 @@
-"""Every type of the spec, with edge values, through the snapshot and through pgoutput.
+"""Every type of the spec, with edge values, through the snapshot, pgoutput and wal2arrow.
 
-The three paths (binary COPY snapshot, pgoutput text mode, pgoutput binary mode) must produce
+The four paths (binary COPY snapshot, pgoutput text mode, pgoutput binary mode, wal2arrow) must
+produce
 the same schema and the same values, and those values must be the server's in the spec's
 defined domain: representable values equal what psycopg reads (or the literal inserted), and a
 value Arrow cannot hold is null with the server's text output in ``_cdc_unrepresentable``.
@@ -16,6 +17,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
+from cdc_notebook.frames import slot_changes
 from cdc_notebook.pgoutput import PgoutputStream, create_publication
 from cdc_notebook.snapshot import ExportedSnapshot, connect_session, snapshot_table
 
@@ -180,14 +182,21 @@ def _stream_inserts(pg, name, slot, pub, binary):
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
-def test_every_type_snapshot_equals_pgoutput_equals_server(pg, unique_name, binary):
+def test_every_type_snapshot_equals_pgoutput_equals_wal2arrow_equals_server(pg, unique_name,
+                                                                           binary):
     name, slot, pub = unique_name("types"), unique_name("slot"), unique_name("pub")
+    w2a_slot = unique_name("w2aslot")
     with pg.connect() as conn:
         try:
             _setup(conn, name, with_arrays=not binary)
             create_publication(conn, pub, [f"public.{name}"])
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2arrow')",
+                         (w2a_slot,))
             streamed = _stream_inserts(pg, name, slot, pub, binary)
+            # The same inserts decoded by wal2arrow (the fast path) from its own slot.
+            w2a = batches_of(slot_changes(conn, w2a_slot, {"publication_names": pub}),
+                             f"public.{name}")
             with ExportedSnapshot(pg.conninfo(), unique_name("snapslot"), temporary=True) as snap:
                 snapshot = pa.Table.from_batches(list(snapshot_table(
                     pg.conninfo(), f"public.{name}", snap)))
@@ -204,15 +213,27 @@ def test_every_type_snapshot_equals_pgoutput_equals_server(pg, unique_name, bina
                     assert _same_floats(a[col], b[col]), col
                 else:
                     assert a[col].equals(b[col]), (col, a[col], b[col])
+            # wal2arrow: the same schema and the same values as the snapshot and pgoutput
+            assert w2a is not None and w2a.num_rows == len(ROWS)
+            assert w2a.schema.equals(snapshot.schema, check_metadata=True), \
+                (w2a.schema, snapshot.schema)
+            c = w2a.select(cols).sort_by("id")
+            for col in cols:
+                if col in ("c_float4", "c_float8"):
+                    assert _same_floats(c[col], b[col]), col
+                else:
+                    assert c[col].equals(b[col]), (col, c[col], b[col])
             with connect_session(pg.conninfo()) as session:
                 _check_server_domain(session, name, snapshot)
                 _check_server_domain(session, name, streamed)
+                _check_server_domain(session, name, w2a)
             # a TOASTed value arrives whole, and the null row is null in every column
             assert len(b["c_big"][0].as_py()) == len("toast me ") * 20000
             row2 = b.slice(1, 1).to_pylist()[0]
             assert all(v is None for k, v in row2.items() if k not in ("id", "_cdc_unrepresentable"))
         finally:
             drop_slot(conn, slot)
+            drop_slot(conn, w2a_slot)
             conn.execute(f"DROP PUBLICATION IF EXISTS {pub}")
             conn.execute(f"DROP TABLE IF EXISTS {name}")
             conn.execute(f"DROP DOMAIN IF EXISTS {name}_pos")
