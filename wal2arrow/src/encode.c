@@ -3,9 +3,9 @@
  *
  * Common types are converted from their in-memory representation directly (no output
  * functions): integers, floats, numeric -> decimal128 (read from numeric's on-disk format),
- * dates and times, timestamps, intervals, uuid, text-like varlenas, bytea, json. Only types
- * that the spec carries as text (and values Arrow cannot hold, for _cdc_unrepresentable) go
- * through their output function.
+ * dates and times, timestamps, intervals, uuid, text-like varlenas, bytea, json, and jsonb
+ * (jsonb.c). Only types that the spec carries as text (and values Arrow cannot hold, for
+ * _cdc_unrepresentable) go through their output function.
  *
  * Values are written straight into the builders' buffers (reserve, copy, validity bit) rather
  * than through nanoarrow's generic append functions, which switch on the storage type for
@@ -31,16 +31,6 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
-
-/* numeric's on-disk header (src/backend/utils/adt/numeric.c; stable on disk) */
-#define NUM_SIGN_MASK 0xC000
-#define NUM_NEG 0x4000
-#define NUM_SHORT 0x8000
-#define NUM_SPECIAL 0xC000
-#define NUM_SHORT_SIGN_MASK 0x2000
-#define NUM_SHORT_WEIGHT_SIGN_MASK 0x0040
-#define NUM_SHORT_WEIGHT_MASK 0x003F
-#define NUM_BASE 10000
 
 /* the largest buffer kept for rendering values as text between rows */
 #define W2A_SCRATCH_KEEP_BYTES (1024 * 1024)
@@ -221,20 +211,20 @@ numeric_to_int128(Datum value, int scale, __int128 *out)
 	__int128	acc = 0;
 
 	memcpy(&header, data, sizeof(uint16));
-	if ((header & NUM_SIGN_MASK) == NUM_SPECIAL)
+	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SPECIAL)
 		return false;
-	if ((header & NUM_SIGN_MASK) == NUM_SHORT)
+	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SHORT)
 	{
-		negative = (header & NUM_SHORT_SIGN_MASK) != 0;
-		weight = (header & NUM_SHORT_WEIGHT_SIGN_MASK) ? (int) (~NUM_SHORT_WEIGHT_MASK) : 0;
-		weight |= header & NUM_SHORT_WEIGHT_MASK;
+		negative = (header & W2A_NUM_SHORT_SIGN_MASK) != 0;
+		weight = (header & W2A_NUM_SHORT_WEIGHT_SIGN_MASK) ? (int) (~W2A_NUM_SHORT_WEIGHT_MASK) : 0;
+		weight |= header & W2A_NUM_SHORT_WEIGHT_MASK;
 		hdrsize = sizeof(uint16);
 	}
 	else
 	{
 		int16		w;
 
-		negative = (header & NUM_SIGN_MASK) == NUM_NEG;
+		negative = (header & W2A_NUM_SIGN_MASK) == W2A_NUM_NEG;
 		memcpy(&w, data + sizeof(uint16), sizeof(int16));
 		weight = w;
 		hdrsize = 2 * sizeof(uint16);

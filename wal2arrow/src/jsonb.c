@@ -18,18 +18,6 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
-/* numeric's on-disk header (src/backend/utils/adt/numeric.c; stable on disk) */
-#define NUM_SIGN_MASK 0xC000
-#define NUM_NEG 0x4000
-#define NUM_SHORT 0x8000
-#define NUM_SPECIAL 0xC000
-#define NUM_SHORT_SIGN_MASK 0x2000
-#define NUM_SHORT_DSCALE_MASK 0x1F80
-#define NUM_SHORT_DSCALE_SHIFT 7
-#define NUM_SHORT_WEIGHT_SIGN_MASK 0x0040
-#define NUM_SHORT_WEIGHT_MASK 0x003F
-#define NUM_DSCALE_MASK 0x3FFF
-
 /* appendBinaryStringInfo, inlined: documents are written in many small pieces */
 static pg_attribute_always_inline void
 put_bytes(StringInfo out, const char *data, int len)
@@ -111,22 +99,22 @@ put_small_integer(StringInfo out, Numeric num)
 	char		buf[MAXINT8LEN + 1];
 
 	memcpy(&header, data, sizeof(uint16));
-	if ((header & NUM_SIGN_MASK) == NUM_SPECIAL)
+	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SPECIAL)
 		return false;
-	if ((header & NUM_SIGN_MASK) == NUM_SHORT)
+	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SHORT)
 	{
-		negative = (header & NUM_SHORT_SIGN_MASK) != 0;
-		dscale = (header & NUM_SHORT_DSCALE_MASK) >> NUM_SHORT_DSCALE_SHIFT;
-		weight = (header & NUM_SHORT_WEIGHT_SIGN_MASK) ? (int) (~NUM_SHORT_WEIGHT_MASK) : 0;
-		weight |= header & NUM_SHORT_WEIGHT_MASK;
+		negative = (header & W2A_NUM_SHORT_SIGN_MASK) != 0;
+		dscale = (header & W2A_NUM_SHORT_DSCALE_MASK) >> W2A_NUM_SHORT_DSCALE_SHIFT;
+		weight = (header & W2A_NUM_SHORT_WEIGHT_SIGN_MASK) ? (int) (~W2A_NUM_SHORT_WEIGHT_MASK) : 0;
+		weight |= header & W2A_NUM_SHORT_WEIGHT_MASK;
 		hdrsize = sizeof(uint16);
 	}
 	else
 	{
 		int16		w;
 
-		negative = (header & NUM_SIGN_MASK) == NUM_NEG;
-		dscale = header & NUM_DSCALE_MASK;
+		negative = (header & W2A_NUM_SIGN_MASK) == W2A_NUM_NEG;
+		dscale = header & W2A_NUM_DSCALE_MASK;
 		memcpy(&w, data + sizeof(uint16), sizeof(int16));
 		weight = w;
 		hdrsize = 2 * sizeof(uint16);

@@ -41,6 +41,18 @@
 #define W2A_CHANGE_TUPLE(t) ((t) != NULL ? &(t)->tuple : NULL)
 #endif
 
+/* numeric's on-disk header (src/backend/utils/adt/numeric.c; stable on disk) */
+#define W2A_NUM_SIGN_MASK 0xC000
+#define W2A_NUM_NEG 0x4000
+#define W2A_NUM_SHORT 0x8000
+#define W2A_NUM_SPECIAL 0xC000
+#define W2A_NUM_SHORT_SIGN_MASK 0x2000
+#define W2A_NUM_SHORT_DSCALE_MASK 0x1F80
+#define W2A_NUM_SHORT_DSCALE_SHIFT 7
+#define W2A_NUM_SHORT_WEIGHT_SIGN_MASK 0x0040
+#define W2A_NUM_SHORT_WEIGHT_MASK 0x003F
+#define W2A_NUM_DSCALE_MASK 0x3FFF
+
 /* 2000-01-01 minus 1970-01-01 */
 #define W2A_EPOCH_OFFSET_DAYS 10957
 #define W2A_EPOCH_OFFSET_US INT64CONST(946684800000000)
