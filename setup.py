@@ -23,6 +23,7 @@ setup(
                 "cdc_notebook/_native/table.h",
                 "cdc_notebook/_native/native.h",
             ],
+            libraries=["dl"],  # dlopen/dlsym: CopyDecoder.read() uses psycopg's own libpq
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-parameter",
                                 "-fvisibility=hidden"],
         )

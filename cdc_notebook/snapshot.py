@@ -1,10 +1,11 @@
 """The initial snapshot: a table's rows at the slot's consistent point, as change batches.
 
-Each table is read with ``COPY (SELECT ctid, <columns> FROM ONLY t WHERE <ctid range>) TO STDOUT
+Each table is read with ``COPY (SELECT <columns> FROM ONLY t WHERE <ctid range>) TO STDOUT
 (FORMAT binary)`` inside REPEATABLE READ transactions that import the snapshot exported with the
-slot (``SET TRANSACTION SNAPSHOT``); the COPY stream is decoded into Arrow by the native decoder
-(:mod:`cdc_notebook._native`), following the type-mapping spec, so the batches have exactly the
-schema of the change batches of wal2arrow and pgoutput: ``_cdc_op = 'r'``, ``_cdc_lsn`` and
+slot (``SET TRANSACTION SNAPSHOT``); the COPY stream is received and decoded into Arrow by the
+native decoder (:mod:`cdc_notebook._native`, through psycopg's own libpq, without the GIL),
+following the type-mapping spec, so the batches have exactly the schema of the change batches
+of wal2arrow and pgoutput: ``_cdc_op = 'r'``, ``_cdc_lsn`` and
 ``_cdc_end_lsn`` the consistent point, ``_cdc_commit_lsn``/``_cdc_commit_ts`` null, ``_cdc_xid``
 0, ``_cdc_before`` null. Large tables are cut into ctid ranges read by several connections
 sharing the snapshot; batches are yielded as they are decoded (bounded queue: memory stays
@@ -19,12 +20,14 @@ bounded whatever the table's size). See docs/snapshot.md for the hand-off to str
 from __future__ import annotations
 
 import queue
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,7 +35,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from . import types as spec_types
-from ._native import CopyDecoder, TablePlan, import_batch, make_plan
+from ._native import CopyDecoder, TablePlan, import_batch, libpq_bind, make_plan
 from .errors import (CDCError, ReplicationNotPermitted, TablePrivilegeMissing,
                      WalLevelNotLogical)
 
@@ -43,8 +46,10 @@ SESSION_OPTIONS = ("-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=U
 
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_BATCH_BYTES = 32 << 20
-DEFAULT_CHUNK_PAGES = 8_192  # 64 MiB of heap per chunk with 8 kB pages
-FEED_MESSAGES = 2048         # COPY messages handed to the decoder per call
+# 32 MiB of heap per chunk with 8 kB pages: a COPY's start costs little, and smaller chunks
+# keep the workers busy to the end (the last chunks are not read by one worker alone)
+DEFAULT_CHUNK_PAGES = 4_096
+FEED_MESSAGES = 2048         # COPY messages handed to the decoder per call (pq-layer reader)
 
 
 class SnapshotError(CDCError):
@@ -176,6 +181,13 @@ class TableSnapshotPlan:
     @property
     def qualified_name(self) -> str:
         return f"{self.namespace}.{self.name}"
+
+    @property
+    def needs_ctid(self) -> bool:
+        """Whether the COPY must carry each row's ctid: only an array of an unusual shape
+        (multi-dimensional, lower bound not 1) has a text the decoder cannot render, read
+        afterwards by ctid; every other value is decoded from the COPY alone."""
+        return any(c.mapping.kind == "array" for c in self.columns)
 
     def new_table_plan(self) -> TablePlan:
         return make_plan([(c.name, c.mapping) for c in self.columns])
@@ -342,6 +354,18 @@ def _chunks(plan: TableSnapshotPlan, chunk_pages: int) -> list[_Chunk]:
     return out
 
 
+def _copy_query(plan: TableSnapshotPlan, chunk: _Chunk) -> sql.Composed:
+    table = sql.Identifier(chunk.namespace, chunk.name)
+    where = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.lo},0)"))]
+    if chunk.hi is not None:
+        where.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({chunk.hi},0)")))
+    select = [c.select_sql() for c in plan.columns]
+    if plan.needs_ctid:
+        select.insert(0, sql.SQL("ctid"))
+    return sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT (FORMAT binary)").format(
+        sql.SQL(", ").join(select), table, sql.SQL(" AND ").join(where))
+
+
 def _classify(exc: psycopg.Error, table: str, snapshot_name: str) -> CDCError:
     state = exc.sqlstate
     text = str(exc).strip()
@@ -364,6 +388,157 @@ def _classify(exc: psycopg.Error, table: str, snapshot_name: str) -> CDCError:
     return SnapshotError(f"snapshot of {table} failed: {text}", sqlstate=state)
 
 
+# Whether chunks are received by the native decoder itself (through psycopg's own libpq) when
+# that libpq can be found; otherwise, and when False, on psycopg's pq layer.
+NATIVE_READ = True
+
+
+def _loaded_libraries() -> list[str]:
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            # address perms offset dev inode [path]
+            paths = {fields[5].strip() for line in maps if len(fields := line.split(None, 5)) == 6}
+    except OSError:
+        return []
+    return sorted(p for p in paths if p.startswith("/"))
+
+
+def _libpq_candidates() -> list[str]:
+    """Where the libpq psycopg drives its connections with may be: only that library can
+    read from psycopg's PGconn (another copy in the process, e.g. psycopg2's, cannot)."""
+    impl = psycopg.pq.__impl__
+    if impl == "python":
+        from psycopg.pq import _pq_ctypes
+
+        return [str(_pq_ctypes.pq._name)]
+    loaded = [p for p in _loaded_libraries() if Path(p).name.startswith("libpq")]
+    if impl == "binary":
+        import psycopg_binary
+
+        libs = Path(psycopg_binary.__file__).resolve().parent.parent / "psycopg_binary.libs"
+        return [p for p in loaded if Path(p).parent == libs]
+    # the C implementation is linked against the system's libpq, not a wheel's bundled copy
+    return [p for p in loaded if not Path(p).parent.name.endswith(".libs")]
+
+
+_libpq_lock = threading.Lock()
+_libpq_paths: list[str] | None = None
+
+
+def _bind_libpq(conn: psycopg.Connection[Any]) -> bool:
+    """Whether CopyDecoder.read() can receive this connection's COPY (see libpq_bind)."""
+    global _libpq_paths
+    with _libpq_lock:
+        if _libpq_paths is None:
+            _libpq_paths = _libpq_candidates()
+        paths = _libpq_paths
+    pgconn = conn.pgconn
+    ptr, fd, pid = pgconn.pgconn_ptr, pgconn.socket, pgconn.backend_pid
+    return bool(ptr) and any(libpq_bind(path, ptr, fd, pid) for path in paths)
+
+
+def receive_copy(conn: psycopg.Connection[Any], decoder: CopyDecoder, *, batch_rows: int,
+                 batch_bytes: int, emit: Callable[[], bool],
+                 add_bytes: Callable[[int], None] = lambda n: None) -> bool:
+    """Decode the COPY running on ``conn`` (started by psycopg), calling ``emit`` whenever the
+    decoder holds ``batch_rows`` rows or about ``batch_bytes`` bytes, then read the COPY's
+    result (raising the server's error, if any). ``emit`` returns False to stop: then this
+    returns False with the COPY unfinished (the connection is to be closed)."""
+    if NATIVE_READ and _bind_libpq(conn):
+        receive = _receive_native
+    else:
+        receive = _receive_messages
+    if not receive(conn, decoder, batch_rows, batch_bytes, emit, add_bytes):
+        return False
+    _finish_copy(conn)
+    return True
+
+
+def _receive_native(conn: psycopg.Connection[Any], decoder: CopyDecoder, batch_rows: int,
+                    batch_bytes: int, emit: Callable[[], bool],
+                    add_bytes: Callable[[int], None]) -> bool:
+    """The native decoder receives the messages itself (psycopg's libpq, GIL released):
+    Python runs once per batch."""
+    pgconn = conn.pgconn
+    while True:
+        before = decoder.total_bytes
+        status = decoder.read(pgconn.pgconn_ptr, batch_rows, batch_bytes)
+        add_bytes(decoder.total_bytes - before)
+        if status != 1:
+            if status < 0:
+                _raise_connection_error(conn)
+            return True
+        if not emit():
+            return False
+
+
+def _receive_messages(conn: psycopg.Connection[Any], decoder: CopyDecoder, batch_rows: int,
+                      batch_bytes: int, emit: Callable[[], bool],
+                      add_bytes: Callable[[int], None]) -> bool:
+    """The messages are taken on psycopg's pq layer and fed to the decoder in lists (when
+    psycopg's libpq cannot be bound, e.g. off Linux)."""
+    pgconn = conn.pgconn
+    get_copy_data = pgconn.get_copy_data
+    fd = pgconn.socket
+    pending: list[Any] = []
+    append = pending.append
+    # a CopyData message holds at most one row: feeding no more messages than the batch has
+    # room for keeps batches within batch_rows
+    limit = min(FEED_MESSAGES, batch_rows)
+    while True:
+        nbytes, data = get_copy_data(1)
+        if nbytes > 0:
+            append(data)
+            if len(pending) < limit:
+                continue
+        elif nbytes == 0 and (not pending or len(pending) < limit // 4):
+            # nothing buffered and little to decode: wait for the socket
+            select.select((fd,), (), ())
+            pgconn.consume_input()
+            continue
+        if pending:
+            before = decoder.total_bytes
+            rows = decoder.feed(pending)
+            add_bytes(decoder.total_bytes - before)
+            pending.clear()
+            if rows >= batch_rows or decoder.nbytes >= batch_bytes:
+                if not emit():
+                    return False
+                rows = 0
+            limit = min(FEED_MESSAGES, batch_rows - rows)
+        if nbytes == -1:   # the end of the COPY: its result follows
+            return True
+        if nbytes < 0:
+            _raise_connection_error(conn)
+
+
+def _raise_connection_error(conn: psycopg.Connection[Any]) -> None:
+    """PQgetCopyData failed (-2): the connection broke; libpq says why."""
+    raise psycopg.OperationalError(
+        conn.pgconn.get_error_message(conn.info.encoding) or "the connection was lost")
+
+
+def _finish_copy(conn: psycopg.Connection[Any]) -> None:
+    """Read the results that end a COPY whose data was read to its end (PQgetCopyData gave
+    -1); raise the server's error, if it sent one, as psycopg would."""
+    pgconn = conn.pgconn
+    fd = pgconn.socket
+    error: psycopg.Error | None = None
+    while True:
+        while pgconn.is_busy():
+            select.select((fd,), (), ())
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if error is None and result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+            error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+    if error is not None:
+        raise error
+    if pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError(pgconn.get_error_message(conn.info.encoding))
+
+
 class _Worker(threading.Thread):
     """One connection in the snapshot: imports it, copies chunks, decodes, queues batches."""
 
@@ -371,82 +546,88 @@ class _Worker(threading.Thread):
         super().__init__(daemon=True, name=f"cdc-snapshot-{owner.plan.qualified_name}")
         self.owner = owner
         self.conninfo = conninfo
+        self._texts_conn: psycopg.Connection[Any] | None = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = connect_session(self.conninfo, autocommit=False)
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
+                sql.Literal(self.owner.snapshot_name)))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def run(self) -> None:
         owner = self.owner
         try:
-            with connect_session(self.conninfo, autocommit=False) as conn:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(
-                    sql.Literal(owner.snapshot_name)))
+            with self._connect() as conn:
                 while not owner.stop.is_set():
                     chunk = owner.next_chunk()
                     if chunk is None:
                         break
-                    self._copy(conn, chunk)
+                    if not self._copy(conn, chunk):
+                        # stopped in the middle of a COPY: the connection is dropped with it
+                        conn.close()
+                        return
                 conn.rollback()
         except psycopg.Error as exc:
             owner.fail(_classify(exc, owner.plan.qualified_name, owner.snapshot_name))
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
             owner.fail(exc)
         finally:
+            if self._texts_conn is not None:
+                self._texts_conn.close()
             owner.worker_done()
 
-    def _copy(self, conn: psycopg.Connection[Any], chunk: _Chunk) -> None:
+    def _copy(self, conn: psycopg.Connection[Any], chunk: _Chunk) -> bool:
+        """Read one chunk; False if the snapshot was stopped before its end."""
         owner = self.owner
         plan = owner.plan
-        table = sql.Identifier(chunk.namespace, chunk.name)
-        where = [sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.lo},0)"))]
-        if chunk.hi is not None:
-            where.append(sql.SQL("ctid < {}::tid").format(sql.Literal(f"({chunk.hi},0)")))
-        select = sql.SQL(", ").join([sql.SQL("ctid")] + [c.select_sql() for c in plan.columns])
-        query = sql.SQL("COPY (SELECT {} FROM ONLY {} WHERE {}) TO STDOUT (FORMAT binary)").format(
-            select, table, sql.SQL(" AND ").join(where))
-        decoder = CopyDecoder(plan.new_table_plan(), owner.lsn, chunk.index << 32)
-        pending: list[Any] = []
-        # a CopyData message holds at most one row: feeding no more messages than the batch
-        # has room for keeps batches within batch_rows
-        limit = min(FEED_MESSAGES, owner.batch_rows)
+        decoder = CopyDecoder(plan.new_table_plan(), owner.lsn, chunk.index << 32,
+                              with_ctid=plan.needs_ctid)
         with conn.cursor() as cur:
-            with cur.copy(query) as copy:
-                for data in copy:
-                    pending.append(data)
-                    if len(pending) >= limit:
-                        before = decoder.total_bytes
-                        rows = decoder.feed(pending)
-                        owner.add_bytes(decoder.total_bytes - before)
-                        pending.clear()
-                        if rows >= owner.batch_rows or decoder.nbytes >= owner.batch_bytes:
-                            self._emit(conn, chunk, decoder)
-                            rows = 0
-                        limit = min(FEED_MESSAGES, owner.batch_rows - rows)
-                        if owner.stop.is_set():
-                            return
-            if pending:
-                before = decoder.total_bytes
-                decoder.feed(pending)
-                owner.add_bytes(decoder.total_bytes - before)
+            # psycopg starts the COPY (an error at the start is raised with its SQLSTATE);
+            # receive_copy takes its data, by the batch, and reads its end
+            with cur.copy(_copy_query(plan, chunk)):
+                if not self._read_stream(conn, chunk, decoder):
+                    return False
         if not decoder.finished:
             raise SnapshotError(f"the COPY of {plan.qualified_name} ended early")
-        self._emit(conn, chunk, decoder, last=True)
+        self._emit(chunk, decoder, last=True)
+        return True
 
-    def _emit(self, conn: psycopg.Connection[Any], chunk: _Chunk, decoder: CopyDecoder,
-              last: bool = False) -> None:
+    def _read_stream(self, conn: psycopg.Connection[Any], chunk: _Chunk,
+                     decoder: CopyDecoder) -> bool:
+        owner = self.owner
+
+        def emit() -> bool:
+            self._emit(chunk, decoder)
+            return not owner.stop.is_set()
+
+        return receive_copy(conn, decoder, batch_rows=owner.batch_rows,
+                            batch_bytes=owner.batch_bytes, emit=emit, add_bytes=owner.add_bytes)
+
+    def _emit(self, chunk: _Chunk, decoder: CopyDecoder, last: bool = False) -> None:
         rows = decoder.rows
         if rows:
-            self._fetch_texts(conn, chunk, decoder)
+            self._fetch_texts(chunk, decoder)
             batch = import_batch(self.owner.plan.schema, decoder.take())
             self.owner.put(batch, rows)
         if last:
             self.owner.chunk_done(chunk)
 
-    def _fetch_texts(self, conn: psycopg.Connection[Any], chunk: _Chunk,
-                     decoder: CopyDecoder) -> None:
+    def _fetch_texts(self, chunk: _Chunk, decoder: CopyDecoder) -> None:
         """Values Arrow cannot hold whose text the decoder cannot render (arrays of an unusual
-        shape): read their text output in the same snapshot, by ctid."""
+        shape): read their text output in the same snapshot, by ctid, on a second connection
+        (opened when first needed: the COPY may still be running on the worker's own)."""
         pending = decoder.pending()
         if not pending:
             return
+        if self._texts_conn is None:
+            self._texts_conn = self._connect()
+        conn = self._texts_conn
         by_column: dict[str, list[tuple[int, str]]] = {}
         for index, block, offset, column in pending:
             by_column.setdefault(column, []).append((index, f"({block},{offset})"))

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import io
+import os
+import socket
+import threading
+import time
 
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from cdc_notebook.snapshot import (ExportedSnapshot, ProgressBar, SnapshotNotImportable,
-                                   TableDroppedDuringSnapshot, TableHandoff, TableState,
-                                   connect_session, plan_table, snapshot_table)
+from cdc_notebook import snapshot as snapshot_module
+from cdc_notebook._native import CopyDecoder, libpq_bind, make_plan
+from cdc_notebook.snapshot import (ExportedSnapshot, ProgressBar, SnapshotError,
+                                   SnapshotNotImportable, TableDroppedDuringSnapshot,
+                                   TableHandoff, TableState, connect_session, plan_table,
+                                   snapshot_table)
 from cdc_notebook.errors import TablePrivilegeMissing, WalLevelNotLogical
-from cdc_notebook.types import change_batch_schema
+from cdc_notebook.types import TypeCatalog, change_batch_schema
+
+from tests import test_pgoutput_types as types_tests
 
 
 def _drop_slot(conn, slot):
@@ -145,3 +154,154 @@ def test_handoff_state_machine_and_merge_rule():
     assert h.offer(100, "old") == [] and h.offer(101, "new") == ["new"]
     with pytest.raises(Exception):
         h.start_snapshot()
+
+
+# --------------------------------------------------------------------------- how COPY data is read
+
+
+@pytest.fixture(params=["native", "messages"])
+def read_path(request, monkeypatch):
+    """Both ways a chunk's COPY is received: by the native decoder through psycopg's own
+    libpq, and message by message on psycopg's pq layer (the fallback)."""
+    monkeypatch.setattr(snapshot_module, "NATIVE_READ", request.param == "native")
+    return request.param
+
+
+def test_the_native_reader_binds_psycopgs_own_libpq(pg):
+    with connect_session(pg.conninfo()) as conn:
+        pgconn = conn.pgconn
+        assert snapshot_module._bind_libpq(conn), snapshot_module._libpq_candidates()
+        path = snapshot_module._libpq_candidates()[0]
+        # another connection's figures, or a library that is not loaded, are refused
+        assert not libpq_bind(path, pgconn.pgconn_ptr, pgconn.socket + 1, pgconn.backend_pid)
+        assert not libpq_bind(path, pgconn.pgconn_ptr, pgconn.socket, pgconn.backend_pid + 1)
+        assert not libpq_bind("/nonexistent/libpq.so.5", pgconn.pgconn_ptr, pgconn.socket,
+                              pgconn.backend_pid)
+
+
+def test_every_type_in_small_batches_on_both_read_paths(pg, unique_name, read_path):
+    """Hundreds of rows of every type (arrays of unusual shape included, their text fetched
+    while the chunk's COPY is still running), in batches of a few rows: the values are the
+    server's, whichever way the COPY was received."""
+    name, slot = unique_name("types"), unique_name("slot")
+    with pg.connect() as conn:
+        try:
+            types_tests._setup(conn, name, with_arrays=True)
+            types_tests._insert(conn, name, with_arrays=True)
+            cols = conn.execute(
+                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) "
+                "FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 1 "
+                "AND NOT attisdropped", (name,)).fetchone()[0]
+            conn.execute(f"INSERT INTO {name} SELECT id + 10 * g, {cols} FROM {name} "
+                         "CROSS JOIN generate_series(1, 100) g")
+            with ExportedSnapshot(pg.conninfo(), slot, temporary=True) as snap:
+                batches = list(snapshot_table(pg.conninfo(), f"public.{name}", snap,
+                                              chunk_pages=2, batch_rows=7))
+            assert all(b.num_rows <= 7 for b in batches)
+            table = pa.Table.from_batches(batches).sort_by("id")
+            assert table.num_rows == 4 * 101
+            originals = table.filter(pc.less_equal(table["id"], 4))
+            with connect_session(pg.conninfo()) as session:
+                types_tests._check_server_domain(session, name, originals)
+            # every copy equals its original, unrepresentable texts included
+            ids = table["id"].to_pylist()
+            position = {rid: i for i, rid in enumerate(ids)}
+            copies = pa.array(range(len(ids)))
+            their_originals = pa.array([position[rid % 10] for rid in ids])
+            for col in table.column_names:
+                if col in ("id", "_cdc_ordinal"):
+                    continue
+                a, b = table[col].take(copies), table[col].take(their_originals)
+                if col in ("c_float4", "c_float8"):
+                    assert types_tests._same_floats(a, b), col
+                else:
+                    assert a.equals(b), col
+        finally:
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            conn.execute(f"DROP DOMAIN IF EXISTS {name}_pos")
+            conn.execute(f"DROP TYPE IF EXISTS {name}_mood")
+
+
+def test_a_connection_lost_during_the_copy_is_an_error(pg, unique_name, read_path):
+    table, slot = unique_name("lost"), unique_name("slot")
+    app = unique_name("app")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {table} (id int, v text)")
+        conn.execute(f"INSERT INTO {table} SELECT g, repeat('x', 200) "
+                     "FROM generate_series(1, 50000) g")
+
+        def terminate(progress):
+            # the workers are blocked on the bounded queue, in the middle of their chunks
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE application_name = %s", (app,))
+
+        try:
+            with ExportedSnapshot(pg.conninfo(), slot, temporary=True) as snap:
+                with pytest.raises(SnapshotError) as err:
+                    list(snapshot_table({**pg.conninfo(), "application_name": app},
+                                        f"public.{table}", snap, batch_rows=100,
+                                        progress=terminate))
+            assert "terminat" in str(err.value) or "closed" in str(err.value) or \
+                "lost" in str(err.value), err.value
+        finally:
+            conn.execute(f"DROP TABLE {table}")
+
+
+def test_only_arrays_need_the_ctid_in_the_copy(pg, unique_name):
+    table = unique_name("ctid")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {table} (id int, v text, a int[])")
+        try:
+            with connect_session(pg.conninfo()) as session:
+                assert plan_table(session, f"public.{table}").needs_ctid
+                conn.execute(f"ALTER TABLE {table} DROP COLUMN a")
+                assert not plan_table(session, f"public.{table}").needs_ctid
+        finally:
+            conn.execute(f"DROP TABLE {table}")
+
+
+def test_a_snapshot_abandoned_midway_stops_its_workers(pg, unique_name, read_path):
+    table, slot, app = unique_name("early"), unique_name("slot"), unique_name("app")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {table} (id int, v text)")
+        conn.execute(f"INSERT INTO {table} SELECT g, repeat('x', 200) "
+                     "FROM generate_series(1, 50000) g")
+        try:
+            with ExportedSnapshot(pg.conninfo(), slot, temporary=True) as snap:
+                batches = snapshot_table({**pg.conninfo(), "application_name": app},
+                                         f"public.{table}", snap, batch_rows=500)
+                assert next(batches).num_rows == 500
+                batches.close()   # joins the workers, each in the middle of a COPY
+                assert not [t for t in threading.enumerate()
+                            if t.name.startswith(f"cdc-snapshot-public.{table}")]
+            for _ in range(100):
+                left = conn.execute("SELECT count(*) FROM pg_stat_activity "
+                                    "WHERE application_name = %s", (app,)).fetchone()[0]
+                if not left:
+                    break
+                time.sleep(0.05)
+            assert left == 0
+        finally:
+            conn.execute(f"DROP TABLE {table}")
+
+
+def test_a_broken_connection_during_the_copy_is_an_error(pg, read_path):
+    with connect_session(pg.conninfo()) as conn:
+        int8 = TypeCatalog.load(conn).map_type(20, -1)
+        decoder = CopyDecoder(make_plan([("g", int8)]), 0, 0, with_ctid=False)
+        broken = []
+
+        def emit():
+            decoder.take()
+            if not broken:   # the socket goes away under libpq, without a word from the server
+                with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+                broken.append(True)
+            return True
+
+        with pytest.raises(psycopg.OperationalError):
+            with conn.cursor().copy("COPY (SELECT g::int8 FROM generate_series(1, 5000000) g) "
+                                    "TO STDOUT (FORMAT binary)"):
+                snapshot_module.receive_copy(conn, decoder, batch_rows=1000,
+                                             batch_bytes=1 << 30, emit=emit)
+        assert broken

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._native import CopyDecoder, NativeDecodeError, PgoutputDecoder, TablePlan
+from ._native import CopyDecoder, NativeDecodeError, PgoutputDecoder, TablePlan, libpq_bind
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..types import TypeMapping
 
 __all__ = ["CopyDecoder", "NativeDecodeError", "PgoutputDecoder", "TablePlan", "decoder_kind",
-           "make_plan", "import_batch", "NativeBatch"]
+           "make_plan", "import_batch", "libpq_bind", "NativeBatch"]
 
 
 def decoder_kind(mapping: TypeMapping) -> Any:

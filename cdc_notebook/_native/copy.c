@@ -1,9 +1,16 @@
 /*
- * CopyDecoder: the output of `COPY (SELECT ctid, <columns> ...) TO STDOUT (FORMAT binary)` into
- * change batches with _cdc_op = 'r'. Input may be cut anywhere (one CopyData message is one row
- * in practice, but nothing here relies on it). The GIL is released while parsing.
+ * CopyDecoder: the output of `COPY (SELECT [ctid,] <columns> ...) TO STDOUT (FORMAT binary)`
+ * into change batches with _cdc_op = 'r'. Input may be cut anywhere (one CopyData message is one
+ * row in practice, but nothing here relies on it). The GIL is released while parsing.
+ *
+ * Input comes either from Python (feed: a list of buffers) or straight from the connection
+ * (read): the COPY's messages are taken with PQgetCopyData of the libpq that psycopg itself
+ * loaded (bound by libpq_bind), so a whole batch is received and decoded without the GIL and
+ * without a Python object per message.
  */
 #include "native.h"
+
+#include <dlfcn.h>
 
 static const uint8_t COPY_SIGNATURE[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0377, '\r', '\n', 0};
 
@@ -178,6 +185,109 @@ static PyObject *CopyDecoder_feed(CopyDecoderObject *self, PyObject *chunks) {
     return PyLong_FromLongLong(tab_rows(self->plan->tab));
 }
 
+/* ------------------------------------------------------------------ libpq, as psycopg loaded it */
+
+typedef struct {
+    void *handle;
+    int (*get_copy_data)(void *conn, char **buffer, int async);
+    void (*freemem)(void *ptr);
+    int (*socket)(const void *conn);
+    int (*backend_pid)(const void *conn);
+} Libpq;
+
+static Libpq libpq;                 /* bound once per process; immutable afterwards */
+static PyThread_type_lock libpq_lock;
+
+/*
+ * libpq_bind(path, conn_ptr, socket, backend_pid): use the libpq at `path` for read(), if that
+ * library is already loaded in the process (RTLD_NOLOAD: never a second copy) and it drives
+ * the given connection: its PQsocket and PQbackendPID on psycopg's PGconn pointer must give
+ * psycopg's own figures, which a libpq of another build (another struct layout) would not.
+ * The first library bound stays for the process (psycopg uses one); another path is refused.
+ */
+PyObject *libpq_bind(PyObject *module, PyObject *args) {
+    const char *path;
+    unsigned long long ptr;
+    int fd, pid;
+    if (!PyArg_ParseTuple(args, "sKii", &path, &ptr, &fd, &pid))
+        return NULL;
+    if (!ptr)
+        Py_RETURN_FALSE;
+    void *h = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h)
+        Py_RETURN_FALSE;
+    if (!libpq_lock && !(libpq_lock = PyThread_allocate_lock())) {
+        dlclose(h);
+        return PyErr_NoMemory();
+    }
+    PyThread_acquire_lock(libpq_lock, WAIT_LOCK);
+    Libpq candidate = libpq;
+    if (!candidate.handle) {
+        candidate.handle = h;
+        *(void **)&candidate.get_copy_data = dlsym(h, "PQgetCopyData");
+        *(void **)&candidate.freemem = dlsym(h, "PQfreemem");
+        *(void **)&candidate.socket = dlsym(h, "PQsocket");
+        *(void **)&candidate.backend_pid = dlsym(h, "PQbackendPID");
+    }
+    int ok = candidate.handle == h && candidate.get_copy_data && candidate.freemem &&
+             candidate.socket && candidate.backend_pid;
+    if (ok) {
+        void *conn = (void *)(uintptr_t)ptr;
+        ok = candidate.socket(conn) == fd && candidate.backend_pid(conn) == pid;
+    }
+    if (ok && !libpq.handle)
+        libpq = candidate;   /* keeps the reference dlopen took: psycopg's library stays */
+    else
+        dlclose(h);          /* drops only the reference taken here (RTLD_NOLOAD) */
+    PyThread_release_lock(libpq_lock);
+    return PyBool_FromLong(ok);
+}
+
+/*
+ * read(conn_ptr, max_rows, max_bytes): receive and decode the COPY's messages until the batch
+ * holds max_rows rows or about max_bytes bytes (1), or the COPY ends (0: PQgetCopyData gave
+ * -1; the caller reads the COPY's result), or the connection failed (-2: the caller raises
+ * its error message). The connection must be bound (libpq_bind) and owned by the calling
+ * thread; it is used without the GIL.
+ */
+static PyObject *CopyDecoder_read(CopyDecoderObject *self, PyObject *args) {
+    unsigned long long ptr;
+    long long max_rows, max_bytes;
+    if (!PyArg_ParseTuple(args, "KLL", &ptr, &max_rows, &max_bytes))
+        return NULL;
+    if (!self->plan) {
+        PyErr_SetString(PyExc_ValueError, "CopyDecoder not initialised");
+        return NULL;
+    }
+    if (!libpq.get_copy_data || !ptr) {
+        PyErr_SetString(PyExc_RuntimeError, "read() needs a connection bound by libpq_bind()");
+        return NULL;
+    }
+    void *conn = (void *)(uintptr_t)ptr;
+    Tab *t = self->plan->tab;
+    int status = 1, rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t n = 0;; n++) {
+        char *buf = NULL;
+        int len = libpq.get_copy_data(conn, &buf, 0);
+        if (len < 0) {
+            status = len == -1 ? 0 : -2;
+            break;
+        }
+        rc = feed_one(self, (const uint8_t *)buf, len);
+        libpq.freemem(buf);
+        if (rc < 0)
+            break;
+        /* the batch's byte size is a walk over its columns: looked at every 64 messages */
+        if (tab_rows(t) >= max_rows || ((n & 63) == 63 && tab_nbytes(t) >= max_bytes))
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return raise_native();
+    return PyLong_FromLong(status);
+}
+
 static PyObject *CopyDecoder_take(CopyDecoderObject *self, PyObject *unused) {
     if (!self->plan) {
         PyErr_SetString(PyExc_ValueError, "CopyDecoder not initialised");
@@ -300,6 +410,10 @@ static PyGetSetDef CopyDecoder_getset[] = {
 static PyMethodDef CopyDecoder_methods[] = {
     {"feed", (PyCFunction)CopyDecoder_feed, METH_O,
      "feed(chunks): decode a list of COPY data chunks; returns the rows of the current batch"},
+    {"read", (PyCFunction)CopyDecoder_read, METH_VARARGS,
+     "read(conn_ptr, max_rows, max_bytes): receive and decode COPY data from the connection "
+     "(bound by libpq_bind) until the batch is full (1), the COPY ends (0) or the connection "
+     "fails (-2)"},
     {"take", (PyCFunction)CopyDecoder_take, METH_NOARGS,
      "take(): the current batch as an 'arrow_array' capsule (a struct array); starts a new one"},
     {"pending", (PyCFunction)CopyDecoder_pending, METH_NOARGS,

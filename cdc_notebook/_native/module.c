@@ -220,10 +220,18 @@ PyTypeObject TablePlanType = {
 
 /* ------------------------------------------------------------------ module */
 
+static PyMethodDef module_methods[] = {
+    {"libpq_bind", libpq_bind, METH_VARARGS,
+     "libpq_bind(path, conn_ptr, socket, backend_pid): use the already loaded libpq at path for "
+     "CopyDecoder.read() if it drives that connection (psycopg's PGconn pointer, socket and "
+     "backend pid); returns whether it does. The first library bound stays for the process."},
+    {NULL},
+};
+
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "_native",
     "Native decoders of cdc_notebook: binary COPY and pgoutput into Arrow (C data interface).",
-    -1, NULL,
+    -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void) {

@@ -20,6 +20,7 @@ extern PyTypeObject TablePlanType;
 extern PyTypeObject CopyDecoderType;
 extern PyTypeObject PgoutputDecoderType;
 
+PyObject *libpq_bind(PyObject *module, PyObject *args);   /* copy.c */
 PyObject *raise_native(void);             /* NativeDecodeError from cdc_errbuf; returns NULL */
 PyObject *array_capsule(struct ArrowArray *moved);   /* "arrow_array" capsule owning a copy */
 
