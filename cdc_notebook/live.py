@@ -21,10 +21,14 @@ How the mirror is kept, and why:
   reads, or when the queue holds ``max_pending_rows``. One fold: every change becomes events on
   keys (insert/update → upsert of the after-image key; delete → removal of the before-image key;
   an update that changes the key → removal of the old key and upsert of the new one); the last
-  event per key wins; the mirror loses every touched key and gains the winning upserts.
+  event per key wins; the mirror loses every touched key and gains the winning upserts. The
+  work is proportional to the queued rows plus one hash probe of the mirror's key columns: the
+  touched rows leave by a filter and the winners are appended as a new chunk, so a fold never
+  joins, sorts or copies the whole mirror (its chunks are merged once they are too many).
 * **Unchanged TOAST values are kept** from the row's previous version: the last upsert of the
   same row earlier in the fold (found with an as-of join on the old key), else the mirror's
-  row; chains of such updates are resolved by pointer jumping (log₂ of the chain rounds).
+  row (only the rows whose key such an update names are looked up); chains of such updates
+  are resolved by pointer jumping (log₂ of the chain rounds).
 * **Consistent as of a stated LSN.** Only committed transactions are folded (a batch applied
   with ``committed=False`` waits for :meth:`LiveTable.commit`), so :meth:`LiveTable.state`
   returns the mirror at a transaction boundary together with that LSN.
@@ -86,6 +90,7 @@ CHECKPOINT_KEY = b"cdc_notebook.checkpoint"
 # and the suffix).
 _SEQ, _PTR, _UP = "__cdc_seq__", "__cdc_ptr__", "__cdc_up__"
 _VAL, _NEED, _FOUND = "__cdc_val__", "__cdc_need__", "__cdc_found__"
+_MAX_MIRROR_CHUNKS = 64
 
 PartitionFunction = Callable[[pa.Table, Sequence[str], int],
                              Union[np.ndarray, pa.Array, pl.Series, Sequence[int]]]
@@ -179,6 +184,20 @@ def empty_frame(schema: pa.Schema) -> pl.DataFrame:
 # --------------------------------------------------------------------------- the fold
 
 
+def _has_key_in(frame: pl.DataFrame, keyset: pl.DataFrame, keys: list[str]) -> pl.Series:
+    """For each row of ``frame``: whether its key is one of ``keyset``'s rows.
+
+    A hash probe of the key columns only (no join, so no gather of the other columns); the
+    mirror is probed with the keys of a fold, never joined with itself.
+    """
+    keyset = keyset.select(keys).cast({k: frame.schema[k] for k in keys})
+    if len(keys) == 1:
+        probe = pl.col(keys[0]).is_in(keyset.get_column(keys[0]).implode())
+    else:
+        probe = pl.struct(keys).is_in(keyset.select(pl.struct(keys)).to_series().implode())
+    return frame.select(probe.fill_null(False)).to_series()
+
+
 def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list[str],
                              columns: list[str]) -> tuple[pl.DataFrame, int]:
     """Fill each update's unchanged TOAST columns from the row's previous version."""
@@ -194,13 +213,17 @@ def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list
                                  by_right=keys, strategy="backward", allow_exact_matches=False,
                                  check_sortedness=False)  # sorted by seq by construction
     ups = ups.join(previous.select([_SEQ, _PTR]), on=_SEQ, how="left", maintain_order="left")
+    # Only the mirror rows some update may read: the old keys of the updates that start a
+    # chain in this fold (the mirror is probed, not joined whole, for every column).
+    starting = previous.filter(pl.col(_PTR).is_null()).select(
+        [pl.col(s).alias(k) for s, k in zip(src, keys)])
+    lookup = mirror.filter(_has_key_in(mirror, starting, keys)) \
+        .select([*keys, *columns]).with_columns(pl.lit(True).alias(_FOUND))
     unresolved = 0
-    mirror_keys = mirror.select(keys).with_columns(pl.lit(True).alias(_FOUND))
     for column in columns:
         need = pl.col(TOAST).list.contains(column).fill_null(False)
         work = ups.select([_SEQ, *src, _PTR, pl.col(column).alias(_VAL), need.alias(_NEED)])
-        from_mirror = mirror.select([*keys, pl.col(column).alias("__cdc_mval__")]) \
-            .join(mirror_keys, on=keys, how="left")
+        from_mirror = lookup.select([*keys, pl.col(column).alias("__cdc_mval__"), _FOUND])
         work = work.join(from_mirror, left_on=src, right_on=keys, how="left",
                          maintain_order="left")
         starts = pl.col(_NEED) & pl.col(_PTR).is_null()
@@ -256,8 +279,16 @@ def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
     last = events.sort(_SEQ).unique(subset=keys, keep="last")
     winners = ups.join(last.filter(pl.col(_UP)).select(_SEQ), on=_SEQ, how="semi") \
         .sort(_SEQ).select(columns)
-    kept = mirror.join(events.select(keys).unique(), on=keys, how="anti")
-    return pl.concat([kept, winners.cast(dict(mirror.schema))], how="vertical"), unresolved
+    # The mirror loses its touched rows by a filter on a probe of its key columns (a join
+    # would gather every column of every row) and gains the winners as one more chunk: an
+    # untouched chunk is neither copied nor moved. The chunks are merged once there are more
+    # than _MAX_MIRROR_CHUNKS (one copy of the mirror every so many folds).
+    kept = mirror.filter(~_has_key_in(mirror, events, keys))
+    folded = pl.concat([kept, winners.cast(dict(mirror.schema))], how="vertical",
+                       rechunk=False)
+    if folded.n_chunks() > _MAX_MIRROR_CHUNKS:
+        folded = folded.rechunk()
+    return folded, unresolved
 
 
 # --------------------------------------------------------------------------- one table
@@ -354,24 +385,33 @@ class LiveTable:
             position_new = (pl.col(END_LSN) > end) | ((pl.col(END_LSN) == end)
                                                       & (pl.col(ORDINAL) > ordinal))
             snapshot_new = (pl.col(OP) == "r") & (pl.col(END_LSN) >= end)
-            fresh = frame.filter(position_new | snapshot_new)
+            # One pass over the batch says what it holds; the filters (each a copy of the
+            # batch) run only when some rows are redelivered or are snapshot rows.
+            is_new = frame.select((position_new | snapshot_new).fill_null(False)).to_series()
+            fresh = frame if is_new.all() else frame.filter(is_new)
             self.stats.rows_received += frame.height
             self.stats.bytes_received += batch.nbytes
             self.stats.rows_skipped += frame.height - fresh.height
             if fresh.height == 0:
                 return 0
-            last_end = fresh.get_column(END_LSN).max()
-            last_ordinal = fresh.filter(pl.col(END_LSN) == last_end).get_column(ORDINAL).max()
-            self._accepted = max(self._accepted, (int(last_end), int(last_ordinal)))
-            changes = fresh.filter(pl.col(OP) != "r")
-            if changes.height:
-                self._change_lsn = max(self._change_lsn, int(changes.get_column(LSN).max()))
+            newest = pl.col(END_LSN).max()
+            summary = fresh.select(
+                newest.alias("end"),
+                pl.col(ORDINAL).filter(pl.col(END_LSN) == newest).max().alias("ordinal"),
+                (pl.col(OP) == "r").sum().alias("snapshot"),
+                pl.col(LSN).filter(pl.col(OP) != "r").max().alias("change_lsn"),
+            ).row(0, named=True)
+            self._accepted = max(self._accepted, (int(summary["end"]), int(summary["ordinal"])))
+            if summary["snapshot"] < fresh.height:
+                changes = fresh if summary["snapshot"] == 0 else fresh.filter(pl.col(OP) != "r")
+                self._change_lsn = max(self._change_lsn, int(summary["change_lsn"]))
                 self._append_changelog(changes)
-            self._pending.append(_Pending("batch", committed, frame=fresh, lsn=int(last_end)))
+            last_end = int(summary["end"])
+            self._pending.append(_Pending("batch", committed, frame=fresh, lsn=last_end))
             self._pending_rows += fresh.height
             self._touch()
             if committed:
-                self._horizon = max(self._horizon, int(last_end))
+                self._horizon = max(self._horizon, last_end)
             self._maybe_fold()
             return fresh.height
 

@@ -451,6 +451,42 @@ def test_random_changes_match_the_model_also_when_delivered_twice(seed: int) -> 
     assert sorted_mirror(live).equals(model.frame())
 
 
+def test_composite_key_fold_with_key_change_delete_and_unchanged_toast() -> None:
+    tx = Transactions()
+    live = LiveTable("public.t", SCHEMA, ["id", "u"], fold_interval=3600, clock=lambda: 0.0)
+    u1, u2, u3, u4, u9 = (uuid.uuid4() for _ in range(5))
+    live.apply(tx.batch([{"op": "c", "id": 1, "v": 1, "doc": "a", "u": u1},
+                         {"op": "c", "id": 2, "v": 1, "doc": "b", "u": u2},
+                         {"op": "c", "id": 3, "v": 1, "doc": "c", "u": u3}]))
+    live.refresh()
+    # The previous versions are in the mirror: found by the whole composite key.
+    live.apply(tx.batch([{"op": "u", "id": 1, "v": 2, "doc": None, "u": u1, "toast": ["doc"]},
+                         {"op": "u", "id": 2, "v": 2, "doc": None, "u": u9, "toast": ["doc"],
+                          "before": {"id": 2, "u": u2}},
+                         {"op": "d", "before": {"id": 3, "u": u3}},
+                         {"op": "c", "id": 3, "v": 3, "doc": "d", "u": u4}]))
+    assert sorted_mirror(live).sort("id", "u").to_dicts() == [
+        {"id": 1, "v": 2, "doc": "a", "u": str(u1)},
+        {"id": 2, "v": 2, "doc": "b", "u": str(u9)},
+        {"id": 3, "v": 3, "doc": "d", "u": str(u4)}]
+    assert live.stats.unresolved_toast == 0
+
+
+def test_many_small_folds_keep_the_mirror_in_a_bounded_number_of_chunks() -> None:
+    tx = Transactions()
+    live = LiveTable("public.t", SCHEMA, ["id"], fold_interval=3600, clock=lambda: 0.0)
+    for i in range(300):
+        live.apply(tx.batch([{"op": "c", "id": i, "v": i, "doc": "x", "u": None},
+                             {"op": "u", "id": i // 2, "v": -i, "doc": "y", "u": None}]))
+        live.refresh()
+    frame = live.mirror()
+    assert frame.n_chunks() <= 65
+    assert frame.sort("id").get_column("id").to_list() == list(range(300))
+    # Row i < 150 was last updated by batch 2i + 1; the others were never updated.
+    expected = [-(2 * i + 1) if i < 150 else i for i in range(300)]
+    assert frame.sort("id").get_column("v").to_list() == expected
+
+
 def test_fold_changes_is_pure() -> None:
     tx = Transactions()
     mirror = LiveTable("public.t", SCHEMA, ["id"]).mirror()
