@@ -821,11 +821,14 @@ class LiveFrames:
                 if live is None:
                     self.table(event.qualified_name, event.arrow_schema, event.key_columns,
                                event.schema_version)
-                elif live.schema_version != event.schema_version or \
-                        live.arrow_schema != event.arrow_schema or \
+                elif live.arrow_schema != event.arrow_schema or \
                         live.key_columns != tuple(event.key_columns):
                     live.change_schema(event.arrow_schema, event.key_columns,
                                        schema_version=event.schema_version)
+                else:
+                    # Same columns and key: a new decoding session (a reconnect) numbers its
+                    # schemas anew (docs/protocol.md), which is not a schema change.
+                    live.schema_version = event.schema_version
             elif isinstance(event, Begin):
                 self._open_xids.add(event.xid)
             elif isinstance(event, (Commit, StreamCommit)):

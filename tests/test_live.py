@@ -589,3 +589,20 @@ def test_live_frames_handle_reader_events() -> None:
     frames.advance(tx.lsn + 1000)
     assert frames["public.t"].state().lsn == tx.lsn + 1000
     assert "public.t" in frames and len(frames) == 1
+
+
+def test_a_reconnect_renumbering_schemas_is_not_a_schema_change() -> None:
+    import pyarrow as pa
+
+    from cdc_notebook.events import RelationSchema
+    from cdc_notebook.live import LiveFrames
+
+    frames = LiveFrames()
+    schema = pa.schema([pa.field("id", pa.int64())])
+    frames.handle(RelationSchema(1, 3, "public", "t", "d", ("id",), schema))
+    live = frames["public.t"]
+    frames.handle(RelationSchema(1, 1, "public", "t", "d", ("id",), schema))  # after a reconnect
+    assert live.schema_changes == [] and live.schema_version == 1
+    wider = schema.append(pa.field("note", pa.string()))
+    frames.handle(RelationSchema(1, 2, "public", "t", "d", ("id",), wider))
+    assert len(live.schema_changes) == 1 and live.schema_changes[0].added == ("note",)
