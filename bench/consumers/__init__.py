@@ -124,7 +124,9 @@ class Consumer:
         return [sys.executable, "-m", "bench.worker", str(job_path)]
 
     def run(self, job: Job) -> dict[str, Any]:
-        raise NotImplementedError(f"{self.name} runs a command of its own")
+        """Measure in the worker process; consumers that run a program of their own (e.g.
+        pg_recvlogical) override :meth:`command` instead, and never get here."""
+        raise TypeError(f"{self.name} runs a command of its own, not a worker")
 
     def collect(self, job: Job, returncode: int, wall_s: float) -> dict[str, Any]:
         """Turn a finished run into a result (for workers: the JSON the worker wrote)."""
