@@ -207,11 +207,12 @@ class CDCStream:
                     "changes after the last one read cannot be recovered",
                     hint="use a permanent slot (temporary=False) to survive reconnects")
             rc = ReplicationConnection(self.conninfo)
+        decoder: Any = None
         try:
             decoder, options = make_decoder(self.plugin, self.publication, self.conninfo)
             rc.start(self.slot.slot_name, 0, options)
         except BaseException:
-            rc.close()
+            _Source(rc, decoder).close()  # the replication connection and the decoder's own
             raise
         return _Source(rc, decoder)
 
