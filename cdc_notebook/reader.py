@@ -254,16 +254,25 @@ class CDCStream:
         with self._catalog_lock:
             self.catalog.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                 sql.Identifier(self.publication), sql.Identifier(info.schema, info.name)))
+        join = TableJoin(f"{self.slot.slot_name}:{info.oid}:{time.monotonic_ns()}", name, keys)
+        self.router.joins[join.id] = join  # before the reader appears: wait_for_joins sees it
         self.readers[name] = self.router.add_reader(name, keys)
         self._oids[name] = info.oid
         self.tables.append(info)
-        join = TableJoin(f"{self.slot.slot_name}:{info.oid}:{time.monotonic_ns()}", name, keys)
-        self.router.joins[join.id] = join
         threading.Thread(target=self._snapshot_joining_table, args=(info, join),
                          name=f"cdc-join-{name}", daemon=True).start()
         self.joined.append(name)
         if self.on_table_added is not None:
             self.on_table_added(name)
+
+    def wait_for_joins(self, timeout: float = 60.0) -> bool:
+        """Wait until every table that joined the stream has had its snapshot delivered (its
+        high watermark was read); False if that did not happen within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        for join in list(self.router.joins.values()) + list(self.router._joins_at_commit):
+            if not join.done.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
 
     def _snapshot_joining_table(self, info: TableInfo, join: TableJoin) -> None:
         from .snapshot import snapshot_table

@@ -144,6 +144,9 @@ def test_a_table_created_later_joins_the_running_stream(pg, unique_name, plugin)
         time.sleep(1.0)
         stop.set()
         writer.join(10)
+        # The join's rows come at its high watermark, which a loaded machine may write after
+        # the first iteration ended: wait for it before catching up.
+        assert stream.wait_for_joins(120)
         for batch in reader.batches(timeout=120):
             live.apply(batch)
             ops += batch.column("_cdc_op").to_pylist()
