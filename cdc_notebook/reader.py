@@ -178,7 +178,7 @@ class CDCStream:
             self._first_connection = self.slot.connection
             self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
                                        memory_limit=memory_limit, reconnect=reconnect,
-                                       missing_tables=self._table_changes)
+                                       table_changes=self._table_changes)
             self.readers: dict[str, TableReader] = {}
             self._oids = {info.qualified_name: info.oid for info in self.tables}
             for info in self.tables:

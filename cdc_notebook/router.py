@@ -465,7 +465,7 @@ class ChangeRouter:
                  current_wal_lsn: Callable[[], int], memory_limit: int = 64 << 20,
                  spill_dir: str | None = None, reconnect: bool = True,
                  max_backoff: float = 10.0, status_interval: float = 1.0,
-                 missing_tables: Callable[[], tuple[list[str], int]] | None = None,
+                 table_changes: Callable[[], tuple[list[str], int]] | None = None,
                  table_check_interval: float = 2.0):
         self._source_factory = source_factory
         self._current_wal_lsn = current_wal_lsn
@@ -488,7 +488,7 @@ class ChangeRouter:
         self._txn: Transaction | None = None
         self._last_status = 0.0
         self._sent_flush = -1
-        self._missing_tables = missing_tables
+        self._table_changes = table_changes  # dropped tables (and, in the reader, joining ones)
         self._table_check_interval = table_check_interval
         self._last_table_check = time.monotonic()
         self._pending_drops: list[tuple[str, int]] = []
@@ -626,11 +626,11 @@ class ChangeRouter:
     def _check_tables(self) -> None:
         """End the readers of dropped tables, after every change before the drop arrived."""
         now = time.monotonic()
-        if self._missing_tables is not None and \
+        if self._table_changes is not None and \
                 now - self._last_table_check >= self._table_check_interval:
             self._last_table_check = now
             try:
-                gone, seen_at = self._missing_tables()
+                gone, seen_at = self._table_changes()
             except Exception:  # noqa: BLE001 - the catalog connection is down: try next time
                 gone, seen_at = [], 0
             self._pending_drops += [(name, seen_at) for name in gone]
