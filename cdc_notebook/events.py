@@ -83,6 +83,9 @@ class ChangeBatch:
     xid: int
     batch: pa.RecordBatch
     subxid: int = 0  # the subtransaction of these rows, for streamed transactions
+    # The batch's encapsulated Arrow IPC message as received (wal2arrow), when the decoder has
+    # it: a reader that spills the batch to disk writes these bytes as they are.
+    ipc_message: pa.Buffer | None = field(default=None, compare=False, repr=False)
 
     @property
     def qualified_name(self) -> str:

@@ -204,11 +204,12 @@ class FrameDecoder:
         rel = self.schema(relid, version)
         if body == 0 or start + body > len(view):
             raise FrameError("batch frame without an Arrow body", hint="corrupt stream")
-        batch = pa.ipc.read_record_batch(self._body(view[start + body:]), rel.arrow_schema)
+        message = self._body(view[start + body:])
+        batch = pa.ipc.read_record_batch(message, rel.arrow_schema)
         if batch.num_rows != nrows:
             raise FrameError(f"batch frame announces {nrows} rows but holds {batch.num_rows}",
                              hint="corrupt stream")
-        return ChangeBatch(relid, version, rel.namespace, rel.name, xid, batch, subxid)
+        return ChangeBatch(relid, version, rel.namespace, rel.name, xid, batch, subxid, message)
 
     def _decode_truncate(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
         xid, lsn, flags, count = r.unpack(_TRUNCATE)

@@ -185,6 +185,8 @@ class _Item:
     end_lsn: int = 0
     spilled: tuple[int, int] | None = None  # (offset, length) in the spill file
     snapshot: bool = False  # rows of the initial snapshot (op 'r'): never redelivered
+    ipc: Any = None  # the batch's Arrow IPC message as received, if the decoder kept it
+    schema: pa.Schema | None = None  # a spilled batch's schema (the file holds no schema)
 
 
 class TableReader:
@@ -215,6 +217,7 @@ class TableReader:
         self._active = 0
         self._spill: Any = None
         self._spill_bytes = 0
+        self._spill_end = 0
         self._current: _Item | None = None
 
     # ---- the stream side
@@ -237,26 +240,35 @@ class TableReader:
             self._cond.notify_all()
 
     def _spill_item(self, item: _Item) -> None:
+        """Write the batch to this reader's spill file as one Arrow IPC message (no schema):
+        the bytes received from wal2arrow as they are, or the batch serialized. Positioned
+        writes and reads: the consumer thread reads while the stream thread appends."""
         if self._spill is None:
-            self._spill = tempfile.TemporaryFile(prefix="cdc_notebook-spill-",
+            self._spill = tempfile.TemporaryFile(prefix="cdc_notebook-spill-", buffering=0,
                                                  dir=self.router.spill_dir)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, item.payload.schema) as writer:
-            writer.write_batch(item.payload)
-        data = sink.getvalue()
-        self._spill.seek(0, os.SEEK_END)
-        offset = self._spill.tell()
-        self._spill.write(data)
-        item.spilled = (offset, data.size)
-        item.payload = None
-        self._spill_bytes += data.size
+            self._spill_end = 0
+        fd = self._spill.fileno()
+        if self._spill_bytes == 0 and self._spill_end:
+            os.ftruncate(fd, 0)  # everything spilled so far was read back: start over
+            self._spill_end = 0
+        batch = item.payload
+        data = memoryview(item.ipc if item.ipc is not None else batch.serialize())
+        offset = self._spill_end
+        written = 0
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], offset + written)
+        self._spill_end += written
+        item.spilled = (offset, written)
+        item.schema = batch.schema
+        item.payload = item.ipc = None
+        self._spill_bytes += written
 
     def _unspill(self, item: _Item) -> pa.RecordBatch:
         offset, length = item.spilled  # type: ignore[misc]
-        self._spill.seek(offset)
-        data = self._spill.read(length)
-        self._spill_bytes -= length
-        return pa.ipc.open_stream(data).read_next_batch()
+        data = os.pread(self._spill.fileno(), length, offset)
+        with self._cond:
+            self._spill_bytes -= length
+        return pa.ipc.read_record_batch(pa.py_buffer(data), item.schema)
 
     def _finish(self) -> None:
         with self._cond:
@@ -530,8 +542,11 @@ class ChangeRouter:
         """Send a status update if one is due (also while waiting on a full queue)."""
         now = time.monotonic()
         flushed = self.acks.flushed
+        # A reader waiting for the stream's position asks the server at once (a keepalive
+        # answers), but not more than every 10 ms.
+        asked = self._want_position.is_set() and now - self._last_status >= 0.01
         if self._source is not None and (now - self._last_status >= self.status_interval
-                                         or flushed != self._sent_flush):
+                                         or flushed != self._sent_flush or asked):
             try:
                 self._source.send_feedback(flushed, reply=self._want_position.is_set())
             except Exception:  # noqa: BLE001 - the read loop sees and handles the failure
@@ -691,7 +706,7 @@ class ChangeRouter:
         if txn is not None:
             self.acks.add(txn)
         end_lsn = txn.end_lsn if txn is not None else 0
-        reader._put(_Item(batch, txn, nbytes, end_lsn), self._stop)
+        reader._put(_Item(batch, txn, nbytes, end_lsn, ipc=event.ipc_message), self._stop)
 
     def put_snapshot(self, qualified_name: str, batch: pa.RecordBatch) -> None:
         """Deliver a batch of the initial snapshot (before the stream starts)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -301,11 +302,12 @@ def test_a_dropped_table_ends_its_reader_and_the_others_go_on(pg, unique_name):
         drop_slot(pg, stream.slot.slot_name)
 
 
-def test_unread_reader_spills_and_holds_back_wal(pg, unique_name):
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_unread_reader_spills_and_holds_back_wal(pg, unique_name, plugin):
     schema = unique_name("spill")
     with pg.connect() as conn:
         _make_tables(conn, schema, ["read", "unread"])
-    stream = CDCStream(pg.conninfo(), f"{schema}.*", memory_limit=4 << 20)
+    stream = CDCStream(pg.conninfo(), f"{schema}.*", memory_limit=4 << 20, plugin=plugin)
     slot = stream.slot.slot_name
     try:
         with pg.connect() as conn:
@@ -324,9 +326,22 @@ def test_unread_reader_spills_and_holds_back_wal(pg, unique_name):
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
                 (slot,)).fetchone()[0])
         assert flushed < unread.held_back_lsn  # the unread table's WAL is not acknowledged
-        ids = [i for b in unread.batches(timeout=60) for i in b.column("id").to_pylist()]
-        assert ids == list(range(1, 8001))
+        back = pa.Table.from_batches(list(unread.batches(timeout=60)))
+        assert back.column("id").to_pylist() == list(range(1, 8001))
+        assert back.column("v").to_pylist() == list(range(1, 8001))
+        assert set(back.column("note").to_pylist()) == {"u" * 1000}
         assert unread.spilled_bytes == 0
+        # Drained: the spill file starts over rather than growing with every spill.
+        size = os.fstat(unread._spill.fileno()).st_size
+        with pg.connect() as conn:
+            conn.execute(f"INSERT INTO {schema}.unread SELECT g, -g, repeat('w', 1000) "
+                         f"FROM generate_series(8001, 16000) g")
+            conn.execute(f"INSERT INTO {schema}.read VALUES (2, 2, 'r')")
+        assert sum(b.num_rows for b in stream[f"{schema}.read"].batches(timeout=60)) == 1
+        assert unread.spilled_bytes > 0
+        assert os.fstat(unread._spill.fileno()).st_size <= size
+        back = pa.Table.from_batches(list(unread.batches(timeout=60)))
+        assert back.column("v").to_pylist() == [-i for i in range(8001, 16001)]
     finally:
         stream.close()
         drop_slot(pg, slot)
