@@ -390,7 +390,7 @@ class LiveTable:
             is_new = frame.select((position_new | snapshot_new).fill_null(False)).to_series()
             fresh = frame if is_new.all() else frame.filter(is_new)
             self.stats.rows_received += frame.height
-            self.stats.bytes_received += batch.nbytes
+            self.stats.bytes_received += batch.get_total_buffer_size()
             self.stats.rows_skipped += frame.height - fresh.height
             if fresh.height == 0:
                 return 0

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from .errors import CDCError
 from .events import parse_lsn
-from .patterns import TableInfo, TablePattern, discover_tables, parse_patterns, select_tables
+from .patterns import CatalogCache, TableInfo, TablePattern, parse_patterns, select_tables
 from .provision import DEFAULT_PLUGIN, conninfo_of, connect, plan_provision
 from .replication import ReplicationConnection, StreamLost, TemporarySlotLost
 from .router import WATERMARK_PREFIX, ChangeRouter, TableJoin, TableReader
@@ -165,6 +165,7 @@ class CDCStream:
             self.snapshot = snapshot
             self.patterns = parse_patterns(tables)
             self.watch = watch and self.publication is not None
+            self._catalog_cache = CatalogCache()
             self.on_table_added = on_table_added
             self.joined: list[str] = []
             self.snapshot_progress = snapshot_progress
@@ -231,12 +232,12 @@ class CDCStream:
         """Readers whose table no longer exists (and the WAL position when that was seen);
         tables that started matching the patterns join the stream."""
         with self._catalog_lock:
-            catalog = discover_tables(self.catalog) if self.watch else None
-            rows = self.catalog.execute(
-                "SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])",
-                (list(self._oids.values()),)).fetchall()
-            lsn = self.catalog.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-        present = {r[0] for r in rows}
+            # The whole catalog is read again only when its fingerprint changed.
+            catalog = self._catalog_cache.tables(self.catalog, 1e-6) if self.watch else None
+            present_oids, lsn = self.catalog.execute(
+                "SELECT array(SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])), "
+                "pg_current_wal_lsn()::text", (list(self._oids.values()),)).fetchone()
+        present = set(present_oids)
         gone = [name for name, oid in self._oids.items() if oid not in present]
         for name in gone:
             del self._oids[name]

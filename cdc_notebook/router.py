@@ -502,7 +502,8 @@ class ChangeRouter:
         self._sent_flush = -1
         self._table_changes = table_changes  # dropped tables (and, in the reader, joining ones)
         self._table_check_interval = table_check_interval
-        self._last_table_check = time.monotonic()
+        self._watcher: threading.Thread | None = None
+        self._drops_lock = threading.Lock()
         self._pending_drops: list[tuple[str, int]] = []
         self.joins: dict[str, TableJoin] = {}
         self._joins_at_commit: list[TableJoin] = []
@@ -521,6 +522,10 @@ class ChangeRouter:
                 self._source = self._source_factory(0)
                 self._thread = threading.Thread(target=self._run, name="cdc-stream", daemon=True)
                 self._thread.start()
+                if self._table_changes is not None:
+                    self._watcher = threading.Thread(target=self._watch_tables,
+                                                     name="cdc-watch", daemon=True)
+                    self._watcher.start()
         self.raise_if_failed()
 
     def current_wal_lsn(self) -> int:
@@ -638,26 +643,34 @@ class ChangeRouter:
                         reader._put(_Item(event, None), self._stop)
                 self.stats.events += 1
 
+    def _watch_tables(self) -> None:
+        """The watcher thread: asks the catalog about the stream's tables every
+        ``table_check_interval`` seconds. Its round trips stay off the stream thread, which
+        would otherwise stop reading (and delay every change) while they run."""
+        while not self._stop.wait(self._table_check_interval):
+            try:
+                gone, seen_at = self._table_changes()  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - the catalog connection is down: try next time
+                continue
+            if gone:
+                with self._drops_lock:
+                    self._pending_drops += [(name, seen_at) for name in gone]
+
     def _check_tables(self) -> None:
         """End the readers of dropped tables, after every change before the drop arrived."""
-        now = time.monotonic()
-        if self._table_changes is not None and \
-                now - self._last_table_check >= self._table_check_interval:
-            self._last_table_check = now
-            try:
-                gone, seen_at = self._table_changes()
-            except Exception:  # noqa: BLE001 - the catalog connection is down: try next time
-                gone, seen_at = [], 0
-            self._pending_drops += [(name, seen_at) for name in gone]
-        if self._pending_drops:
-            self.request_position()
-            still = []
-            for name, lsn in self._pending_drops:
-                if self.caught_up(lsn):
-                    self.drop_table(name)
-                else:
-                    still.append((name, lsn))
-            self._pending_drops = still
+        if not self._pending_drops:
+            return
+        with self._drops_lock:
+            pending, self._pending_drops = self._pending_drops, []
+        self.request_position()
+        still = []
+        for name, lsn in pending:
+            if self.caught_up(lsn):
+                self.drop_table(name)
+            else:
+                still.append((name, lsn))
+        with self._drops_lock:
+            self._pending_drops[:0] = still
 
     def _watermark(self, content: str) -> None:
         kind, _, join_id = content.partition(" ")
@@ -692,13 +705,16 @@ class ChangeRouter:
         self._joins_at_commit = []
 
     def _route_batch(self, event: ChangeBatch) -> None:
-        for join in self.joins.values():
+        for join in list(self.joins.values()):  # the watcher thread adds joins
             if join.window_open and join.name == event.qualified_name:
                 join.record(event.batch)
         reader = self.readers.get(event.qualified_name)
         batch = event.batch
         self.stats.rows += batch.num_rows
-        nbytes = batch.nbytes
+        # What the batch holds in memory: the message it was read from (wal2arrow), or its
+        # buffers. (RecordBatch.nbytes walks every array's ranges: ~50 µs for one row.)
+        message = event.ipc_message
+        nbytes = message.size if message is not None else batch.get_total_buffer_size()
         self.stats.bytes += nbytes
         if reader is None or reader.closed:
             return
@@ -713,8 +729,9 @@ class ChangeRouter:
         reader = self.readers.get(qualified_name)
         if reader is not None and batch.num_rows:
             self.stats.rows += batch.num_rows
-            self.stats.bytes += batch.nbytes
-            reader._put(_Item(batch, None, batch.nbytes, snapshot=True), self._stop)
+            nbytes = batch.get_total_buffer_size()
+            self.stats.bytes += nbytes
+            reader._put(_Item(batch, None, nbytes, snapshot=True), self._stop)
 
     def drop_table(self, qualified_name: str, relid: int = 0) -> None:
         """End one reader with a TableDropped event (the table went away); the others go on."""
@@ -729,6 +746,8 @@ class ChangeRouter:
                 reader._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         if self._source is not None:
             try:
                 self._source.send_feedback(self.acks.flushed, reply=False)
