@@ -308,8 +308,8 @@ def _plugin_not_installed(plugin: str, detail: str) -> Check:
              if "could not load library" in detail else "is not installed on the server")
     return Check(
         "plugin", "error", f"output plugin {plugin} {state} ({detail})",
-        hint=f"build and install it for this server (cd wal2arrow && make PG_CONFIG=<the "
-        f"server's pg_config> install), or put its directory in dynamic_library_path; or use "
+        hint="build and install it for this server (cd wal2arrow && make PG_CONFIG=<the "
+        "server's pg_config> install), or put its directory in dynamic_library_path; or use "
         "the built-in pgoutput (plugin='pgoutput'), which is always available",
         error=PluginNotInstalled, sqlstate="58P01")
 
@@ -1135,7 +1135,12 @@ def create_slot(
     replication = method == "replication"
     # the watcher must not hold a transaction open: the creation would wait for it
     monitor = conn if conn.autocommit else connect(params)
-    worker = connect(params, replication=replication)
+    try:
+        worker = connect(params, replication=replication)
+    except BaseException:
+        if monitor is not conn:
+            monitor.close()
+        raise
     keep_open = False
     try:
         if replication:
