@@ -328,6 +328,8 @@ class CDCStream:
         return status.with_reader(
             events_per_second=stats.rows / elapsed, bytes_per_second=stats.bytes / elapsed,
             latency_p50_ms=p50, latency_p99_ms=p99, held_back_by_table=held,
+            spilled_by_table={name: r.spilled_bytes for name, r in self.readers.items()
+                              if r.spilled_bytes},
             oldest_unacked_commit_ts=(None if oldest is None else
                                       datetime.fromtimestamp(oldest / 1e6, timezone.utc)))
 

@@ -647,7 +647,7 @@ class ChangeRouter:
         """The watcher thread: asks the catalog about the stream's tables every
         ``table_check_interval`` seconds. Its round trips stay off the stream thread, which
         would otherwise stop reading (and delay every change) while they run."""
-        while not self._stop.wait(self._table_check_interval):
+        while not self._stop.wait(self._table_check_interval) and self.failed is None:
             try:
                 gone, seen_at = self._table_changes()  # type: ignore[misc]
             except Exception:  # noqa: BLE001 - the catalog connection is down: try next time

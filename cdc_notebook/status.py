@@ -70,6 +70,7 @@ class SlotStatus:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     held_back_by_table: dict[str, int] = field(default_factory=dict)  # table -> WAL bytes
+    spilled_by_table: dict[str, int] = field(default_factory=dict)  # table -> bytes on local disk
     advice: tuple[str, ...] = ()
 
     @property
@@ -111,6 +112,9 @@ class SlotStatus:
             parts.append(f"latency p50 {self.latency_p50_ms:.2f} ms"
                          + (f" / p99 {self.latency_p99_ms:.2f} ms"
                             if self.latency_p99_ms is not None else ""))
+        if self.spilled_by_table:
+            parts.append(f"{_fmt_bytes(sum(self.spilled_by_table.values()))} spilled to disk by "
+                         f"unread readers ({', '.join(sorted(self.spilled_by_table))})")
         return ", ".join(parts)
 
 

@@ -321,6 +321,8 @@ def test_unread_reader_spills_and_holds_back_wal(pg, unique_name, plugin):
         assert unread.spilled_bytes > 0  # past its memory bound: on disk, not in memory
         status = stream.status()
         assert status.held_back_by_table.get(f"{schema}.unread", 0) > 0
+        assert status.spilled_by_table == {f"{schema}.unread": unread.spilled_bytes}
+        assert "spilled to disk" in status.summary()
         with pg.connect() as conn:
             flushed = parse_lsn(conn.execute(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
