@@ -232,8 +232,10 @@ class CDCStream:
         """Readers whose table no longer exists (and the WAL position when that was seen);
         tables that started matching the patterns join the stream."""
         with self._catalog_lock:
-            # The whole catalog is read again only when its fingerprint changed.
-            catalog = self._catalog_cache.tables(self.catalog, 1e-6) if self.watch else None
+            # Any cached answer is checked against the catalog fingerprint (max_age of a
+            # microsecond); the whole catalog is read again only when that changed.
+            catalog = (self._catalog_cache.tables(self.catalog, max_age=1e-6)
+                       if self.watch else None)
             present_oids, lsn = self.catalog.execute(
                 "SELECT array(SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])), "
                 "pg_current_wal_lsn()::text", (list(self._oids.values()),)).fetchone()

@@ -722,7 +722,7 @@ class ChangeRouter:
         if txn is not None:
             self.acks.add(txn)
         end_lsn = txn.end_lsn if txn is not None else 0
-        reader._put(_Item(batch, txn, nbytes, end_lsn, ipc=event.ipc_message), self._stop)
+        reader._put(_Item(batch, txn, nbytes, end_lsn, ipc=message), self._stop)
 
     def put_snapshot(self, qualified_name: str, batch: pa.RecordBatch) -> None:
         """Deliver a batch of the initial snapshot (before the stream starts)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_ordinary_user import _copy_repo
+from .test_ordinary_user import _copy_repo, _download_nanoarrow_sdist
 
 REPO = Path(__file__).resolve().parent.parent
 BINDER_USER = "cdcbinder"
@@ -69,11 +69,7 @@ def test_binder_steps_as_an_unprivileged_user_then_the_quickstart(
     subprocess.run([str(fetcher / "bin" / "pip"), "download", "-q", "-d", str(house), "-r",
                     str(REPO / "binder" / "requirements.txt"), "setuptools>=68", "wheel"],
                    check=True, capture_output=True, text=True)
-    bindir = str(Path(sys.executable).parent)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                    "nanoarrow", "--no-build-isolation", "-d", str(house), "nanoarrow==0.9.0"],
-                   check=True, capture_output=True, text=True,
-                   env={**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"]})
+    _download_nanoarrow_sdist(house)
     repo = work / "repo"
     _copy_repo(repo)
     (work / "tmp").mkdir()

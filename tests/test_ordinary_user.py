@@ -42,13 +42,19 @@ def _wheelhouse(tmp: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(house),
                     f"{REPO}[embedded,build]", "setuptools>=68", "wheel"],
                    check=True, capture_output=True, text=True)
-    # wal2arrow's build fetches nanoarrow's source distribution through pip as well.
+    _download_nanoarrow_sdist(house)
+    return house
+
+
+def _download_nanoarrow_sdist(house: Path) -> None:
+    """wal2arrow's build fetches nanoarrow's source distribution through pip as well: the one
+    wal2arrow/nanoarrow.lock pins (version and hash), as wal2arrow/fetch_nanoarrow.sh does."""
     bindir = str(Path(sys.executable).parent)
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                    "nanoarrow", "--no-build-isolation", "-d", str(house), "nanoarrow==0.9.0"],
+                    "nanoarrow", "--no-build-isolation", "--require-hashes", "-r",
+                    str(REPO / "wal2arrow" / "nanoarrow.lock"), "-d", str(house)],
                    check=True, capture_output=True, text=True,
                    env={**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"]})
-    return house
 
 
 @pytest.fixture(scope="module")

@@ -201,41 +201,17 @@ static bool
 numeric_to_int128(Datum value, int scale, __int128 *out)
 {
 	struct varlena *v = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(value));
-	const char *data = VARDATA_ANY(v);
-	Size		len = VARSIZE_ANY_EXHDR(v);
-	uint16		header;
-	int			weight;
-	bool		negative;
-	Size		hdrsize;
-	int			ndigits;
+	W2ANumeric	n;
 	__int128	acc = 0;
 
-	memcpy(&header, data, sizeof(uint16));
-	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SPECIAL)
+	if (!w2a_numeric_parse(VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v), &n))
 		return false;
-	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SHORT)
-	{
-		negative = (header & W2A_NUM_SHORT_SIGN_MASK) != 0;
-		weight = (header & W2A_NUM_SHORT_WEIGHT_SIGN_MASK) ? (int) (~W2A_NUM_SHORT_WEIGHT_MASK) : 0;
-		weight |= header & W2A_NUM_SHORT_WEIGHT_MASK;
-		hdrsize = sizeof(uint16);
-	}
-	else
-	{
-		int16		w;
-
-		negative = (header & W2A_NUM_SIGN_MASK) == W2A_NUM_NEG;
-		memcpy(&w, data + sizeof(uint16), sizeof(int16));
-		weight = w;
-		hdrsize = 2 * sizeof(uint16);
-	}
-	ndigits = (int) ((len - hdrsize) / sizeof(int16));
-	for (int i = 0; i < ndigits; i++)
+	for (int i = 0; i < n.ndigits; i++)
 	{
 		int16		digit;
-		int			exp10 = 4 * (weight - i) + scale;
+		int			exp10 = 4 * (n.weight - i) + scale;
 
-		memcpy(&digit, data + hdrsize + i * sizeof(int16), sizeof(int16));
+		memcpy(&digit, n.digits + i * sizeof(int16), sizeof(int16));
 		if (digit == 0)
 			continue;
 		if (exp10 > 38)
@@ -245,7 +221,7 @@ numeric_to_int128(Datum value, int scale, __int128 *out)
 		else if (exp10 > -4)
 			acc += digit / (int) pow10_table[-exp10];	/* exact: dscale <= scale */
 	}
-	*out = negative ? -acc : acc;
+	*out = n.negative ? -acc : acc;
 	return true;
 }
 

@@ -87,51 +87,24 @@ put_string(StringInfo out, const char *s, int len)
 static bool
 put_small_integer(StringInfo out, Numeric num)
 {
-	const char *data = VARDATA_ANY(num);
-	Size		len = VARSIZE_ANY_EXHDR(num);
-	uint16		header;
-	int			weight;
-	int			dscale;
-	bool		negative;
-	Size		hdrsize;
-	int			ndigits;
+	W2ANumeric n;
 	int64		acc = 0;
 	char		buf[MAXINT8LEN + 1];
 
-	memcpy(&header, data, sizeof(uint16));
-	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SPECIAL)
+	if (!w2a_numeric_parse(VARDATA_ANY(num), VARSIZE_ANY_EXHDR(num), &n))
 		return false;
-	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SHORT)
-	{
-		negative = (header & W2A_NUM_SHORT_SIGN_MASK) != 0;
-		dscale = (header & W2A_NUM_SHORT_DSCALE_MASK) >> W2A_NUM_SHORT_DSCALE_SHIFT;
-		weight = (header & W2A_NUM_SHORT_WEIGHT_SIGN_MASK) ? (int) (~W2A_NUM_SHORT_WEIGHT_MASK) : 0;
-		weight |= header & W2A_NUM_SHORT_WEIGHT_MASK;
-		hdrsize = sizeof(uint16);
-	}
-	else
-	{
-		int16		w;
-
-		negative = (header & W2A_NUM_SIGN_MASK) == W2A_NUM_NEG;
-		dscale = header & W2A_NUM_DSCALE_MASK;
-		memcpy(&w, data + sizeof(uint16), sizeof(int16));
-		weight = w;
-		hdrsize = 2 * sizeof(uint16);
-	}
-	ndigits = (int) ((len - hdrsize) / sizeof(int16));
 	/* base-10000 digits: weight 3 is below 10^16, far inside int64 */
-	if (dscale != 0 || weight > 3 || ndigits > weight + 1)
+	if (n.dscale != 0 || n.weight > 3 || n.ndigits > n.weight + 1)
 		return false;
-	for (int i = 0; i <= weight; i++)
+	for (int i = 0; i <= n.weight; i++)
 	{
 		int16		digit = 0;
 
-		if (i < ndigits)
-			memcpy(&digit, data + hdrsize + i * sizeof(int16), sizeof(int16));
+		if (i < n.ndigits)
+			memcpy(&digit, n.digits + i * sizeof(int16), sizeof(int16));
 		acc = acc * 10000 + digit;
 	}
-	put_bytes(out, buf, pg_lltoa(negative ? -acc : acc, buf));
+	put_bytes(out, buf, pg_lltoa(n.negative ? -acc : acc, buf));
 	return true;
 }
 

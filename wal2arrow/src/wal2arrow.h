@@ -53,6 +53,50 @@
 #define W2A_NUM_SHORT_WEIGHT_MASK 0x003F
 #define W2A_NUM_DSCALE_MASK 0x3FFF
 
+/* A numeric read from its on-disk form: sign, weight and display scale, and its base-10000
+ * digits (int16 each, possibly unaligned: read them with memcpy). */
+typedef struct W2ANumeric
+{
+	bool		negative;
+	int			weight;			/* of the first digit, in base-10000 positions */
+	int			dscale;
+	const char *digits;
+	int			ndigits;
+} W2ANumeric;
+
+/* Parses a numeric's header (data and len: the varlena's contents); false for NaN/Infinity. */
+static inline bool
+w2a_numeric_parse(const char *data, Size len, W2ANumeric *n)
+{
+	uint16		header;
+	Size		hdrsize;
+
+	memcpy(&header, data, sizeof(uint16));
+	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SPECIAL)
+		return false;
+	if ((header & W2A_NUM_SIGN_MASK) == W2A_NUM_SHORT)
+	{
+		n->negative = (header & W2A_NUM_SHORT_SIGN_MASK) != 0;
+		n->dscale = (header & W2A_NUM_SHORT_DSCALE_MASK) >> W2A_NUM_SHORT_DSCALE_SHIFT;
+		n->weight = (header & W2A_NUM_SHORT_WEIGHT_SIGN_MASK) ? (int) (~W2A_NUM_SHORT_WEIGHT_MASK) : 0;
+		n->weight |= header & W2A_NUM_SHORT_WEIGHT_MASK;
+		hdrsize = sizeof(uint16);
+	}
+	else
+	{
+		int16		w;
+
+		n->negative = (header & W2A_NUM_SIGN_MASK) == W2A_NUM_NEG;
+		n->dscale = header & W2A_NUM_DSCALE_MASK;
+		memcpy(&w, data + sizeof(uint16), sizeof(int16));
+		n->weight = w;
+		hdrsize = 2 * sizeof(uint16);
+	}
+	n->digits = data + hdrsize;
+	n->ndigits = (int) ((len - hdrsize) / sizeof(int16));
+	return true;
+}
+
 /* 2000-01-01 minus 1970-01-01 */
 #define W2A_EPOCH_OFFSET_DAYS 10957
 #define W2A_EPOCH_OFFSET_US INT64CONST(946684800000000)
