@@ -14,7 +14,12 @@ import time
 
 import psycopg
 
-from .workload import LATENCY_ID_BASE, LATENCY_INSERT, LATENCY_STOP_NOTE, flush_and_end_lsn
+from .workload import (
+    LATENCY_ID_BASE,
+    LATENCY_INSERT,
+    LATENCY_STOP_NOTE,
+    flush_and_end_lsn,
+)
 
 
 def drive(conninfo: dict, rate: float, seconds: float, id_base: int) -> dict:

@@ -1,6 +1,6 @@
 """The notebook side under load (a benchmark, not a test).
 
-While a kernel's :class:`~cdc_notebook.live.LiveReader` ingests the standard workload
+While a kernel's :class:`~cdc_notebook.live.tables.LiveReader` ingests the standard workload
 (``bench-workload.md``, written as fast as the server takes it) with the dashboard displayed:
 
 * **cell round trip**: a trivial cell (``1``) sent every 100 ms by a Jupyter client; the time
@@ -31,15 +31,15 @@ import numpy as np
 import psycopg
 
 from bench.workload import create_schema, run_standard
-from cdc_notebook.server import PostgresServer
+from cdc_notebook.server.postgres import PostgresServer
 
 SETTINGS = {"synchronous_commit": "off", "shared_buffers": "512MB", "max_wal_size": "8GB",
             "checkpoint_timeout": "30min", "autovacuum": "off"}
 
 KERNEL_SETUP = """
 import threading, time
-from cdc_notebook.live import LiveReader
-from cdc_notebook.reader import CDCStream
+from cdc_notebook.live.tables import LiveReader
+from cdc_notebook.stream.cdc_stream import CDCStream
 from cdc_notebook.widgets import explore
 
 stream = CDCStream({conninfo!r}, "bench.*", temporary=True)

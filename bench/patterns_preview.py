@@ -20,8 +20,8 @@ from typing import Any
 
 from psycopg import sql
 
-from cdc_notebook.patterns import catalog_cache, discover_tables, preview
-from cdc_notebook.server import PostgresServer
+from cdc_notebook.provision.patterns import catalog_cache, discover_tables, preview
+from cdc_notebook.server.postgres import PostgresServer
 
 TYPED = [
     "public.user_*",

@@ -16,7 +16,7 @@ after the other, in an order rotated from round to round:
 * ``sql_decode_wal2arrow``: the same for wal2arrow (for reference);
 * ``recvlogical_pgoutput_{unix,tcp}``: ``pg_recvlogical`` + pgoutput (``proto_version 1``)
   writing to /dev/null: pgoutput streamed to a thin client;
-* ``thin_wal2arrow_{unix,tcp}``: the kit's ``cdc_notebook.stream.Wal2ArrowStream`` reading raw
+* ``thin_wal2arrow_{unix,tcp}``: the kit's ``bench.clients.Wal2ArrowStream`` reading raw
   frames (``read_frames``: rows counted from each batch frame's header, every commit's end
   LSN acknowledged), in its own process: wal2arrow streamed to a thin client;
 * ``decoded_wal2arrow_{unix,tcp}``: the same client decoding every frame into pyarrow
@@ -81,9 +81,9 @@ def thin_client(spec: dict[str, Any]) -> dict[str, Any]:
     rows from batch frame headers; decoded mode turns every frame into events (pyarrow).
     Acknowledges the end LSN of the last commit received after every read.
     """
-    from cdc_notebook.events import ChangeBatch, Commit
-    from cdc_notebook.frames import frame_header
-    from cdc_notebook.stream import Wal2ArrowStream
+    from bench.clients import Wal2ArrowStream
+    from cdc_notebook.decode.events import ChangeBatch, Commit
+    from cdc_notebook.decode.wal2arrow import frame_header
 
     end_lsn = spec["end_lsn"]
     rows = frames = 0
@@ -337,7 +337,7 @@ def small_transactions_phase(bench: Bench, count: int, rounds: int) -> dict[str,
 def run_version(version: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from bench import workload
     from bench.run import BENCH_SETTINGS
-    from cdc_notebook.server import PostgresServer
+    from cdc_notebook.server.postgres import PostgresServer
 
     result: dict[str, Any] = {"version": version, "rounds": [], "memory": None}
     with PostgresServer(version=version, settings=BENCH_SETTINGS) as server:

@@ -31,8 +31,13 @@ from typing import Any
 from . import report
 from .consumers import Consumer, Env, Job, load_all, plugin_options
 from .procstat import ProcessSampler
-from .workload import (LATENCY_ID_BASE, create_schema, create_wide_schema, run_standard,
-                       run_wide)
+from .workload import (
+    LATENCY_ID_BASE,
+    create_schema,
+    create_wide_schema,
+    run_standard,
+    run_wide,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -465,7 +470,7 @@ def probe_plugin(server, plugin: str) -> str | None:
 
 def run_version(version: int, cfg: Config, consumers: list[Consumer],
                 records: list[dict[str, Any]], versions_info: dict[str, Any]) -> None:
-    from cdc_notebook.server import PostgresServer, find_installation
+    from cdc_notebook.server.postgres import PostgresServer, find_installation
 
     try:
         installation = find_installation(version)

@@ -48,7 +48,7 @@ def client(spec: dict[str, Any]) -> dict[str, Any]:
     """One snapshot of the table, in this process (``--client``)."""
     import pyarrow  # noqa: F401  (imported before the clock starts)
 
-    from cdc_notebook import snapshot
+    from cdc_notebook.snapshot import tables as snapshot
 
     snapshot.NATIVE_READ = spec["native"]
     conninfo = spec["conninfo"]
@@ -87,7 +87,7 @@ def run_psql(bindir: str, dsn: str) -> dict[str, Any]:
 def measure(version: int, rows: int, rounds: int) -> dict[str, Any]:
     from bench import workload
     from bench.run import BENCH_SETTINGS
-    from cdc_notebook.server import PostgresServer
+    from cdc_notebook.server.postgres import PostgresServer
 
     with PostgresServer(version=version, settings=BENCH_SETTINGS, plugin=False) as server:
         with server.connect() as conn:

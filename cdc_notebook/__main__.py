@@ -8,20 +8,20 @@ import time
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from cdc_notebook.demo import run_demo
 
     return run_demo(version=args.pg, hold=args.hold, seconds=args.seconds, rate=args.rate)
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from .demo import run_lab
+    from cdc_notebook.demo import run_lab
 
     return run_lab(port=args.port, open_browser=not args.no_browser)
 
 
 def _build(args: argparse.Namespace) -> int:
-    from .build import build_plugin
-    from .server import find_installation
+    from cdc_notebook.server.build import build_plugin
+    from cdc_notebook.server.postgres import find_installation
 
     inst = find_installation(args.pg)
     out = build_plugin(inst.pg_config, force=args.force)

@@ -17,7 +17,8 @@ from typing import Any
 
 import polars as pl
 
-from .server import PostgresServer
+from cdc_notebook.connection.lsn import format_lsn
+from cdc_notebook.server.postgres import PostgresServer
 
 SHOP_SQL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -209,9 +210,9 @@ def assert_mirror_matches(reader: Any, conn: Any, table: str,
 def run_quickstart(server: PostgresServer, *, seconds: float = 10.0, rate: float | None = None,
                    say: Callable[[str], None] = print, interval: float = 1.0) -> dict[str, int]:
     """The quickstart's steps against a running server; returns rows per table."""
-    from .live import LiveReader
-    from .reader import CDCStream
-    from .widgets.summary import SummaryModel
+    from cdc_notebook.live.tables import LiveReader
+    from cdc_notebook.stream.cdc_stream import CDCStream
+    from cdc_notebook.widgets.summary import SummaryModel
 
     workload = Workload(server.conninfo()).create()
     say("  created shop.customers and shop.orders")
@@ -249,12 +250,6 @@ def run_quickstart(server: PostgresServer, *, seconds: float = 10.0, rate: float
         with server.connect() as conn:
             left = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0]
         say(f"  reader stopped; the temporary slot is gone ({left} slot(s) left)")
-
-
-def format_lsn(lsn: int) -> str:
-    from .events import format_lsn as fmt
-
-    return fmt(lsn)
 
 
 def _say(msg: str) -> None:

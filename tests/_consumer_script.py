@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-from cdc_notebook.reader import CDCStream
+from cdc_notebook.stream.cdc_stream import CDCStream
 
 
 def main() -> None:

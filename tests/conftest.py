@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cdc_notebook.server import PostgresServer
+from cdc_notebook.server.postgres import PostgresServer
 
 ALL_VERSIONS = ("15", "18")
 

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from cdc_notebook.events import (
+from cdc_notebook.decode.events import (
     Begin,
     ChangeBatch,
     Commit,
@@ -23,7 +23,12 @@ from cdc_notebook.events import (
     StreamAbort,
     Truncate,
 )
-from cdc_notebook.live import LiveFrames, LiveTable, MirrorUnavailable, fold_changes
+from cdc_notebook.live.tables import (
+    LiveFrames,
+    LiveTable,
+    MirrorUnavailable,
+    fold_changes,
+)
 
 TABLE_FIELDS = [
     pa.field("id", pa.int64()),  # nullable: a delete's after-image is null
@@ -490,7 +495,7 @@ def test_many_small_folds_keep_the_mirror_in_a_bounded_number_of_chunks() -> Non
 def test_fold_changes_is_pure() -> None:
     tx = Transactions()
     mirror = LiveTable("public.t", SCHEMA, ["id"]).mirror()
-    from cdc_notebook.polars_types import arrow_to_polars
+    from cdc_notebook.live.polars_types import arrow_to_polars
     changes = arrow_to_polars(tx.batch([{"op": "c", "id": 1, "v": 1, "doc": "x", "u": None}]))
     out, unresolved = fold_changes(mirror, changes, ["id"])
     assert mirror.height == 0 and out.height == 1 and unresolved == 0
@@ -520,7 +525,7 @@ def test_partitioned_views_cover_the_mirror_disjointly() -> None:
 
 
 def test_default_partitions_are_the_routers() -> None:
-    from cdc_notebook.partition import HashPartitioner
+    from cdc_notebook.stream.partition import HashPartitioner
     tx = Transactions()
     live = LiveTable("public.t", SCHEMA, ["u", "id"])
     batch = tx.batch([{"op": "c", "id": i, "v": i, "doc": "x", "u": uuid.uuid4()}
@@ -594,8 +599,8 @@ def test_live_frames_handle_reader_events() -> None:
 def test_a_reconnect_renumbering_schemas_is_not_a_schema_change() -> None:
     import pyarrow as pa
 
-    from cdc_notebook.events import RelationSchema
-    from cdc_notebook.live import LiveFrames
+    from cdc_notebook.decode.events import RelationSchema
+    from cdc_notebook.live.tables import LiveFrames
 
     frames = LiveFrames()
     schema = pa.schema([pa.field("id", pa.int64())])

@@ -13,9 +13,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from cdc_notebook.events import ChangeBatch, Commit, parse_lsn
-from cdc_notebook.live import LiveFrames, LiveTable
-from cdc_notebook.stream import Wal2ArrowStream
+from bench.clients import Wal2ArrowStream
+from cdc_notebook.connection.lsn import parse_lsn
+from cdc_notebook.decode.events import ChangeBatch, Commit
+from cdc_notebook.live.tables import LiveFrames, LiveTable
 
 OPERATIONS = 100_000
 

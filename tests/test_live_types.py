@@ -1,6 +1,6 @@
 """The Arrow → Polars mapping of the live frames, over every type of the type-mapping spec.
 
-The fields come from a real server's catalog (``cdc_notebook.types.relation_fields``), so the
+The fields come from a real server's catalog (``cdc_notebook.decode.typespec.relation_fields``), so the
 Arrow types and field metadata are exactly what the decoders put in the change batches.
 """
 
@@ -15,9 +15,14 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from cdc_notebook.live import LiveTable
-from cdc_notebook.polars_types import arrow_to_polars, polars_dtype, to_arrow
-from cdc_notebook.types import TypeCatalog, change_batch_schema, relation_fields, spec_entries
+from cdc_notebook.decode.typespec import (
+    TypeCatalog,
+    change_batch_schema,
+    relation_fields,
+    spec_entries,
+)
+from cdc_notebook.live.polars_types import arrow_to_polars, polars_dtype, to_arrow
+from cdc_notebook.live.tables import LiveTable
 
 U1, U2 = uuid.UUID(int=0x0123456789ABCDEF0011223344556677), uuid.uuid4()
 UTC = dt.timezone.utc

@@ -7,9 +7,15 @@ import struct
 import pyarrow as pa
 import pytest
 
-from cdc_notebook._native import (CopyDecoder, NativeBatch, NativeDecodeError, PgoutputDecoder,
-                                  TablePlan, import_batch)
-from cdc_notebook.types import change_batch_schema
+from cdc_notebook._native import (
+    CopyDecoder,
+    NativeBatch,
+    NativeDecodeError,
+    PgoutputDecoder,
+    TablePlan,
+    import_batch,
+)
+from cdc_notebook.decode.typespec import change_batch_schema
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 

@@ -97,7 +97,7 @@ def kernel() -> Iterator[Kernel]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
-    from cdc_notebook.server import PostgresServer
+    from cdc_notebook.server.postgres import PostgresServer
 
     with PostgresServer() as pg:  # PostgreSQL 18 (notebooks run once, not per version)
         yield pg
@@ -115,8 +115,8 @@ def _gone(pid: int, timeout: float = 30.0) -> bool:
 
 
 SETUP = """
-from cdc_notebook.live import LiveReader
-from cdc_notebook.reader import CDCStream
+from cdc_notebook.live.tables import LiveReader
+from cdc_notebook.stream.cdc_stream import CDCStream
 conninfo = {conninfo!r}
 stream = CDCStream(conninfo, {pattern!r}, slot_name={slot!r}, temporary={temporary})
 reader = LiveReader(stream).start()
@@ -183,16 +183,16 @@ def test_an_interrupted_cell_leaves_the_reader_streaming_and_shutdown_drops_the_
 @pytest.mark.parametrize("how", ["shutdown", "restart"])
 def test_a_kernel_shut_down_or_restarted_leaves_no_server(kernel: Kernel, how: str) -> None:
     info = kernel.value(
-        "(lambda s: [s.pid, str(s.instance_dir)])(__import__('cdc_notebook.server', "
+        "(lambda s: [s.pid, str(s.instance_dir)])(__import__('cdc_notebook.server.postgres', "
         "fromlist=['x']).PostgresServer().start())")
     pid, directory = int(info[0]), Path(info[1])
     assert Path(directory).is_dir()
     # A reader streaming from it, as in the quickstart.
-    kernel.run("import gc\nfrom cdc_notebook.server import PostgresServer\n"
+    kernel.run("import gc\nfrom cdc_notebook.server.postgres import PostgresServer\n"
                "server = [o for o in gc.get_objects() if isinstance(o, PostgresServer)][0]\n"
                "c = server.connect(); c.execute('CREATE TABLE t (id int PRIMARY KEY)')\n"
-               "from cdc_notebook.reader import CDCStream\n"
-               "from cdc_notebook.live import LiveReader\n"
+               "from cdc_notebook.stream.cdc_stream import CDCStream\n"
+               "from cdc_notebook.live.tables import LiveReader\n"
                "reader = LiveReader(CDCStream(server.conninfo(), 'public.t', temporary=True))"
                ".start()\n"
                "c.execute('INSERT INTO t SELECT generate_series(1, 1000)')\n"

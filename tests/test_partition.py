@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cdc_notebook.partition import HashPartitioner, key_hash, partition_of
+from cdc_notebook.stream.partition import HashPartitioner, key_hash, partition_of
 
 SAMPLE = pa.record_batch({
     "id": pa.array([1, 2, 3, None, 2**62], pa.int64()),
@@ -29,7 +29,7 @@ import json, sys
 import pyarrow as pa
 sys.path.insert(0, {root!r})
 from decimal import Decimal
-from cdc_notebook.partition import key_hash
+from cdc_notebook.stream.partition import key_hash
 from tests.test_partition import SAMPLE
 print(json.dumps([int(x) for x in key_hash(SAMPLE, {cols!r})]))
 """

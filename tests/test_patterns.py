@@ -10,7 +10,7 @@ import pytest
 from psycopg import sql
 
 from cdc_notebook.errors import InvalidPattern, NoTablesMatched
-from cdc_notebook.patterns import (
+from cdc_notebook.provision.patterns import (
     TablePattern,
     catalog_cache,
     discover_tables,
@@ -270,7 +270,7 @@ def test_preview_never_raises_and_caches(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_fingerprint_follows_grants_and_identity(conn: psycopg.Connection[Any]) -> None:
-    from cdc_notebook.patterns import catalog_fingerprint
+    from cdc_notebook.provision.patterns import catalog_fingerprint
 
     before = catalog_fingerprint(conn)
     assert catalog_fingerprint(conn) == before

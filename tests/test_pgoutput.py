@@ -7,11 +7,22 @@ import threading
 import pyarrow as pa
 import pytest
 
-from cdc_notebook.events import Begin, ChangeBatch, Commit, LogicalMessage, RelationSchema, Truncate
-from cdc_notebook.pgoutput import (PgoutputStream, choose_mode, create_publication,
-                                   protocol_version_for, start_options)
-from cdc_notebook.snapshot import ExportedSnapshot, snapshot_table
-
+from cdc_notebook.decode.events import (
+    Begin,
+    ChangeBatch,
+    Commit,
+    LogicalMessage,
+    RelationSchema,
+    Truncate,
+)
+from cdc_notebook.decode.pgoutput import (
+    PgoutputStream,
+    choose_mode,
+    create_publication,
+    protocol_version_for,
+    start_options,
+)
+from cdc_notebook.snapshot.tables import ExportedSnapshot, snapshot_table
 from tests.test_pgoutput_helpers import batches_of, drop_slot, emit_end, read_until_end
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from cdc_notebook.events import ChangeBatch, LogicalMessage
-from cdc_notebook.pgoutput import PgoutputStream
+from cdc_notebook.decode.events import ChangeBatch, LogicalMessage
+from cdc_notebook.decode.pgoutput import PgoutputStream
 
 END_PREFIX = "cdc-test-end"
 

@@ -9,7 +9,6 @@ value Arrow cannot hold is null with the server's text output in ``_cdc_unrepres
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import uuid
 from decimal import Decimal
@@ -17,10 +16,10 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from cdc_notebook.frames import slot_changes
-from cdc_notebook.pgoutput import PgoutputStream, create_publication
-from cdc_notebook.snapshot import ExportedSnapshot, connect_session, snapshot_table
-
+from cdc_notebook.connection.conninfo import connect_session
+from cdc_notebook.decode.pgoutput import PgoutputStream, create_publication
+from cdc_notebook.decode.wal2arrow import slot_changes
+from cdc_notebook.snapshot.tables import ExportedSnapshot, snapshot_table
 from tests.test_pgoutput_helpers import batches_of, drop_slot, emit_end, read_until_end
 
 COLUMNS = """

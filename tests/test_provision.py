@@ -31,7 +31,7 @@ from cdc_notebook.errors import (
     TablePrivilegeMissing,
     WalLevelNotLogical,
 )
-from cdc_notebook.provision import (
+from cdc_notebook.provision.plan import (
     KIT_PREFIX,
     connect,
     create_slot,
@@ -42,7 +42,7 @@ from cdc_notebook.provision import (
     provision,
     teardown,
 )
-from cdc_notebook.server import free_port
+from cdc_notebook.server.postgres import free_port
 
 SETUP = """
 CREATE TABLE public.users (id int PRIMARY KEY, name text);

@@ -8,7 +8,7 @@ from typing import Any
 import ipywidgets as w
 import pytest
 
-from cdc_notebook.pump import UIPump, held, set_changed
+from cdc_notebook.widgets.pump import UIPump, held, set_changed
 
 
 class CountingView:

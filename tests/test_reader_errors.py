@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cdc_notebook import errors
-from cdc_notebook.reader import CDCStream
+from cdc_notebook.stream.cdc_stream import CDCStream
 
 from .pgutil import drop_slot
 

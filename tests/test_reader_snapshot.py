@@ -8,8 +8,8 @@ import time
 import polars as pl
 import pytest
 
-from cdc_notebook.live import LiveTable
-from cdc_notebook.reader import CDCStream, SnapshotUnavailable
+from cdc_notebook.live.tables import LiveTable
+from cdc_notebook.stream.cdc_stream import CDCStream, SnapshotUnavailable
 
 from .pgutil import drop_slot
 

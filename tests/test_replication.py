@@ -6,9 +6,13 @@ import time
 
 import pytest
 
+from cdc_notebook.connection.lsn import parse_lsn
 from cdc_notebook.errors import SlotInUse
-from cdc_notebook.events import parse_lsn
-from cdc_notebook.replication import ReplicationConnection, SlotDropped, StreamLost
+from cdc_notebook.stream.replication import (
+    ReplicationConnection,
+    SlotDropped,
+    StreamLost,
+)
 
 
 def _collect(rc: ReplicationConnection, until, timeout: float = 20.0) -> list[bytes]:

@@ -13,10 +13,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cdc_notebook.build import build_plugin
-from cdc_notebook.errors import (BinariesNotFound, DataDirNotWritable, PluginBuildError,
-                                 PortInUse)
-from cdc_notebook.server import PostgresServer, find_installation
+from cdc_notebook.errors import (
+    BinariesNotFound,
+    DataDirNotWritable,
+    PluginBuildError,
+    PortInUse,
+)
+from cdc_notebook.server.build import build_plugin
+from cdc_notebook.server.postgres import PostgresServer, find_installation
 
 REPO = Path(__file__).resolve().parent.parent
 

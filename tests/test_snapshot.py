@@ -13,15 +13,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from cdc_notebook import snapshot as snapshot_module
 from cdc_notebook._native import CopyDecoder, libpq_bind, make_plan
-from cdc_notebook.snapshot import (ExportedSnapshot, ProgressBar, SnapshotError,
-                                   SnapshotNotImportable, TableDroppedDuringSnapshot,
-                                   TableHandoff, TableState, connect_session, plan_table,
-                                   snapshot_table)
+from cdc_notebook.decode.typespec import TypeCatalog, change_batch_schema
 from cdc_notebook.errors import TablePrivilegeMissing, WalLevelNotLogical
-from cdc_notebook.types import TypeCatalog, change_batch_schema
-
+from cdc_notebook.snapshot import tables as snapshot_module
+from cdc_notebook.snapshot.tables import (
+    ExportedSnapshot,
+    ProgressBar,
+    SnapshotError,
+    SnapshotNotImportable,
+    TableDroppedDuringSnapshot,
+    TableHandoff,
+    TableState,
+    connect_session,
+    plan_table,
+    snapshot_table,
+)
 from tests import test_pgoutput_types as types_tests
 
 
@@ -69,7 +76,7 @@ def test_snapshot_rows_schema_and_metadata(pg, unique_name):
 
 
 def test_progress_bar_draws_a_line():
-    from cdc_notebook.snapshot import SnapshotProgress
+    from cdc_notebook.snapshot.tables import SnapshotProgress
 
     out = io.StringIO()
     bar = ProgressBar(stream=out, width=10)

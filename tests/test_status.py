@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from cdc_notebook.errors import SlotNotFound
-from cdc_notebook.status import fetch_slot_status, fetch_slot_statuses
+from cdc_notebook.provision.status import fetch_slot_status, fetch_slot_statuses
 
 
 @pytest.fixture

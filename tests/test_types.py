@@ -1,4 +1,4 @@
-"""The type-mapping spec (cdc_notebook/typemap.json) against a real server's catalog."""
+"""The type-mapping spec (cdc_notebook/decode/typemap.json) against a real server's catalog."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from cdc_notebook import types as t
+from cdc_notebook.decode import typespec as t
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -189,7 +189,7 @@ def test_relation_fields_and_change_batch_schema(pg, schema_name):
         fields = t.relation_fields(conn, relid)
     assert [f.name for f in fields] == ["id", "v"]
     schema = t.change_batch_schema(fields)
-    from cdc_notebook.events import METADATA_COLUMNS
+    from cdc_notebook.decode.events import METADATA_COLUMNS
     assert schema.names == ["id", "v", *METADATA_COLUMNS]
     assert schema.field("_cdc_before").type == pa.struct(fields)
     assert schema.field("_cdc_commit_ts").type == pa.timestamp("us", tz="UTC")

@@ -1,4 +1,4 @@
-"""wal2arrow through the SQL interface, decoded with the reference decoder (cdc_notebook.frames)."""
+"""wal2arrow through the SQL interface, decoded with the reference decoder (cdc_notebook.decode.wal2arrow)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from cdc_notebook import types as t
-from cdc_notebook.events import (
+from cdc_notebook.decode import typespec as t
+from cdc_notebook.decode.events import (
     METADATA_COLUMNS,
     Begin,
     ChangeBatch,
@@ -20,7 +20,12 @@ from cdc_notebook.events import (
     RelationSchema,
     Truncate,
 )
-from cdc_notebook.frames import FrameDecoder, FrameError, frame_header, slot_changes
+from cdc_notebook.decode.wal2arrow import (
+    FrameDecoder,
+    FrameError,
+    frame_header,
+    slot_changes,
+)
 
 
 class Env:
@@ -126,7 +131,7 @@ def test_insert_update_delete_with_metadata_columns(env):
 
 
 def test_plugin_schema_equals_the_spec_schema(env):
-    """The C type table and cdc_notebook.types agree: same Arrow schema, same field metadata."""
+    """The C type table and cdc_notebook.decode.typespec agree: same Arrow schema, same field metadata."""
     env.run(f"CREATE TYPE {env.q('mood')} AS ENUM ('sad', 'ok')",
             f"CREATE DOMAIN {env.q('posint')} AS int4 CHECK (VALUE > 0)",
             f"""CREATE TABLE {env.q('wide')} (a bool, b int2, c int4, d int8, e oid, f float4,

@@ -1,4 +1,4 @@
-"""wal2arrow over a streaming replication connection (cdc_notebook.stream), big and streamed
+"""wal2arrow over a streaming replication connection (bench.clients.Wal2ArrowStream), big and streamed
 transactions, aborts, savepoints, reconnects."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from cdc_notebook.events import (
+from bench.clients import Wal2ArrowStream
+from cdc_notebook.connection.lsn import parse_lsn
+from cdc_notebook.decode.events import (
     Begin,
     ChangeBatch,
     Commit,
@@ -18,10 +20,8 @@ from cdc_notebook.events import (
     StreamCommit,
     StreamStart,
     StreamStop,
-    parse_lsn,
 )
-from cdc_notebook.frames import frame_header
-from cdc_notebook.stream import Wal2ArrowStream
+from cdc_notebook.decode.wal2arrow import frame_header
 from tests.test_wal2arrow import Env, batches
 
 

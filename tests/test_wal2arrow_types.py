@@ -15,9 +15,8 @@ import math
 import struct
 from decimal import Decimal
 
-import pytest
-
 import pyarrow as pa
+import pytest
 
 from tests.test_wal2arrow import Env, batches
 

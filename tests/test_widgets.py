@@ -12,17 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import comm
-import ipywidgets as w
 import numpy as np
 import pyarrow as pa
 import pytest
 from comm.base_comm import BaseComm
-
 from ipywidgets.widgets.widget import _instances
 
-from cdc_notebook.live import LiveFrames
-from cdc_notebook.pump import UIPump
-from cdc_notebook.server import free_port
+from cdc_notebook.live.tables import LiveFrames
+from cdc_notebook.server.postgres import free_port
 from cdc_notebook.widgets import (
     ConnectionModel,
     ConnectionWidget,
@@ -35,6 +32,7 @@ from cdc_notebook.widgets import (
     TableViewModel,
     TableViewWidget,
 )
+from cdc_notebook.widgets.pump import UIPump
 from cdc_notebook.widgets.setup import is_stale
 from cdc_notebook.widgets.status import frames_counters
 
@@ -272,7 +270,7 @@ def wait_inactive(pg: Any, slot: str) -> None:
 
 def test_teardown_while_streaming_is_refused_in_the_widget(pg: Any, tables: str,
                                                           unique_name: Any, comms: Any) -> None:
-    from cdc_notebook.replication import ReplicationConnection
+    from cdc_notebook.stream.replication import ReplicationConnection
 
     connection = connected(pg)
     patterns = PatternsModel(connection, include=f"{tables}.orders")

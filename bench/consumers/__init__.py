@@ -227,7 +227,7 @@ def plugin_options(plugin: str, publication: str | None) -> dict[str, str]:
         return {"proto_version": "1", "publication_names": publication or ""}
     if plugin == "wal2arrow":
         try:
-            from cdc_notebook.reader import make_decoder
+            from cdc_notebook.stream.cdc_stream import make_decoder
 
             return dict(make_decoder(plugin, publication)[1])
         except Exception:  # the kit's decoder is not there yet: the plugin's own defaults

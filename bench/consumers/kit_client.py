@@ -1,4 +1,4 @@
-"""The kit's minimal wal2arrow client (1): ``cdc_notebook.stream.Wal2ArrowStream`` (the
+"""The kit's minimal wal2arrow client (1): ``bench.clients.Wal2ArrowStream`` (the
 replication connection plus the frame decoder, no router), each ``ChangeBatch`` a pyarrow
 record batch decoded in place; every commit acknowledged by its end LSN, as the kit does.
 Over the Unix socket and TCP.
@@ -28,15 +28,16 @@ class KitWal2ArrowClient(Consumer):
 
     def unavailable(self, env) -> str | None:
         try:
-            from cdc_notebook.stream import Wal2ArrowStream  # noqa: F401
+            from bench.clients import Wal2ArrowStream  # noqa: F401
         except ImportError as exc:
-            return f"not available yet: cdc_notebook.stream.Wal2ArrowStream ({exc})"
+            return f"not available yet: bench.clients.Wal2ArrowStream ({exc})"
         return super().unavailable(env)
 
     def run(self, job: Job) -> dict[str, Any]:
         import pyarrow as pa  # noqa: F401  (imported before the clock starts)
-        from cdc_notebook.events import ChangeBatch, Commit
-        from cdc_notebook.stream import Wal2ArrowStream
+
+        from bench.clients import Wal2ArrowStream
+        from cdc_notebook.decode.events import ChangeBatch, Commit
 
         conninfo = {**job.conninfo, "application_name": job.application_name}
         if password_env():

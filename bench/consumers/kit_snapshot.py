@@ -1,5 +1,5 @@
 """The kit's snapshot (7): a whole table read into pyarrow record batches by the kit
-(``cdc_notebook.snapshot.snapshot_table``: binary COPY over ctid chunks, decoded by its native
+(``cdc_notebook.snapshot.tables.snapshot_table``: binary COPY over ctid chunks, decoded by its native
 code, two connections by default), against ``COPY ... (FORMAT binary)`` drained by psql (the
 ceiling, ``snapshot_baselines``) on the same transport.
 
@@ -18,12 +18,12 @@ from . import Consumer, Job, Window, password_env, register
 
 def _api() -> tuple[Any, str | None]:
     try:
-        module = importlib.import_module("cdc_notebook.snapshot")
+        module = importlib.import_module("cdc_notebook.snapshot.tables")
     except ImportError as exc:
-        return None, f"not available yet: cdc_notebook.snapshot ({exc})"
+        return None, f"not available yet: cdc_notebook.snapshot.tables ({exc})"
     missing = [n for n in ("ExportedSnapshot", "snapshot_table") if not hasattr(module, n)]
     if missing:
-        return None, f"not available yet: cdc_notebook.snapshot has no {', '.join(missing)}"
+        return None, f"not available yet: cdc_notebook.snapshot.tables has no {', '.join(missing)}"
     return module, None
 
 

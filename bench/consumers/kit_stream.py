@@ -1,4 +1,4 @@
-"""The kit (1, 2): ``cdc_notebook.reader.CDCStream`` over the harness's slot, per-table readers
+"""The kit (1, 2): ``cdc_notebook.stream.cdc_stream.CDCStream`` over the harness's slot, per-table readers
 yielding pyarrow record batches, through wal2arrow or through pgoutput, over the Unix socket
 (the kit's default for a local server) or TCP.
 
@@ -32,9 +32,9 @@ class KitStream(Consumer):
 
     def unavailable(self, env) -> str | None:
         try:
-            from cdc_notebook.reader import CDCStream  # noqa: F401
+            from cdc_notebook.stream.cdc_stream import CDCStream  # noqa: F401
         except ImportError as exc:
-            return f"not available yet: cdc_notebook.reader.CDCStream ({exc})"
+            return f"not available yet: cdc_notebook.stream.cdc_stream.CDCStream ({exc})"
         # The decoder's module must be there; CDCStream wires its connections itself.
         module = "frames" if self.plugin == "wal2arrow" else "pgoutput"
         try:
@@ -45,7 +45,8 @@ class KitStream(Consumer):
 
     def run(self, job: Job) -> dict[str, Any]:
         import pyarrow as pa  # noqa: F401  (imported before the clock starts, as a user has it)
-        from cdc_notebook.reader import CDCStream
+
+        from cdc_notebook.stream.cdc_stream import CDCStream
 
         conninfo = {**job.conninfo, "application_name": job.application_name}
         password = _password()

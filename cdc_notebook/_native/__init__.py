@@ -1,7 +1,7 @@
 """The compiled decoders (C, Arrow C data interface) and the glue that feeds them the spec.
 
 ``TablePlan`` says how one table's change batches are built: the batch schema (the table's
-columns mapped by :mod:`cdc_notebook.types`, then the ``_cdc_*`` columns) and, per column, the
+columns mapped by :mod:`cdc_notebook.decode.typespec`, then the ``_cdc_*`` columns) and, per column, the
 decoder kind of the spec entry that applies (a ``typreceive`` name, ``numeric_text``, ``other``,
 or ``("array", element kind)``). Decoders hand out each batch as an ``arrow_array`` capsule
 (a struct array); :func:`import_batch` turns it into a ``pyarrow.RecordBatch`` without copying.
@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._native import CopyDecoder, NativeDecodeError, PgoutputDecoder, TablePlan, libpq_bind
+from ._native import (
+    CopyDecoder,
+    NativeDecodeError,
+    PgoutputDecoder,
+    TablePlan,
+    libpq_bind,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..types import TypeMapping
+    from cdc_notebook.decode.typespec import TypeMapping
 
 __all__ = ["CopyDecoder", "NativeDecodeError", "PgoutputDecoder", "TablePlan", "decoder_kind",
            "make_plan", "import_batch", "libpq_bind", "NativeBatch"]
@@ -32,7 +38,7 @@ def decoder_kind(mapping: TypeMapping) -> Any:
 
 def make_plan(columns: list[tuple[str, TypeMapping]]) -> TablePlan:
     """A TablePlan for a table whose columns are ``(name, mapping)`` in order."""
-    from ..types import change_batch_schema
+    from cdc_notebook.decode.typespec import change_batch_schema
 
     schema = change_batch_schema([m.field(name) for name, m in columns])
     return TablePlan(schema, [decoder_kind(m) for _, m in columns])

@@ -1,6 +1,6 @@
 /*
  * PostgreSQL values (binary send format or text output) into Arrow builders, following the
- * type-mapping spec (cdc_notebook/typemap.json, docs/types.md): the Python side resolves each
+ * type-mapping spec (cdc_notebook/decode/typemap.json, docs/types.md): the Python side resolves each
  * column's declared type to a spec entry and hands us the matching kind below.
  *
  * A value the column's Arrow type cannot hold is appended as null and reported as DEC_UNREP;

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..errors import CDCError
+from cdc_notebook.errors import CDCError
 
 
 def describe_error(exc: BaseException) -> str:

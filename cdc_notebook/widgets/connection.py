@@ -8,9 +8,9 @@ from typing import Any
 import ipywidgets as w
 import psycopg
 
-from .. import provision
-from ..pump import held, set_changed
-from ._base import Model, WidgetView, esc, message_html
+from cdc_notebook.connection.conninfo import connect, describe_target
+from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
+from cdc_notebook.widgets.pump import held, set_changed
 
 
 class ConnectionModel(Model):
@@ -57,13 +57,13 @@ class ConnectionModel(Model):
         """Another connection to the same server (status polls, the reader)."""
         if not self._conninfo:
             raise RuntimeError("not connected")
-        return provision.connect(self._conninfo, **overrides)
+        return connect(self._conninfo, **overrides)
 
     def _params(self) -> dict[str, Any]:
         if self.embedded:
             if self.server is None:
                 if self._server_factory is None:
-                    from ..server import PostgresServer
+                    from cdc_notebook.server.postgres import PostgresServer
                     self.server = PostgresServer()
                 else:
                     self.server = self._server_factory()
@@ -84,13 +84,13 @@ class ConnectionModel(Model):
         def work() -> None:
             self._close_connection()
             params = self._params()
-            conn = provision.connect(params)
+            conn = connect(params)
             version = conn.info.parameter_status("server_version") or "?"
             with self.lock:
                 self.connection = conn
                 self._conninfo = params
                 self.password = ""
-                self.target = f"{provision.describe_target(params)} (PostgreSQL {version})"
+                self.target = f"{describe_target(params)} (PostgreSQL {version})"
                 self.info = f"connected to {self.target}"
             self._notify()
         return self.run("connecting", work)

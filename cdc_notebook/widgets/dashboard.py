@@ -1,6 +1,6 @@
 """``explore()``: the dashboard composing every widget, with the reader's controls.
 
-Everything on screen is refreshed by one :class:`~cdc_notebook.pump.UIPump`; the reader only
+Everything on screen is refreshed by one :class:`~cdc_notebook.widgets.pump.UIPump`; the reader only
 applies batches to the live frames. ``Dashboard.stop()`` stops the reader and the pump and
 closes every widget it created.
 """
@@ -13,15 +13,15 @@ from typing import Any
 
 import ipywidgets as w
 
-from ..live import LiveFrames, LiveReader
-from ..pump import UIPump, held, set_changed
-from ._base import Model, WidgetView, esc, message_html
-from .connection import ConnectionModel, ConnectionWidget
-from .patterns import PatternsModel, PatternsWidget, exact_pattern
-from .setup import SetupModel, SetupWidget
-from .status import StatusModel, StatusWidget, frames_counters
-from .summary import SummaryModel, SummaryWidget
-from .table import TableViewModel, TableViewWidget
+from cdc_notebook.live.tables import LiveFrames, LiveReader
+from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
+from cdc_notebook.widgets.connection import ConnectionModel, ConnectionWidget
+from cdc_notebook.widgets.patterns import PatternsModel, PatternsWidget, exact_pattern
+from cdc_notebook.widgets.pump import UIPump, held, set_changed
+from cdc_notebook.widgets.setup import SetupModel, SetupWidget
+from cdc_notebook.widgets.status import StatusModel, StatusWidget, frames_counters
+from cdc_notebook.widgets.summary import SummaryModel, SummaryWidget
+from cdc_notebook.widgets.table import TableViewModel, TableViewWidget
 
 
 class ReaderModel(Model):
@@ -58,7 +58,7 @@ class ReaderModel(Model):
                 self.reader.resume()
                 return
             if self._stream_factory is None:
-                from ..reader import CDCStream
+                from cdc_notebook.stream.cdc_stream import CDCStream
                 factory: Callable[..., Any] = CDCStream
             else:
                 factory = self._stream_factory
@@ -261,9 +261,9 @@ def explore(server: Any = None, reader: LiveReader | None = None, **options: Any
     """The dashboard: a live summary above tabs for the connection, table patterns,
     set-up/teardown, the reader, the slot's status and the live table.
 
-    ``server``: an embedded :class:`~cdc_notebook.server.PostgresServer` to use (default: one is
+    ``server``: an embedded :class:`~cdc_notebook.server.postgres.PostgresServer` to use (default: one is
     started when you connect with "embedded server" ticked). ``reader``: a running
-    :class:`~cdc_notebook.live.LiveReader` to show and control (its frames, its slot), the
+    :class:`~cdc_notebook.live.tables.LiveReader` to show and control (its frames, its slot), the
     connection made at once. Display the returned object.
     """
     return Dashboard(server=server, reader=reader, **options)

@@ -8,17 +8,18 @@ from typing import Any
 
 import ipywidgets as w
 
-from .. import patterns as pat
-from ..errors import InvalidPattern
-from ..pump import held, set_changed
-from ._base import Model, WidgetView, esc, message_html
-from .connection import ConnectionModel
+from cdc_notebook.connection.quoting import quote_qualified
+from cdc_notebook.errors import InvalidPattern
+from cdc_notebook.provision import patterns as pat
+from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
+from cdc_notebook.widgets.connection import ConnectionModel
+from cdc_notebook.widgets.pump import held, set_changed
 
 
 def exact_pattern(qualified: tuple[str, str]) -> str:
     """A pattern matching exactly one table (both parts quoted: exact and case-sensitive)."""
     schema, name = qualified
-    return '"' + schema.replace('"', '""') + '"."' + name.replace('"', '""') + '"'
+    return quote_qualified(schema, name)
 
 
 class PatternsModel(Model):

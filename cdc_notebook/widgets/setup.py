@@ -7,12 +7,12 @@ from typing import Any
 
 import ipywidgets as w
 
-from .. import provision
-from ..pump import held, set_changed
-from ..status import SlotStatus, _fmt_bytes
-from ._base import Model, WidgetView, esc, message_html
-from .connection import ConnectionModel
-from .patterns import PatternsModel
+from cdc_notebook.provision import plan as provision
+from cdc_notebook.provision.status import SlotStatus, _fmt_bytes
+from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
+from cdc_notebook.widgets.connection import ConnectionModel
+from cdc_notebook.widgets.patterns import PatternsModel
+from cdc_notebook.widgets.pump import held, set_changed
 
 
 def is_stale(slot: SlotStatus, *, older_than: float = 300.0,

@@ -17,10 +17,10 @@ import ipywidgets as w
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..pump import held, set_changed
-from ..status import SlotStatus, _fmt_bytes, fetch_slot_status
-from ._base import Model, WidgetView, esc, message_html
-from .connection import ConnectionModel
+from cdc_notebook.provision.status import SlotStatus, _fmt_bytes, fetch_slot_status
+from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
+from cdc_notebook.widgets.connection import ConnectionModel
+from cdc_notebook.widgets.pump import held, set_changed
 
 _MB = 1024 * 1024
 

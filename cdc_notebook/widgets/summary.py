@@ -16,10 +16,16 @@ from typing import Any
 
 import ipywidgets as w
 
-from ..events import format_lsn
-from ..pump import set_changed
-from ..status import _fmt_bytes, fetch_slot_status
-from ._base import Model, WidgetView, describe_error, esc, message_html
+from cdc_notebook.connection.lsn import format_lsn
+from cdc_notebook.provision.status import _fmt_bytes, fetch_slot_status
+from cdc_notebook.widgets._base import (
+    Model,
+    WidgetView,
+    describe_error,
+    esc,
+    message_html,
+)
+from cdc_notebook.widgets.pump import set_changed
 
 _MB = 1024 * 1024
 
@@ -81,7 +87,7 @@ class LiveSummary:
 
 
 class SummaryModel(Model):
-    """Samples a :class:`~cdc_notebook.live.LiveReader` (or bare frames plus a slot name)."""
+    """Samples a :class:`~cdc_notebook.live.tables.LiveReader` (or bare frames plus a slot name)."""
 
     def __init__(self, frames: Any, *, reader: Any = None, slot_name: str | None = None,
                  conninfo: Callable[[], dict[str, Any]] | dict[str, Any] | None = None,
@@ -163,7 +169,7 @@ class SummaryModel(Model):
             return
 
         def work() -> None:
-            from ..provision import connect
+            from cdc_notebook.connection.conninfo import connect
 
             try:
                 if self._conn is None or self._conn.closed:

@@ -7,10 +7,16 @@ from typing import Any
 import ipywidgets as w
 import polars as pl
 
-from ..events import format_lsn
-from ..live import LiveFrames, MirrorUnavailable
-from ..pump import held, set_changed
-from ._base import Model, WidgetView, describe_error, esc, message_html
+from cdc_notebook.connection.lsn import format_lsn
+from cdc_notebook.live.tables import LiveFrames, MirrorUnavailable
+from cdc_notebook.widgets._base import (
+    Model,
+    WidgetView,
+    describe_error,
+    esc,
+    message_html,
+)
+from cdc_notebook.widgets.pump import held, set_changed
 
 MAX_ROWS = 200
 MAX_COLUMNS = 30

@@ -1,5 +1,5 @@
 /*
- * frame.c: the wire format (docs/protocol.md; the reference decoder is cdc_notebook/frames.py).
+ * frame.c: the wire format (docs/protocol.md; the reference decoder is cdc_notebook/decode/wal2arrow.py).
  *
  * Each OutputPluginWrite carries one frame. A frame starts with
  *   u8 tag, u8 format version, u16 body offset (0 when there is no Arrow body)

@@ -1,7 +1,7 @@
 /*
  * typemap.c: the PostgreSQL -> Arrow type mapping.
  *
- * The table mirrors cdc_notebook/typemap.json entry for entry (tests/test_types.py checks that
+ * The table mirrors cdc_notebook/decode/typemap.json entry for entry (tests/test_types.py checks that
  * both list the same receive functions). Types are resolved as the ADBC PostgreSQL driver does:
  * domains to their base type, arrays by their element type, everything else by the name of its
  * typreceive function; what is not in the table is carried as its text output.

@@ -4,7 +4,7 @@
  *   wal2arrow.c  the logical-decoding callbacks
  *   options.c    option parsing (format version, publications, batch limits, ...)
  *   relcache.c   per-relation cache: publication membership, columns, schema versions
- *   typemap.c    the PostgreSQL -> Arrow type table (mirror of cdc_notebook/typemap.json)
+ *   typemap.c    the PostgreSQL -> Arrow type table (mirror of cdc_notebook/decode/typemap.json)
  *   encode.c     appending rows to Arrow builders
  *   jsonb.c      jsonb values as jsonb_out's text
  *   frame.c      the wire format (docs/protocol.md)

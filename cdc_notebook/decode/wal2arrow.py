@@ -1,4 +1,4 @@
-"""The reference decoder of wal2arrow's wire format (docs/protocol.md), into cdc_notebook.events.
+"""The reference decoder of wal2arrow's wire format (docs/protocol.md), into cdc_notebook.decode.events.
 
 One frame per plugin write: from ``pg_logical_slot_get_binary_changes`` each row's ``data``,
 from a replication stream each XLogData message's payload. Arrow bodies are read in place:
@@ -18,8 +18,7 @@ from typing import Union
 
 import pyarrow as pa
 
-from .errors import CDCError
-from .events import (
+from cdc_notebook.decode.events import (
     Begin,
     ChangeBatch,
     Commit,
@@ -32,6 +31,7 @@ from .events import (
     StreamStop,
     Truncate,
 )
+from cdc_notebook.errors import CDCError
 
 FORMAT_VERSIONS = (1,)
 FORMAT_VERSION = max(FORMAT_VERSIONS)

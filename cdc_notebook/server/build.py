@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import PluginBuildError
+from cdc_notebook.errors import PluginBuildError
 
 PLUGIN_NAME = "wal2arrow"
 _SOURCE_SUFFIXES = {".c", ".h", ".sh", ".lock", ".py", ".json", ".toml"}
@@ -28,7 +28,7 @@ def plugin_source_dir() -> Path:
     """The ``wal2arrow/`` source tree (a checkout, or ``CDC_WAL2ARROW_SRC``)."""
     env = os.environ.get("CDC_WAL2ARROW_SRC")
     candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parent.parent / "wal2arrow")
+    candidates.append(Path(__file__).resolve().parents[2] / "wal2arrow")
     for cand in candidates:
         if (cand / "Makefile").is_file():
             return cand

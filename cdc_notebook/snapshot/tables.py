@@ -34,15 +34,22 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from . import types as spec_types
-from ._native import CopyDecoder, TablePlan, import_batch, libpq_bind, make_plan
-from .errors import (CDCError, ReplicationNotPermitted, TablePrivilegeMissing,
-                     WalLevelNotLogical)
-
-# Session settings under which the server's text output is what the decoders and the spec
-# expect (the text of unrepresentable values, of types mapped as text).
-SESSION_OPTIONS = ("-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC "
-                   "-c extra_float_digits=1 -c bytea_output=hex")
+from cdc_notebook._native import (
+    CopyDecoder,
+    TablePlan,
+    import_batch,
+    libpq_bind,
+    make_plan,
+)
+from cdc_notebook.connection.conninfo import connect_session
+from cdc_notebook.connection.lsn import parse_lsn
+from cdc_notebook.decode import typespec as spec_types
+from cdc_notebook.errors import (
+    CDCError,
+    ReplicationNotPermitted,
+    TablePrivilegeMissing,
+    WalLevelNotLogical,
+)
 
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_BATCH_BYTES = 32 << 20
@@ -62,18 +69,6 @@ class SnapshotNotImportable(SnapshotError):
 
 class TableDroppedDuringSnapshot(SnapshotError):
     """The table was dropped (or its rewrite lost the rows) while it was being read."""
-
-
-def _session_conninfo(conninfo: Mapping[str, Any] | str) -> dict[str, Any]:
-    params = (psycopg.conninfo.conninfo_to_dict(conninfo) if isinstance(conninfo, str)
-              else dict(conninfo))
-    params["options"] = (params.get("options", "") + " " + SESSION_OPTIONS).strip()
-    return params
-
-
-def connect_session(conninfo: Mapping[str, Any] | str, **kw: Any) -> psycopg.Connection[Any]:
-    """An ordinary connection with the kit's session settings (text output as the spec needs)."""
-    return psycopg.connect(**_session_conninfo(conninfo), **kw)
 
 
 # --------------------------------------------------------------------------- exported snapshots
@@ -124,7 +119,7 @@ class ExportedSnapshot:
             raise SnapshotError(f"cannot create slot {self.slot_name!r}: {exc}",
                                 sqlstate=state) from exc
         assert row is not None
-        self.consistent_point = parse_lsn_text(row[1])
+        self.consistent_point = parse_lsn(row[1])
         self.snapshot_name = row[2]
         self._conn = conn
 
@@ -143,11 +138,6 @@ class ExportedSnapshot:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def parse_lsn_text(text: str) -> int:
-    hi, _, lo = text.partition("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
 
 
 # --------------------------------------------------------------------------- table plans
@@ -851,4 +841,4 @@ class TableHandoff:
 
 __all__ = ["ExportedSnapshot", "ProgressBar", "SnapshotError", "SnapshotNotImportable",
            "SnapshotProgress", "TableDroppedDuringSnapshot", "TableHandoff", "TableSnapshotPlan",
-           "TableState", "connect_session", "plan_table", "snapshot_table"]
+           "TableState", "plan_table", "snapshot_table"]

@@ -35,8 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .events import ChangeBatch, LogicalMessage, RelationSchema, TableDropped, Truncate
-from .partition import partition_of
+from cdc_notebook.decode.events import (
+    ChangeBatch,
+    LogicalMessage,
+    RelationSchema,
+    TableDropped,
+    Truncate,
+)
+from cdc_notebook.stream.partition import partition_of
 
 _END = object()  # queue marker: the stream ended (position reached, or closed)
 WATERMARK_PREFIX = "cdc_notebook.watermark"
@@ -195,7 +201,7 @@ class TableReader:
     ``read_batches()`` (async) and ``batches()`` (sync) end at the WAL position that was current
     when the iteration began, unless ``follow=True``: then they go on until the reader or the
     stream is closed. Schema changes arrive as batches with the new schema; ``events()`` also
-    yields :class:`~cdc_notebook.events.Truncate`, :class:`RelationSchema` and
+    yields :class:`~cdc_notebook.decode.events.Truncate`, :class:`RelationSchema` and
     :class:`TableDropped` (which ends the reader).
     """
 
@@ -375,7 +381,7 @@ class TableReader:
         """Iterate this table's change batches (blocking; for threads and scripts).
 
         ``partition=(i, n)`` keeps only the rows whose key hash falls in partition ``i`` of
-        ``n`` (see :mod:`cdc_notebook.partition`).
+        ``n`` (see :mod:`cdc_notebook.stream.partition`).
         """
         return self._iterate(follow, False, timeout, partition)
 
@@ -469,7 +475,7 @@ class StreamStats:
 class ChangeRouter:
     """The background thread that owns the replication stream and feeds the readers.
 
-    ``source_factory()`` returns a connected source (see :mod:`cdc_notebook.reader`); the router
+    ``source_factory()`` returns a connected source (see :mod:`cdc_notebook.stream.cdc_stream`); the router
     calls it again to reconnect after a lost connection.
     """
 
@@ -598,7 +604,7 @@ class ChangeRouter:
             reader._finish()
 
     def _pump(self) -> None:
-        from .events import Begin, Commit
+        from cdc_notebook.decode.events import Begin, Commit
 
         source = self._source
         while not self._stop.is_set():

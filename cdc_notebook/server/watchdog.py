@@ -1,12 +1,12 @@
 """Stops a throwaway PostgreSQL when the process that owns it dies.
 
-Started by :mod:`cdc_notebook.server` in its own session, with a pipe on stdin whose write end
+Started by :mod:`cdc_notebook.server.postgres` in its own session, with a pipe on stdin whose write end
 only the owner holds. The owner writes ``pid N`` once the postmaster runs and ``stopped`` after
 a clean stop. End of file without ``stopped`` (the owner was killed, even with SIGKILL, where
 atexit handlers never run) makes the watchdog stop the postmaster's process group and remove
 the instance directory.
 
-Usage: python -m cdc_notebook._watchdog INSTANCE_DIR
+Usage: python -m cdc_notebook.server.watchdog INSTANCE_DIR
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A minimal wal2arrow streaming client: frames over a replication connection, decoded in place.
 
-Built on :class:`cdc_notebook.replication.ReplicationConnection` (COPY BOTH on psycopg's ``pq``
-layer, non-blocking reads) and :class:`cdc_notebook.frames.FrameDecoder`. It acknowledges only
+Built on :class:`cdc_notebook.stream.replication.ReplicationConnection` (COPY BOTH on psycopg's ``pq``
+layer, non-blocking reads) and :class:`cdc_notebook.decode.wal2arrow.FrameDecoder`. It acknowledges only
 what the caller says is done: ``send_feedback(lsn)`` reports ``lsn`` as written, flushed and
 applied; a keepalive that asks for a reply is answered with the last acknowledged LSN, never
 with the server's position (which may be past rows still being consumed)::
@@ -24,9 +24,9 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .events import Event
-from .frames import FORMAT_VERSION, FrameDecoder
-from .replication import ReplicationConnection, StreamLost
+from cdc_notebook.decode.events import Event
+from cdc_notebook.decode.wal2arrow import FORMAT_VERSION, FrameDecoder
+from cdc_notebook.stream.replication import ReplicationConnection, StreamLost
 
 
 class Wal2ArrowStream:

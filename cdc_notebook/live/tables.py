@@ -16,7 +16,7 @@ How the mirror is kept, and why:
   an accepted change is newer). A TRUNCATE is applied once: only when its LSN is past every
   change record accepted so far (the table's lock makes WAL order and commit order agree).
 * **Vectorized, at a cadence independent of the ingest rate.** ``apply`` converts the batch
-  (:mod:`cdc_notebook.polars_types`) and queues it; queued batches are folded into the mirror in
+  (:mod:`cdc_notebook.live.polars_types`) and queues it; queued batches are folded into the mirror in
   one Polars pass at most every ``fold_interval`` seconds while ingesting, whenever someone
   reads, or when the queue holds ``max_pending_rows``. One fold: every change becomes events on
   keys (insert/update → upsert of the after-image key; delete → removal of the before-image key;
@@ -64,7 +64,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .events import (
+from cdc_notebook.connection.lsn import format_lsn
+from cdc_notebook.decode.events import (
     METADATA_COLUMNS,
     Begin,
     ChangeBatch,
@@ -74,9 +75,8 @@ from .events import (
     StreamCommit,
     TableDropped,
     Truncate,
-    format_lsn,
 )
-from .polars_types import arrow_to_polars, polars_dtype, to_arrow
+from cdc_notebook.live.polars_types import arrow_to_polars, polars_dtype, to_arrow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -554,11 +554,11 @@ class LiveTable:
         """The mirror split by key-hash partition, as the reader partitions the table.
 
         ``partition_of(keys, key_columns, count)`` (default: the router's
-        :func:`cdc_notebook.partition.partition_of`) gets the key columns back in their batch
+        :func:`cdc_notebook.stream.partition.partition_of`) gets the key columns back in their batch
         types, since the hash is over the batch's bytes, and returns each row's partition.
         """
         if partition_of is None:
-            from .partition import partition_of
+            from cdc_notebook.stream.partition import partition_of
         frame = self.mirror()
         keys = to_arrow(frame.select(self.key_columns), table_schema(self.arrow_schema))
         numbers = pl.Series("__partition__",
@@ -882,7 +882,7 @@ class LiveFrames:
 
 
 class LiveReader:
-    """Streams a :class:`~cdc_notebook.reader.CDCStream`'s tables into :class:`LiveFrames` in
+    """Streams a :class:`~cdc_notebook.stream.cdc_stream.CDCStream`'s tables into :class:`LiveFrames` in
     the background of a notebook kernel.
 
     One daemon thread per table reader takes its events (batches, schema changes, truncates)

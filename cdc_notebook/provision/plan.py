@@ -39,12 +39,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import (
-    AuthenticationFailed,
+from cdc_notebook.connection.conninfo import connect, conninfo_of
+from cdc_notebook.connection.lsn import format_lsn, parse_lsn
+from cdc_notebook.connection.quoting import quote_ident
+from cdc_notebook.errors import (
     CDCError,
     ConfigurationError,
     ConnectionFailed,
-    ConnectionRejected,
     InvalidSlotName,
     NoFreeReplicationSlots,
     NoFreeWalSenders,
@@ -54,7 +55,6 @@ from .errors import (
     PluginNotInstalled,
     PublicationMismatch,
     ReplicationNotPermitted,
-    ServerUnreachable,
     SlotCreationTimeout,
     SlotError,
     SlotInUse,
@@ -63,8 +63,14 @@ from .errors import (
     UnsupportedServerVersion,
     WalLevelNotLogical,
 )
-from .patterns import TableInfo, TablePattern, catalog_cache, match_tables, parse_patterns
-from .status import KIT_PREFIX, SlotStatus, fetch_slot_statuses
+from cdc_notebook.provision.patterns import (
+    TableInfo,
+    TablePattern,
+    catalog_cache,
+    match_tables,
+    parse_patterns,
+)
+from cdc_notebook.provision.status import KIT_PREFIX, SlotStatus, fetch_slot_statuses
 
 log = logging.getLogger(__name__)
 
@@ -77,98 +83,6 @@ MANAGED_SERVICE_ROLES = ("rds_replication", "rds_superuser", "azure_pg_admin",
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 _PLUGIN_NAME = re.compile(r"[A-Za-z0-9_]{1,63}")
 _REDACTED = "'********'"
-
-
-# --------------------------------------------------------------------------- connecting
-
-
-def conninfo_of(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """The parameters ``conn`` was opened with, password included (kept in memory only)."""
-    params: dict[str, Any] = dict(conn.info.get_parameters())
-    for opt in conn.pgconn.info:
-        if opt.keyword == b"password" and opt.val:
-            params["password"] = opt.val.decode()
-    return params
-
-
-def describe_target(params: dict[str, Any]) -> str:
-    """``user@host:port/dbname`` for messages: never the password."""
-    host = params.get("host") or params.get("hostaddr") or "localhost"
-    return (f"{params.get('user') or os.environ.get('PGUSER', '?')}@{host}:"
-            f"{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or '?'}")
-
-
-def _connection_error(exc: psycopg.OperationalError, params: dict[str, Any],
-                      replication: bool) -> CDCError:
-    text = str(exc)
-    password = params.get("password")
-    if password:  # libpq never echoes it, but be certain
-        text = text.replace(str(password), "********")
-    target = describe_target(params)
-    low = text.lower()
-    user = params.get("user") or "the user"
-    if "password authentication failed" in low or "no password supplied" in low or \
-            "authentication failed" in low:
-        return AuthenticationFailed(
-            f"{target}: the server rejected the password for {user}",
-            hint="check the user name and password (PGPASSWORD or ~/.pgpass work too)",
-            sqlstate="28P01")
-    if "permission denied to start wal sender" in low or "must be superuser or replication" in low:
-        return ReplicationNotPermitted(
-            f"{target}: role {user} may not open a replication connection",
-            hint=f"ALTER ROLE {user} REPLICATION; (as a superuser) — on Amazon RDS/Aurora: "
-            f"GRANT rds_replication TO {user};", sqlstate="42501")
-    if "exceeds max_wal_senders" in low or "number of requested standby connections" in low:
-        return NoFreeWalSenders(
-            f"{target}: every WAL sender is in use (max_wal_senders)",
-            hint="raise max_wal_senders in postgresql.conf and restart the server, or stop an "
-            "idle replication client", sqlstate="53300")
-    if "no pg_hba.conf entry" in low or "pg_hba.conf rejects" in low:
-        kind = "replication" if replication else params.get("dbname", "all")
-        return ConnectionRejected(
-            f"{target}: pg_hba.conf has no entry allowing this "
-            f"{'replication ' if replication else ''}connection",
-            hint=f"add a line to pg_hba.conf such as 'host {kind} {user} <client-address>/32 "
-            "scram-sha-256' and reload the server (SELECT pg_reload_conf())", sqlstate="28000")
-    if "database" in low and "does not exist" in low:
-        return ConnectionRejected(f"{target}: {text.splitlines()[-1].strip()}",
-                                  hint="check the database name", sqlstate="3D000")
-    if "too many clients" in low or "remaining connection slots" in low:
-        return ConnectionRejected(f"{target}: the server has no free connection slot",
-                                  hint="raise max_connections or close idle sessions",
-                                  sqlstate="53300")
-    if any(s in low for s in ("connection refused", "could not translate host",
-                              "failed to resolve host", "timeout expired", "no route to host",
-                              "no such file or directory", "network is unreachable",
-                              "could not connect", "name or service not known")):
-        return ServerUnreachable(
-            f"cannot reach PostgreSQL at {target}: {text.splitlines()[-1].strip()}",
-            hint="check host and port, that the server runs, and listen_addresses in "
-            "postgresql.conf (and any firewall between)")
-    return ConnectionFailed(f"cannot connect to {target}: {text}")
-
-
-def connect(conninfo: str | dict[str, Any] | None = None, *, replication: bool = False,
-            connect_timeout: int = 10, autocommit: bool = True,
-            **params: Any) -> psycopg.Connection[Any]:
-    """Open a connection; failures become :class:`ConnectionFailed` subclasses naming the fix.
-
-    ``replication=True`` opens a ``replication=database`` connection (simple query protocol
-    only). Every libpq parameter passes through (``sslmode=``, ``sslrootcert=`` ...).
-    """
-    merged: dict[str, Any] = {}
-    if isinstance(conninfo, str):
-        merged.update(psycopg.conninfo.conninfo_to_dict(conninfo))
-    elif conninfo:
-        merged.update(conninfo)
-    merged.update({k: v for k, v in params.items() if v is not None})
-    merged.setdefault("connect_timeout", connect_timeout)
-    if replication:
-        merged["replication"] = "database"
-    try:
-        return psycopg.connect(**merged, autocommit=autocommit)
-    except psycopg.OperationalError as exc:
-        raise _connection_error(exc, merged, replication) from None
 
 
 # --------------------------------------------------------------------------- validation
@@ -455,7 +369,7 @@ class CreatedSlot:
 
     @property
     def consistent_point_text(self) -> str:
-        return f"{self.consistent_point >> 32:X}/{self.consistent_point & 0xFFFFFFFF:X}"
+        return format_lsn(self.consistent_point)
 
     def close(self) -> None:
         """Close the connection (a temporary slot and an exported snapshot end with it)."""
@@ -647,8 +561,7 @@ def _slot_state(conn: psycopg.Connection[Any], name: str) -> dict[str, Any] | No
             "wal_status", "confirmed_flush")
     state = dict(zip(keys, row))
     if state["confirmed_flush"]:
-        hi, _, lo = state["confirmed_flush"].partition("/")
-        state["confirmed_flush"] = (int(hi, 16) << 32) | int(lo, 16)
+        state["confirmed_flush"] = parse_lsn(state["confirmed_flush"])
     return state
 
 
@@ -762,7 +675,7 @@ def plan_provision(
     no_select = [t for t in matched if not t.can_select]
     if no_select:
         names = ", ".join(t.quoted_name for t in no_select[:10])
-        schemas = sorted({quote_ident_sql(t.schema) for t in no_select})
+        schemas = sorted({quote_ident(t.schema) for t in no_select})
         report.add("select", "error",
                    f"role {facts.current_user} cannot SELECT {len(no_select)} table(s): {names}"
                    + (" ..." if len(no_select) > 10 else ""),
@@ -842,12 +755,6 @@ def plan_provision(
                          export_snapshot, slot_method, slot_timeout, steps, existing, notes)
 
 
-def quote_ident_sql(name: str) -> str:
-    from .patterns import quote_ident
-
-    return quote_ident(name)
-
-
 def _check_existing_slot(report: ValidationReport, conn: psycopg.Connection[Any], name: str,
                          ex: dict[str, Any], plugin: str, facts: ServerFacts,
                          temporary: bool) -> None:
@@ -915,8 +822,8 @@ def _publication_steps(conn: psycopg.Connection[Any], report: ValidationReport, 
             report.add("publication_create", "error",
                        f"role {facts.current_user} may not create publications in database "
                        f"{facts.database} (CREATE PUBLICATION needs CREATE on the database)",
-                       hint=f"GRANT CREATE ON DATABASE {quote_ident_sql(facts.database)} TO "
-                       f"{quote_ident_sql(facts.current_user)}; or have an administrator run "
+                       hint=f"GRANT CREATE ON DATABASE {quote_ident(facts.database)} TO "
+                       f"{quote_ident(facts.current_user)}; or have an administrator run "
                        "the publication statement from plan.sql and pass publication=<its name>",
                        error=OwnershipRequired, sqlstate="42501")
         stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, table_list)
@@ -1162,8 +1069,7 @@ def create_slot(
             raise _result_error(res, f"creating slot {slot_name}", slot_name, plugin)
         _name, lsn_text, snapshot, _plugin = (
             (res.get_value(0, i) or b"").decode() or None for i in range(4))
-        hi, _, lo = (lsn_text or "0/0").partition("/")
-        lsn = (int(hi, 16) << 32) | int(lo, 16)
+        lsn = parse_lsn(lsn_text or "0/0")
         snapshot_name = snapshot if replication and export_snapshot else None
         keep_open = temporary or snapshot_name is not None
         created = CreatedSlot(slot_name, plugin, lsn, snapshot_name, temporary, True,

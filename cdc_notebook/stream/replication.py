@@ -24,8 +24,9 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from .errors import CDCError, SlotInUse, SlotNotFound
-from .events import format_lsn
+from cdc_notebook.connection.lsn import format_lsn
+from cdc_notebook.connection.quoting import quote_ident, quote_literal
+from cdc_notebook.errors import CDCError, SlotInUse, SlotNotFound
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
 _HDR_W = struct.Struct(">QQq")  # data start, WAL end, send time
@@ -49,14 +50,6 @@ class TemporarySlotLost(CDCError):
     """A temporary slot vanished with its connection: what came after cannot be recovered."""
 
     retryable = False
-
-
-def quote_literal(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def quote_ident(value: str) -> str:
-    return '"' + str(value).replace('"', '""') + '"'
 
 
 def _raise_for(result: Any, slot: str) -> None:

@@ -2,8 +2,8 @@
 
 When wal2arrow is not on the server (managed services), the slot uses ``pgoutput`` and this
 module turns its messages into the same events and the same Arrow schema as the wal2arrow path
-(:mod:`cdc_notebook.events`, ``docs/decisions.md``, the type-mapping spec of
-:mod:`cdc_notebook.types`). Decoding is native (:mod:`cdc_notebook._native`): messages cross
+(:mod:`cdc_notebook.decode.events`, ``docs/decisions.md``, the type-mapping spec of
+:mod:`cdc_notebook.decode.typespec`). Decoding is native (:mod:`cdc_notebook._native`): messages cross
 from Python to C in lists, rows never pass through Python.
 
 * **Protocol version** 1 to 4, the newest the server supports (:func:`protocol_version_for`):
@@ -34,13 +34,21 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from . import types as spec_types
-from ._native import PgoutputDecoder as _NativeDecoder
-from ._native import TablePlan, import_batch, make_plan
-from .errors import CDCError
-from .events import (Begin, ChangeBatch, Commit, Event, LogicalMessage, RelationSchema,
-                     Truncate)
-from .snapshot import SESSION_OPTIONS
+from cdc_notebook._native import PgoutputDecoder as _NativeDecoder
+from cdc_notebook._native import TablePlan, import_batch, make_plan
+from cdc_notebook.connection.conninfo import SESSION_OPTIONS, connect_session
+from cdc_notebook.connection.quoting import quote_ident
+from cdc_notebook.decode import typespec as spec_types
+from cdc_notebook.decode.events import (
+    Begin,
+    ChangeBatch,
+    Commit,
+    Event,
+    LogicalMessage,
+    RelationSchema,
+    Truncate,
+)
+from cdc_notebook.errors import CDCError
 
 DEFAULT_MAX_ROWS = 65_536
 DEFAULT_MAX_BYTES = 64 << 20
@@ -125,7 +133,7 @@ def start_options(publications: Iterable[str], *, protocol_version: int, binary:
                   parallel: bool = False) -> dict[str, str]:
     """START_REPLICATION options for pgoutput."""
     opts = {"proto_version": str(protocol_version),
-            "publication_names": ",".join(_quote_publication(p) for p in publications)}
+            "publication_names": ",".join(quote_ident(p) for p in publications)}
     if protocol_version >= 2 or binary:
         opts["binary"] = "true" if binary else "false"
     if messages:
@@ -134,11 +142,6 @@ def start_options(publications: Iterable[str], *, protocol_version: int, binary:
         opts["streaming"] = ("parallel" if parallel and protocol_version >= 4
                              else "on" if streaming else "off")
     return opts
-
-
-def _quote_publication(name: str) -> str:
-    # pgoutput splits publication_names like an identifier list
-    return '"' + name.replace('"', '""') + '"'
 
 
 # --------------------------------------------------------------------------- the decoder
@@ -155,9 +158,9 @@ class _RelationState:
 
 
 class PgoutputEventDecoder:
-    """pgoutput CopyData messages → :mod:`cdc_notebook.events`.
+    """pgoutput CopyData messages → :mod:`cdc_notebook.decode.events`.
 
-    ``catalog`` is an ordinary connection (or a :class:`~cdc_notebook.types.TypeCatalog`) used
+    ``catalog`` is an ordinary connection (or a :class:`~cdc_notebook.decode.typespec.TypeCatalog`) used
     to map the types of Relation messages through the spec. ``binary`` says whether the stream
     was started in binary mode (a relation that would need text then raises
     :class:`BinaryModeUnsupported`).
@@ -290,7 +293,6 @@ def make_stream_decoder(publication: str | None, conninfo: Mapping[str, Any] | s
         if conninfo is None:
             raise PgoutputError("the pgoutput decoder needs a catalog connection for type lookups",
                                 hint="pass conninfo= or catalog= to make_stream_decoder")
-        from .snapshot import connect_session
 
         catalog = connect_session(conninfo, autocommit=True)
     version = protocol_version_for(catalog.info.server_version)
@@ -317,8 +319,7 @@ class PgoutputStream:
                  protocol_version: int | None = None, max_rows: int = DEFAULT_MAX_ROWS,
                  max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int = DEFAULT_SPILL_BYTES,
                  feedback_interval: float = 10.0):
-        from .replication import ReplicationConnection
-        from .snapshot import connect_session
+        from cdc_notebook.stream.replication import ReplicationConnection
 
         self.conninfo = conninfo
         self.slot = slot

@@ -30,15 +30,6 @@ METADATA_COLUMNS = (
 )
 
 
-def format_lsn(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(text: str) -> int:
-    hi, _, lo = text.partition("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
 @dataclass(frozen=True)
 class Begin:
     xid: int

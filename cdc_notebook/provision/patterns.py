@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidPattern, NoTablesMatched
+from cdc_notebook.connection.quoting import quote_ident_if_needed
+from cdc_notebook.errors import InvalidPattern, NoTablesMatched
 
 DEFAULT_SCHEMA = "public"
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
@@ -236,13 +237,6 @@ def parse_patterns(patterns: str | TablePattern | Iterable[str | TablePattern]
 # --------------------------------------------------------------------------- the catalog
 
 
-def quote_ident(name: str) -> str:
-    """The name as it would be written in SQL or in a pattern that selects it exactly."""
-    if _PLAIN_IDENT.fullmatch(name):
-        return name
-    return '"' + name.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True)
 class TableInfo:
     """A capturable table as the catalog describes it (one row of the discovery query)."""
@@ -273,7 +267,7 @@ class TableInfo:
     @property
     def quoted_name(self) -> str:
         """``schema.table`` quoted where needed: ``"Sales"."Q1.Totals"``."""
-        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+        return f"{quote_ident_if_needed(self.schema)}.{quote_ident_if_needed(self.name)}"
 
     @property
     def has_replica_identity(self) -> bool:
@@ -479,8 +473,8 @@ def select_tables(catalog: Sequence[TableInfo], patterns: Sequence[TablePattern]
         if t.persistence == "u":
             skipped.append((t, "unlogged: its changes are not written to WAL"))
         elif t.partition_root is not None and t.partition_root in chosen_names:
-            skipped.append((t, f"partition of {quote_ident(t.partition_root[0])}."
-                               f"{quote_ident(t.partition_root[1])}: its changes arrive as the "
+            skipped.append((t, f"partition of {quote_ident_if_needed(t.partition_root[0])}."
+                               f"{quote_ident_if_needed(t.partition_root[1])}: its changes arrive as the "
                                "partitioned table's"))
         else:
             tables.append(t)

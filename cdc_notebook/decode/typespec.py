@@ -36,7 +36,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import CDCError
+from cdc_notebook.errors import CDCError
 
 SPEC_PATH = Path(__file__).with_name("typemap.json")
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import psycopg
 
-from .errors import SlotNotFound
+from cdc_notebook.connection.lsn import parse_lsn_or_none
+from cdc_notebook.errors import SlotNotFound
 
 KIT_PREFIX = "cdcnb_"
 _MB = 1024 * 1024
@@ -173,21 +174,14 @@ SELECT s.slot_name::text, s.plugin::text, s.database::text, s.temporary, s.activ
  ORDER BY s.slot_name"""
 
 
-def _parse_lsn(text: str | None) -> int | None:
-    if text is None:
-        return None
-    hi, _, lo = text.partition("/")
-    return (int(hi, 16) << 32) | int(lo, 16)
-
-
 def _row_to_status(row: Any, kit_slots: set[str] | None) -> SlotStatus:
     (name, plugin, database, temporary, active, active_pid, cur, confirmed, restart, lag,
      retained, wal_status, safe, keep_mb, now, conflicting, inactive_since, reason,
      flush_lag) = row
     status = SlotStatus(
         slot_name=name, plugin=plugin, database=database, temporary=bool(temporary),
-        active=bool(active), active_pid=active_pid, current_lsn=_parse_lsn(cur) or 0,
-        confirmed_flush_lsn=_parse_lsn(confirmed), restart_lsn=_parse_lsn(restart),
+        active=bool(active), active_pid=active_pid, current_lsn=parse_lsn_or_none(cur) or 0,
+        confirmed_flush_lsn=parse_lsn_or_none(confirmed), restart_lsn=parse_lsn_or_none(restart),
         lag_bytes=None if lag is None else int(lag),
         retained_wal_bytes=None if retained is None else int(retained),
         wal_status=wal_status, safe_wal_size=None if safe is None else int(safe),

@@ -38,8 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .build import build_plugin, shared_cache_dir
-from .errors import BinariesNotFound, DataDirNotWritable, PortInUse, ServerError
+from cdc_notebook.connection.quoting import quote_literal
+from cdc_notebook.errors import (
+    BinariesNotFound,
+    DataDirNotWritable,
+    PortInUse,
+    ServerError,
+)
+from cdc_notebook.server.build import build_plugin, shared_cache_dir
 
 SERVER_OS_USER = "cdcpg"
 SUPERUSER = "postgres"
@@ -247,10 +253,6 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
-def _conf_value(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
 _live_servers: set[PostgresServer] = set()
 _live_lock = threading.Lock()
 
@@ -426,10 +428,10 @@ class PostgresServer:
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-m", "cdc_notebook._watchdog", str(self.instance_dir)],
+            [sys.executable, "-m", "cdc_notebook.server.watchdog", str(self.instance_dir)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd="/",
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )
         with _live_lock:
             _live_servers.add(self)
@@ -493,8 +495,8 @@ class PostgresServer:
                 allowed.append("wal2arrow")
             allowed += [p for p in self.extra_output_plugins if p not in allowed]
             settings["output_plugin_libraries"] = ", ".join(allowed)
-        lines = ["# written by cdc_notebook.server"]
-        lines += [f"{k} = {_conf_value(v)}" for k, v in settings.items()]
+        lines = ["# written by cdc_notebook.server.postgres"]
+        lines += [f"{k} = {quote_literal(v)}" for k, v in settings.items()]
         with open(self.data_dir / "postgresql.auto.conf", "a") as fh:
             fh.write("\n".join(lines) + "\n")
         hba = [
@@ -570,7 +572,7 @@ class PostgresServer:
             conn.execute("SELECT pg_reload_conf()")
 
     def _stop_postmaster(self, immediate: bool = False) -> None:
-        from ._watchdog import stop_postmaster
+        from cdc_notebook.server.watchdog import stop_postmaster
 
         if self._proc is None:
             return

@@ -22,13 +22,29 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import CDCError
-from .events import parse_lsn
-from .patterns import CatalogCache, TableInfo, TablePattern, parse_patterns, select_tables
-from .provision import DEFAULT_PLUGIN, conninfo_of, connect, plan_provision
-from .replication import ReplicationConnection, StreamLost, TemporarySlotLost
-from .router import WATERMARK_PREFIX, ChangeRouter, TableJoin, TableReader
-from .status import SlotStatus, fetch_slot_status
+from cdc_notebook.connection.conninfo import connect, conninfo_of
+from cdc_notebook.connection.lsn import parse_lsn
+from cdc_notebook.errors import CDCError
+from cdc_notebook.provision.patterns import (
+    CatalogCache,
+    TableInfo,
+    TablePattern,
+    parse_patterns,
+    select_tables,
+)
+from cdc_notebook.provision.plan import DEFAULT_PLUGIN, plan_provision
+from cdc_notebook.provision.status import SlotStatus, fetch_slot_status
+from cdc_notebook.stream.replication import (
+    ReplicationConnection,
+    StreamLost,
+    TemporarySlotLost,
+)
+from cdc_notebook.stream.router import (
+    WATERMARK_PREFIX,
+    ChangeRouter,
+    TableJoin,
+    TableReader,
+)
 
 
 class SnapshotUnavailable(CDCError):
@@ -46,7 +62,7 @@ def make_decoder(plugin: str, publication: str | None,
     A decoder has ``decode(payload: memoryview) -> list[Event]``.
     """
     if plugin == "wal2arrow":
-        from . import frames
+        from cdc_notebook.decode import wal2arrow as frames
 
         # Logical messages carry the watermarks of tables joining a running stream.
         options = {"format_version": str(frames.FORMAT_VERSION), "messages": "on"}
@@ -54,7 +70,7 @@ def make_decoder(plugin: str, publication: str | None,
             options["publication_names"] = publication
         return frames.FrameDecoder(), options
     if plugin == "pgoutput":
-        from . import pgoutput
+        from cdc_notebook.decode import pgoutput
 
         return pgoutput.make_stream_decoder(publication, conninfo)
     raise DecoderUnavailable(f"no decoder for output plugin {plugin!r}",
@@ -69,7 +85,7 @@ class _Source:
         self.decoder = decoder
         self._keepalive_type: type = type(None)
         if hasattr(decoder, "feed"):
-            from .pgoutput import Keepalive
+            from cdc_notebook.decode.pgoutput import Keepalive
 
             self._keepalive_type = Keepalive
 
@@ -112,7 +128,7 @@ class _Source:
 class CDCStream:
     """CDC over one slot: validated, provisioned, streamed once, fanned out per table.
 
-    Parameters mirror :func:`cdc_notebook.provision.plan_provision` (``tables`` patterns,
+    Parameters mirror :func:`cdc_notebook.provision.plan.plan_provision` (``tables`` patterns,
     ``slot_name``, ``publication``, ``plugin``, ``temporary``, ``keyless``...); ``conninfo`` is a
     DSN string or a dict of libpq parameters (TLS options pass through).
     """
@@ -218,7 +234,7 @@ class CDCStream:
         return _Source(rc, decoder)
 
     def _take_snapshot(self) -> None:
-        from .snapshot import snapshot_table
+        from cdc_notebook.snapshot.tables import snapshot_table
 
         snap = (self.slot.snapshot_name, self.slot.consistent_point)
         for info in self.tables:
@@ -278,7 +294,7 @@ class CDCStream:
         return True
 
     def _snapshot_joining_table(self, info: TableInfo, join: TableJoin) -> None:
-        from .snapshot import snapshot_table
+        from cdc_notebook.snapshot.tables import snapshot_table
 
         emit = "SELECT pg_logical_emit_message(true, %s, %s)"
         try:

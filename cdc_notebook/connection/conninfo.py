@@ -1,0 +1,170 @@
+"""Connecting: one ``connect`` for every ordinary and replication connection the kit opens,
+errors mapped to :class:`~cdc_notebook.errors.ConnectionFailed` subclasses that name the fix, the
+kit's session settings, and the redaction of conninfo for anything shown to a person."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+
+from cdc_notebook.errors import (
+    AuthenticationFailed,
+    CDCError,
+    ConnectionFailed,
+    ConnectionRejected,
+    NoFreeWalSenders,
+    ReplicationNotPermitted,
+    ServerUnreachable,
+)
+
+# Session settings under which the server's text output is what the decoders and the spec
+# expect (the text of unrepresentable values, of types mapped as text).
+SESSION_OPTIONS = ("-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC "
+                   "-c extra_float_digits=1 -c bytea_output=hex")
+
+
+
+
+def conninfo_of(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The parameters ``conn`` was opened with, password included (kept in memory only)."""
+    params: dict[str, Any] = dict(conn.info.get_parameters())
+    for opt in conn.pgconn.info:
+        if opt.keyword == b"password" and opt.val:
+            params["password"] = opt.val.decode()
+    return params
+
+
+def describe_target(params: dict[str, Any]) -> str:
+    """``user@host:port/dbname`` for messages: never the password."""
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    return (f"{params.get('user') or os.environ.get('PGUSER', '?')}@{host}:"
+            f"{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or '?'}")
+
+
+def _connection_error(exc: psycopg.OperationalError, params: dict[str, Any],
+                      replication: bool) -> CDCError:
+    text = str(exc)
+    password = params.get("password")
+    if password:  # libpq never echoes it, but be certain
+        text = text.replace(str(password), "********")
+    target = describe_target(params)
+    low = text.lower()
+    user = params.get("user") or "the user"
+    if "password authentication failed" in low or "no password supplied" in low or \
+            "authentication failed" in low:
+        return AuthenticationFailed(
+            f"{target}: the server rejected the password for {user}",
+            hint="check the user name and password (PGPASSWORD or ~/.pgpass work too)",
+            sqlstate="28P01")
+    if "permission denied to start wal sender" in low or "must be superuser or replication" in low:
+        return ReplicationNotPermitted(
+            f"{target}: role {user} may not open a replication connection",
+            hint=f"ALTER ROLE {user} REPLICATION; (as a superuser) — on Amazon RDS/Aurora: "
+            f"GRANT rds_replication TO {user};", sqlstate="42501")
+    if "exceeds max_wal_senders" in low or "number of requested standby connections" in low:
+        return NoFreeWalSenders(
+            f"{target}: every WAL sender is in use (max_wal_senders)",
+            hint="raise max_wal_senders in postgresql.conf and restart the server, or stop an "
+            "idle replication client", sqlstate="53300")
+    if "no pg_hba.conf entry" in low or "pg_hba.conf rejects" in low:
+        kind = "replication" if replication else params.get("dbname", "all")
+        return ConnectionRejected(
+            f"{target}: pg_hba.conf has no entry allowing this "
+            f"{'replication ' if replication else ''}connection",
+            hint=f"add a line to pg_hba.conf such as 'host {kind} {user} <client-address>/32 "
+            "scram-sha-256' and reload the server (SELECT pg_reload_conf())", sqlstate="28000")
+    if "database" in low and "does not exist" in low:
+        return ConnectionRejected(f"{target}: {text.splitlines()[-1].strip()}",
+                                  hint="check the database name", sqlstate="3D000")
+    if "too many clients" in low or "remaining connection slots" in low:
+        return ConnectionRejected(f"{target}: the server has no free connection slot",
+                                  hint="raise max_connections or close idle sessions",
+                                  sqlstate="53300")
+    if any(s in low for s in ("connection refused", "could not translate host",
+                              "failed to resolve host", "timeout expired", "no route to host",
+                              "no such file or directory", "network is unreachable",
+                              "could not connect", "name or service not known")):
+        return ServerUnreachable(
+            f"cannot reach PostgreSQL at {target}: {text.splitlines()[-1].strip()}",
+            hint="check host and port, that the server runs, and listen_addresses in "
+            "postgresql.conf (and any firewall between)")
+    return ConnectionFailed(f"cannot connect to {target}: {text}")
+
+
+def connect(conninfo: str | Mapping[str, Any] | None = None, *, replication: bool = False,
+            connect_timeout: int = 10, autocommit: bool = True,
+            **params: Any) -> psycopg.Connection[Any]:
+    """Open a connection; failures become :class:`ConnectionFailed` subclasses naming the fix.
+
+    ``replication=True`` opens a ``replication=database`` connection (simple query protocol
+    only). Every libpq parameter passes through (``sslmode=``, ``sslrootcert=`` ...).
+    """
+    merged = parse_conninfo(conninfo)
+    merged.update({k: v for k, v in params.items() if v is not None})
+    merged.setdefault("connect_timeout", connect_timeout)
+    if replication:
+        merged["replication"] = "database"
+    try:
+        return psycopg.connect(**merged, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise _connection_error(exc, merged, replication) from None
+
+
+def session_conninfo(conninfo: Mapping[str, Any] | str) -> dict[str, Any]:
+    """``conninfo`` as a dict with the kit's session settings added to ``options``."""
+    params = parse_conninfo(conninfo)
+    params["options"] = (str(params.get("options") or "") + " " + SESSION_OPTIONS).strip()
+    return params
+
+
+def connect_session(conninfo: Mapping[str, Any] | str, **kw: Any) -> psycopg.Connection[Any]:
+    """:func:`connect` with the kit's session settings (text output as the spec needs);
+    not autocommit unless asked."""
+    kw.setdefault("autocommit", False)
+    return connect(session_conninfo(conninfo), **kw)
+
+
+_PASSWORD_IN_DSN = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE)
+
+
+def redact_text(text: str, password: str | None = None) -> str:
+    """``text`` with every password it may hold masked: a ``password=`` pair, a URL's
+    ``user:password@``, and the literal ``password`` if given."""
+    if password:
+        text = text.replace(str(password), "********")
+    text = _PASSWORD_IN_DSN.sub(lambda m: m.group(1) + "********", text)
+    return _PASSWORD_IN_URL.sub(lambda m: m.group(1) + "********" + m.group(3), text)
+
+
+def parse_conninfo(conninfo: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    """A DSN string (``key=value`` or URL) or a mapping, as a dict of libpq parameters.
+
+    A malformed string raises :class:`ConnectionFailed` whose message never holds the password
+    (libpq quotes the offending part of the string, which may be it)."""
+    if conninfo is None:
+        return {}
+    if not isinstance(conninfo, str):
+        return dict(conninfo)
+    try:
+        return dict(psycopg.conninfo.conninfo_to_dict(conninfo))
+    except psycopg.ProgrammingError as exc:
+        raise ConnectionFailed(
+            f"the connection string cannot be parsed: {redact_text(str(exc)).strip()}",
+            hint="write key=value pairs separated by spaces, quoting values that hold spaces "
+            "or quotes (password='my secret'), or a URL postgresql://user@host:port/dbname "
+            "with special characters percent-encoded") from None
+
+
+def redact_conninfo(conninfo: Mapping[str, Any] | str | None) -> str:
+    """The conninfo as ``key=value`` text for display, the password masked."""
+    try:
+        params = parse_conninfo(conninfo)
+    except ConnectionFailed:
+        return "<unparsable connection string>"
+    return " ".join(f"{k}={'********' if k == 'password' else v}" for k, v in params.items()
+                    if v is not None)
