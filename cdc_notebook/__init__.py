@@ -55,7 +55,7 @@ _EXPORTS: dict[str, str] = {
     # the stream
     "CDCStream": "cdc_notebook.stream.cdc_stream",
     "ArrowCDCReaderConfig": "cdc_notebook.stream.cdc_stream",
-    "TableReader": "cdc_notebook.stream.router",
+    "TableReader": "cdc_notebook.stream.reader",
     "HashPartitioner": "cdc_notebook.stream.partition",
     # the snapshot
     "snapshot_table": "cdc_notebook.snapshot.tables",
@@ -104,7 +104,7 @@ if TYPE_CHECKING:
     from cdc_notebook.snapshot.tables import snapshot_table
     from cdc_notebook.stream.cdc_stream import ArrowCDCReaderConfig, CDCStream
     from cdc_notebook.stream.partition import HashPartitioner
-    from cdc_notebook.stream.router import TableReader
+    from cdc_notebook.stream.reader import TableReader
     from cdc_notebook.widgets.dashboard import Dashboard, explore
 
 

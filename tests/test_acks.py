@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc_notebook.stream.router import AckTracker
+from cdc_notebook.stream.acks import AckTracker
 
 
 def test_flush_waits_for_every_batch_of_a_transaction() -> None:

@@ -77,6 +77,7 @@ from cdc_notebook.decode.events import (
     Truncate,
 )
 from cdc_notebook.live.polars_types import arrow_to_polars, polars_dtype, to_arrow
+from cdc_notebook.stream.delivery import drop_redelivered
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -374,26 +375,25 @@ class LiveTable:
         """
         if batch.num_rows == 0:
             return 0
-        frame = arrow_to_polars(batch)
-        if frame.get_column(END_LSN).null_count():
+        fresh_parts: list[pa.RecordBatch] = []
+        if batch.column(END_LSN).null_count:
             raise ValueError(f"{self.name}: a batch without _cdc_end_lsn cannot be applied "
                              "(hold a streamed transaction's rows until it commits)")
         with self._lock:
             if not batch.schema.equals(self.arrow_schema):
                 self.change_schema(batch.schema, schema_version=self.schema_version + 1)
-            end, ordinal = self._accepted
-            position_new = (pl.col(END_LSN) > end) | ((pl.col(END_LSN) == end)
-                                                      & (pl.col(ORDINAL) > ordinal))
-            snapshot_new = (pl.col(OP) == "r") & (pl.col(END_LSN) >= end)
-            # One pass over the batch says what it holds; the filters (each a copy of the
-            # batch) run only when some rows are redelivered or are snapshot rows.
-            is_new = frame.select((position_new | snapshot_new).fill_null(False)).to_series()
-            fresh = frame if is_new.all() else frame.filter(is_new)
-            self.stats.rows_received += frame.height
+            self.stats.rows_received += batch.num_rows
             self.stats.bytes_received += batch.get_total_buffer_size()
-            self.stats.rows_skipped += frame.height - fresh.height
-            if fresh.height == 0:
+            for part in (batch.to_batches() if isinstance(batch, pa.Table) else [batch]):
+                kept, _ = drop_redelivered(part, self._accepted, snapshot_rows=True)
+                if kept.num_rows:
+                    fresh_parts.append(kept)
+            fresh_rows = sum(p.num_rows for p in fresh_parts)
+            self.stats.rows_skipped += batch.num_rows - fresh_rows
+            if fresh_rows == 0:
                 return 0
+            fresh = arrow_to_polars(pa.Table.from_batches(fresh_parts) if len(fresh_parts) > 1
+                                    else fresh_parts[0])
             newest = pl.col(END_LSN).max()
             summary = fresh.select(
                 newest.alias("end"),

@@ -34,17 +34,14 @@ from cdc_notebook.provision.patterns import (
 )
 from cdc_notebook.provision.plan import DEFAULT_PLUGIN, plan_provision
 from cdc_notebook.provision.status import SlotStatus, fetch_slot_status
+from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
+from cdc_notebook.stream.reader import TableReader
 from cdc_notebook.stream.replication import (
     ReplicationConnection,
     StreamLost,
     TemporarySlotLost,
 )
-from cdc_notebook.stream.router import (
-    WATERMARK_PREFIX,
-    ChangeRouter,
-    TableJoin,
-    TableReader,
-)
+from cdc_notebook.stream.router import ChangeRouter
 
 
 class SnapshotUnavailable(CDCError):

@@ -1,0 +1,89 @@
+"""Acknowledgement: the flush position is the newest end LSN all of whose batches were consumed.
+
+A transaction's batches are counted as they are routed and uncounted as their readers consume
+them; the flush position advances over a prefix of committed transactions with nothing
+pending. With nothing in flight it follows the server's keepalives, so an idle slot pins no WAL.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+
+class Transaction:
+    """Tracks one transaction's delivered-but-unconsumed batches."""
+
+    __slots__ = ("xid", "end_lsn", "pending", "committed", "commit_ts")
+
+    def __init__(self, xid: int, end_lsn: int, commit_ts: int = 0):
+        self.xid = xid
+        self.end_lsn = end_lsn
+        self.commit_ts = commit_ts
+        self.pending = 0
+        self.committed = False
+
+
+class AckTracker:
+    """Computes the flush position: the newest end LSN all of whose batches are consumed."""
+
+    def __init__(self, start_lsn: int = 0):
+        self._lock = threading.Lock()
+        self._open: collections.deque[Transaction] = collections.deque()
+        self.flushed = start_lsn
+        self.in_transaction = False
+        self.received = start_lsn  # newest commit end LSN (or idle keepalive WAL end) seen
+
+    def begin(self, xid: int, end_lsn: int, commit_ts: int) -> Transaction:
+        txn = Transaction(xid, end_lsn, commit_ts)
+        with self._lock:
+            self._open.append(txn)
+            self.in_transaction = True
+        return txn
+
+    def add(self, txn: Transaction) -> None:
+        with self._lock:
+            txn.pending += 1
+
+    def consumed(self, txn: Transaction) -> None:
+        with self._lock:
+            txn.pending -= 1
+            self._advance()
+
+    def commit(self, txn: Transaction, end_lsn: int) -> None:
+        with self._lock:
+            txn.end_lsn = end_lsn
+            txn.committed = True
+            self.in_transaction = False
+            self.received = max(self.received, end_lsn)
+            self._advance()
+
+    def abandon_open(self) -> None:
+        """A connection was lost mid-transaction: it will be resent from the slot."""
+        with self._lock:
+            while self._open and not self._open[-1].committed:
+                self._open.pop()
+            self.in_transaction = False
+            self._advance()
+
+    def idle(self, wal_end: int) -> None:
+        """A keepalive (or message header) says the server has sent up to ``wal_end``."""
+        with self._lock:
+            if not self._open and not self.in_transaction and wal_end > self.flushed:
+                self.flushed = wal_end
+            if not self.in_transaction:
+                self.received = max(self.received, wal_end)
+
+    def _advance(self) -> None:
+        while self._open and self._open[0].committed and self._open[0].pending <= 0:
+            self.flushed = max(self.flushed, self._open.popleft().end_lsn)
+
+    @property
+    def oldest_unacknowledged_commit_ts(self) -> int | None:
+        with self._lock:
+            return self._open[0].commit_ts if self._open else None
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._open)
