@@ -489,6 +489,17 @@ append_tuple(W2ARelEntry *entry, struct ArrowArray **children, Datum *values, bo
 }
 
 /*
+ * nanoarrow's private layout and behaviour, pinned by nanoarrow.lock: append_empty_run reads
+ * struct ArrowArrayPrivateData (storage_type) and works around 0.9's bulk appends of bools;
+ * mark_valid and append_empty_run rely on the validity bitmap being allocated only at the first
+ * null. Another version must fail the build, not corrupt batches: re-check all three, then move
+ * the guard.
+ */
+#if !defined(NANOARROW_VERSION_MAJOR) || NANOARROW_VERSION_MAJOR != 0 || NANOARROW_VERSION_MINOR != 9
+#error "nanoarrow version bump: re-check the private structs used in wal2arrow/src/encode.c (struct ArrowArrayPrivateData.storage_type in append_empty_run, the bool bulk-append workaround, the validity bitmap allocated at the first null in mark_valid), then update this guard"
+#endif
+
+/*
  * Append n empty values (valid or null) at once. nanoarrow 0.9.0's ArrowArrayAppendEmpty and
  * ArrowArrayAppendNull size a bool array's bit-packed data for a single value when given
  * n > 1 (and then set bits past it), so bool arrays, and structs that may hold them, are

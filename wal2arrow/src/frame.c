@@ -165,6 +165,15 @@ w2a_write_schema(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entr
 }
 
 /*
+ * view_from_builder fills struct ArrowArrayView by hand instead of ArrowArrayViewSetArray: it
+ * must set every field nanoarrow 0.9's IPC encoder reads (pinned by nanoarrow.lock). Another
+ * version must fail the build, not encode stale or partial views.
+ */
+#if !defined(NANOARROW_VERSION_MAJOR) || NANOARROW_VERSION_MAJOR != 0 || NANOARROW_VERSION_MINOR != 9
+#error "nanoarrow version bump: re-check the private structs used in wal2arrow/src/frame.c (the struct ArrowArrayView fields view_from_builder sets instead of ArrowArrayViewSetArray, as ArrowIpcEncoderEncodeSimpleRecordBatch reads them), then update this guard"
+#endif
+
+/*
  * Point the relation's array view at the finished batch. The builder knows the exact size of
  * every buffer, so nothing is validated here: nanoarrow's ArrowArrayViewSetArray would walk
  * the whole batch to recompute the sizes it discards (a fixed cost that small transactions,

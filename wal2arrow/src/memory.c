@@ -80,6 +80,15 @@ w2a_release_state_with(MemoryContext cxt, W2AState *state)
 }
 
 /*
+ * w2a_array_clear writes nanoarrow's private struct ArrowArrayPrivateData (layout, bitmap) and
+ * recreates the state ArrowArrayStartAppending leaves; both are nanoarrow 0.9's, pinned by
+ * nanoarrow.lock. Another version must fail the build, not corrupt batches.
+ */
+#if !defined(NANOARROW_VERSION_MAJOR) || NANOARROW_VERSION_MAJOR != 0 || NANOARROW_VERSION_MINOR != 9
+#error "nanoarrow version bump: re-check the private structs used in wal2arrow/src/memory.c (struct ArrowArrayPrivateData.layout and .bitmap in w2a_array_clear, the state ArrowArrayStartAppending leaves), then update this guard"
+#endif
+
+/*
  * Empty a builder without freeing its buffers: what ArrowArrayStartAppending leaves, with the
  * capacity of the previous batch kept.
  */
