@@ -26,7 +26,8 @@ from typing import Any
 
 from cdc_notebook.decode.events import Event
 from cdc_notebook.decode.wal2arrow import FORMAT_VERSION, FrameDecoder
-from cdc_notebook.stream.replication import ReplicationConnection, StreamLost
+from cdc_notebook.errors import StreamLost
+from cdc_notebook.stream.replication import ReplicationConnection
 
 
 class Wal2ArrowStream:

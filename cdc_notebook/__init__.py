@@ -24,8 +24,14 @@ __version__ = "0.2.0"
 
 # name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    # errors
+    # errors (every class is in cdc_notebook.errors; these are the ones worth catching)
     "CDCError": "cdc_notebook.errors",
+    "ConnectionFailed": "cdc_notebook.errors",
+    "AuthenticationFailed": "cdc_notebook.errors",
+    "StreamLost": "cdc_notebook.errors",
+    "SlotNotFound": "cdc_notebook.errors",
+    "SlotInUse": "cdc_notebook.errors",
+    "is_transient": "cdc_notebook.errors",
     # connecting
     "connect": "cdc_notebook.connection.conninfo",
     "redact_conninfo": "cdc_notebook.connection.conninfo",
@@ -69,7 +75,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "__version__", "CDCError", "connect", "redact_conninfo", "format_lsn", "parse_lsn",
+    "__version__", "CDCError", "ConnectionFailed", "AuthenticationFailed", "StreamLost",
+    "SlotNotFound", "SlotInUse", "is_transient",
+    "connect", "redact_conninfo", "format_lsn", "parse_lsn",
     "PostgresServer", "TablePattern", "parse_patterns", "preview", "plan_provision",
     "plan_teardown", "teardown", "list_slots", "SlotStatus", "fetch_slot_status", "Begin",
     "Commit", "ChangeBatch", "RelationSchema", "Truncate", "LogicalMessage", "TableDropped",
@@ -90,7 +98,15 @@ if TYPE_CHECKING:
         TableDropped,
         Truncate,
     )
-    from cdc_notebook.errors import CDCError
+    from cdc_notebook.errors import (
+        AuthenticationFailed,
+        CDCError,
+        ConnectionFailed,
+        SlotInUse,
+        SlotNotFound,
+        StreamLost,
+        is_transient,
+    )
     from cdc_notebook.live.tables import LiveFrames, LiveReader, LiveTable
     from cdc_notebook.provision.patterns import TablePattern, parse_patterns, preview
     from cdc_notebook.provision.plan import (

@@ -87,10 +87,9 @@ class Workload:
                 f"{self.changes:,} row changes>")
 
     def _connect(self) -> Any:
-        import psycopg
+        from cdc_notebook.connection.conninfo import connect
 
-        return psycopg.connect(**self.conninfo, autocommit=True,
-                               application_name="cdc_notebook workload")
+        return connect(self.conninfo, application_name="cdc_notebook workload")
 
     def create(self) -> Workload:
         """Create the schema and its two tables (fails when they exist)."""

@@ -1,10 +1,35 @@
-"""Exceptions of the kit. Each one says what went wrong and names the fix."""
+"""Exceptions of the kit, one hierarchy under :class:`CDCError`. Each one says what went wrong
+and names the fix.
+
+Every class says whether it is **transient** (:attr:`CDCError.transient`): a failure that may go
+away by itself, so the stream reconnects and tries again (the connection broke, the server is
+restarting or cannot be reached), or **permanent**: trying again gives the same answer until
+someone changes something (a wrong password, a missing or invalidated slot, a missing
+privilege, a malformed pattern). :func:`is_transient` is what retry loops ask.
+
+==========================  =========  ====================================================
+class                       transient  raised when
+==========================  =========  ====================================================
+``ServerUnreachable``       yes        no server answers (refused, unresolvable, timeout), or
+                                       it is starting up, shutting down or recovering
+``StreamLost``              yes        the replication connection broke while streaming
+everything else             no         (``AuthenticationFailed``, ``ConnectionRejected``,
+                                       ``ReplicationNotPermitted``, ``SlotNotFound``,
+                                       ``SlotDropped``, ``TemporarySlotLost``, ...)
+==========================  =========  ====================================================
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class CDCError(Exception):
     """Base class of every error the kit raises on purpose."""
+
+    #: True when trying again later may succeed (the stream reconnects); False when it cannot
+    #: succeed until something is changed (see the module's table).
+    transient: ClassVar[bool] = False
 
     def __init__(self, message: str, *, hint: str | None = None, sqlstate: str | None = None):
         self.message = message
@@ -16,6 +41,15 @@ class CDCError(Exception):
         if hint:
             text = f"{text}\n  Fix: {hint}"
         super().__init__(text)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure worth retrying (a transient :class:`CDCError`); anything
+    else — permanent kit errors, other exceptions, bugs — is not."""
+    return isinstance(exc, CDCError) and exc.transient
+
+
+# --------------------------------------------------------------------------- the throwaway server
 
 
 class ServerError(CDCError):
@@ -50,7 +84,10 @@ class AuthenticationFailed(ConnectionFailed):
 
 
 class ServerUnreachable(ConnectionFailed):
-    """No server answered at that host and port (or the host name does not resolve)."""
+    """No server answered at that host and port (or the host name does not resolve), or it
+    answered that it is starting up, shutting down or recovering. Transient."""
+
+    transient = True
 
 
 class ConnectionRejected(ConnectionFailed):
@@ -168,5 +205,76 @@ class SlotCreationTimeout(SlotError):
         super().__init__(message, hint=hint, sqlstate="57014")
 
 
+class SlotDropped(SlotNotFound):
+    """The slot went away while streaming (dropped by someone, or invalidated)."""
+
+
+class TemporarySlotLost(SlotError):
+    """A temporary slot vanished with its connection: what came after cannot be recovered."""
+
+
 class NotKitManaged(SlotError):
     """Teardown refused an object the kit did not create."""
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class StreamLost(CDCError):
+    """The replication connection broke (server restart, network). The router reconnects."""
+
+    transient = True
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class DecodeError(CDCError):
+    """The change stream could not be decoded."""
+
+
+class DecoderUnavailable(DecodeError):
+    """The decoder for the chosen plugin is not part of this installation."""
+
+
+class FrameError(DecodeError):
+    """A frame the decoder cannot read: unknown type, unsupported version, or corrupt."""
+
+
+class PgoutputError(DecodeError):
+    """The pgoutput stream could not be set up or decoded."""
+
+
+class BinaryModeUnsupported(DecodeError):
+    """A relation arrived in a binary-mode stream with a column the kit reads only as text."""
+
+
+class TypeMappingError(DecodeError):
+    """The type-mapping spec or the catalog could not be read."""
+
+
+# --------------------------------------------------------------------------- the snapshot
+
+
+class SnapshotError(CDCError):
+    """The snapshot of a table could not be taken."""
+
+
+class SnapshotNotImportable(SnapshotError):
+    """The exported snapshot is gone (its replication connection ran another command or closed)."""
+
+
+class TableDroppedDuringSnapshot(SnapshotError):
+    """The table was dropped (or its rewrite lost the rows) while it was being read."""
+
+
+class SnapshotUnavailable(SnapshotError):
+    """An initial snapshot was asked for, but the slot cannot provide a consistent one."""
+
+
+# --------------------------------------------------------------------------- live frames
+
+
+class MirrorUnavailable(CDCError):
+    """The table has no key (no primary key or replica identity index): only its changelog is
+    live, because updates and deletes cannot be matched to rows."""

@@ -23,10 +23,10 @@ from cdc_notebook.decode.events import (
     StreamAbort,
     Truncate,
 )
+from cdc_notebook.errors import MirrorUnavailable
 from cdc_notebook.live.tables import (
     LiveFrames,
     LiveTable,
-    MirrorUnavailable,
     fold_changes,
 )
 

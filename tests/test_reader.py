@@ -350,7 +350,7 @@ def test_unread_reader_spills_and_holds_back_wal(pg, unique_name, plugin):
 
 
 def test_temporary_slot_reconnect_is_an_explicit_error(pg_factory):
-    from cdc_notebook.stream.replication import TemporarySlotLost
+    from cdc_notebook.errors import TemporarySlotLost
 
     server = pg_factory()
     with server.connect() as conn:
@@ -367,7 +367,7 @@ def test_temporary_slot_reconnect_is_an_explicit_error(pg_factory):
 
 
 def test_slot_dropped_while_streaming(pg, unique_name):
-    from cdc_notebook.stream.replication import SlotDropped
+    from cdc_notebook.errors import SlotDropped
 
     schema = unique_name("sd")
     with pg.connect() as conn:

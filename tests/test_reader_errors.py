@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from cdc_notebook import errors
 from cdc_notebook.stream.cdc_stream import CDCStream
+from cdc_notebook.stream.replication import ReplicationConnection
 
 from .pgutil import drop_slot
 
@@ -30,8 +33,86 @@ def test_wrong_password(pg, table):
 
 
 def test_unreachable_host(table):
-    with pytest.raises(errors.ServerUnreachable, match="Fix:"):
+    with pytest.raises(errors.ServerUnreachable, match="Fix:") as info:
         CDCStream({"host": "127.0.0.1", "port": 1, "user": "x", "dbname": "x"}, table)
+    assert errors.is_transient(info.value)  # the server may come back: worth retrying
+
+
+@pytest.mark.parametrize("cls, transient", [
+    (errors.StreamLost, True), (errors.ServerUnreachable, True),
+    (errors.AuthenticationFailed, False), (errors.ConnectionRejected, False),
+    (errors.ConnectionFailed, False), (errors.ReplicationNotPermitted, False),
+    (errors.SlotNotFound, False), (errors.SlotDropped, False), (errors.SlotInUse, False),
+    (errors.TemporarySlotLost, False), (errors.FrameError, False),
+    (errors.MirrorUnavailable, False), (errors.SnapshotUnavailable, False),
+])
+def test_transient_or_permanent(cls, transient):
+    assert issubclass(cls, errors.CDCError)
+    assert cls.transient is transient
+    exc = cls.__new__(cls)
+    assert errors.is_transient(exc) is transient
+    assert not errors.is_transient(RuntimeError("a bug is never retried"))
+
+
+@pytest.mark.parametrize("text", [
+    'connection to server on socket "/tmp/s/.s.PGSQL.5432" failed: FATAL:  the database '
+    "system is starting up",
+    'connection to server at "127.0.0.1", port 5432 failed: FATAL:  the database system is '
+    "shutting down",
+    'connection to server at "127.0.0.1", port 5432 failed: Connection refused',
+])
+def test_a_restarting_server_is_transient(text):
+    import psycopg
+
+    from cdc_notebook.connection.conninfo import _connection_error
+
+    exc = _connection_error(psycopg.OperationalError(text), {"host": "h", "user": "u"}, True)
+    assert isinstance(exc, errors.ServerUnreachable) and errors.is_transient(exc)
+
+
+def test_replication_connection_with_a_wrong_password_is_permanent(pg):
+    params = pg.conninfo("tcp")
+    params["password"] = "not-the-password"
+    with pytest.raises(errors.AuthenticationFailed) as info:
+        ReplicationConnection(params)
+    assert not errors.is_transient(info.value)
+    assert "not-the-password" not in str(info.value)
+
+
+def test_wrong_password_on_reconnect_fails_instead_of_retrying(pg, table, unique_name):
+    # The password is rotated while the stream runs; the connection then breaks. The reconnect
+    # is refused with AuthenticationFailed (permanent): the stream fails with it, at once.
+    role = unique_name("rotated")
+    password = f"pw-{role}"
+    with pg.connect() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'")
+    stream = None
+    try:
+        stream = CDCStream(pg.conninfo("tcp", user=role, password=password), table)
+        stream.start()
+        with pg.connect() as conn:
+            deadline = time.monotonic() + 10
+            while not (pid := conn.execute(
+                    "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                    (stream.slot.slot_name,)).fetchone()[0]):
+                assert time.monotonic() < deadline, "the stream never became active"
+                time.sleep(0.05)
+            conn.execute(f"ALTER ROLE {role} PASSWORD 'rotated-{role}'")
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        started = time.monotonic()
+        with pytest.raises(errors.AuthenticationFailed) as info:
+            for _ in stream[table].batches(follow=True, timeout=60):
+                pass
+        assert time.monotonic() - started < 30
+        assert not errors.is_transient(info.value)
+        assert stream.router.reconnects == 1  # one attempt, not a retry loop
+        assert password not in str(info.value)
+    finally:
+        if stream is not None:
+            stream.close()
+        with pg.connect() as conn:
+            conn.execute(f"DROP OWNED BY {role}")  # the publication the stream created
+            conn.execute(f"DROP ROLE {role}")
 
 
 def test_pattern_that_matches_nothing(pg, table):

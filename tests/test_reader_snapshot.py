@@ -8,8 +8,9 @@ import time
 import polars as pl
 import pytest
 
+from cdc_notebook.errors import SnapshotUnavailable
 from cdc_notebook.live.tables import LiveTable
-from cdc_notebook.stream.cdc_stream import CDCStream, SnapshotUnavailable
+from cdc_notebook.stream.cdc_stream import CDCStream
 
 from .pgutil import drop_slot
 

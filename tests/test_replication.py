@@ -7,12 +7,8 @@ import time
 import pytest
 
 from cdc_notebook.connection.lsn import parse_lsn
-from cdc_notebook.errors import SlotInUse
-from cdc_notebook.stream.replication import (
-    ReplicationConnection,
-    SlotDropped,
-    StreamLost,
-)
+from cdc_notebook.errors import SlotDropped, SlotInUse, StreamLost
+from cdc_notebook.stream.replication import ReplicationConnection
 
 
 def _collect(rc: ReplicationConnection, until, timeout: float = 20.0) -> list[bytes]:

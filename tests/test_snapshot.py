@@ -15,14 +15,17 @@ import pytest
 
 from cdc_notebook._native import CopyDecoder, libpq_bind, make_plan
 from cdc_notebook.decode.typespec import TypeCatalog, change_batch_schema
-from cdc_notebook.errors import TablePrivilegeMissing, WalLevelNotLogical
+from cdc_notebook.errors import (
+    SnapshotError,
+    SnapshotNotImportable,
+    TableDroppedDuringSnapshot,
+    TablePrivilegeMissing,
+    WalLevelNotLogical,
+)
 from cdc_notebook.snapshot import tables as snapshot_module
 from cdc_notebook.snapshot.tables import (
     ExportedSnapshot,
     ProgressBar,
-    SnapshotError,
-    SnapshotNotImportable,
-    TableDroppedDuringSnapshot,
     TableHandoff,
     TableState,
     connect_session,

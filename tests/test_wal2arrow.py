@@ -22,10 +22,10 @@ from cdc_notebook.decode.events import (
 )
 from cdc_notebook.decode.wal2arrow import (
     FrameDecoder,
-    FrameError,
     frame_header,
     slot_changes,
 )
+from cdc_notebook.errors import FrameError
 
 
 class Env:

@@ -31,7 +31,12 @@ __all__ = ["CopyDecoder", "NativeDecodeError", "PgoutputDecoder", "TablePlan", "
 def decoder_kind(mapping: TypeMapping) -> Any:
     """The native decoder kind of a spec mapping."""
     if mapping.kind == "array":
-        assert mapping.element is not None
+        if mapping.element is None:
+            from cdc_notebook.errors import TypeMappingError
+
+            raise TypeMappingError(f"the array mapping {mapping} names no element type",
+                                   hint="an array entry of the type-mapping spec needs its "
+                                   "element's mapping")
         return ("array", decoder_kind(mapping.element))
     return mapping.kind
 

@@ -92,6 +92,21 @@ def _connection_error(exc: psycopg.OperationalError, params: dict[str, Any],
             f"cannot reach PostgreSQL at {target}: {text.splitlines()[-1].strip()}",
             hint="check host and port, that the server runs, and listen_addresses in "
             "postgresql.conf (and any firewall between)")
+    if any(s in low for s in ("the database system is starting up",
+                              "the database system is shutting down",
+                              "the database system is in recovery mode",
+                              "the database system is not yet accepting connections",
+                              "the database system is not accepting connections",
+                              "server closed the connection unexpectedly",
+                              "terminating connection", "connection reset by peer",
+                              "connection timed out", "ssl syscall error")):
+        # The server answered but is (re)starting, stopping or recovering, or the connection
+        # broke half-way: like an unreachable server, this passes (ServerUnreachable is
+        # transient: the stream reconnects).
+        return ServerUnreachable(
+            f"PostgreSQL at {target} is not accepting connections right now: "
+            f"{' '.join(text.split())}",
+            hint="wait for the server to finish starting (or restarting), or start it")
     return ConnectionFailed(f"cannot connect to {target}: {text}")
 
 

@@ -48,19 +48,11 @@ from cdc_notebook.decode.events import (
     RelationSchema,
     Truncate,
 )
-from cdc_notebook.errors import CDCError
+from cdc_notebook.errors import BinaryModeUnsupported, PgoutputError
 
 DEFAULT_MAX_ROWS = 65_536
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_SPILL_BYTES = 16 << 20
-
-
-class BinaryModeUnsupported(CDCError):
-    """A relation arrived in a binary-mode stream with a column the kit reads only as text."""
-
-
-class PgoutputError(CDCError):
-    """The pgoutput stream could not be set up or decoded."""
 
 
 @dataclass(frozen=True)
@@ -444,6 +436,5 @@ def create_publication(conn: psycopg.Connection[Any], name: str, tables: Iterabl
         sql.Identifier(name), sql.SQL(", ").join(idents)))
 
 
-__all__ = ["BinaryModeUnsupported", "Keepalive", "ModeChoice", "PgoutputError",
-           "PgoutputEventDecoder", "PgoutputStream", "choose_mode", "create_publication",
-           "make_stream_decoder", "protocol_version_for", "start_options"]
+__all__ = ["Keepalive", "ModeChoice", "PgoutputEventDecoder", "PgoutputStream", "choose_mode",
+           "create_publication", "make_stream_decoder", "protocol_version_for", "start_options"]

@@ -36,7 +36,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cdc_notebook.errors import CDCError
+from cdc_notebook.errors import TypeMappingError
 
 SPEC_PATH = Path(__file__).with_name("typemap.json")
 
@@ -52,10 +52,6 @@ META_REPR = "pg.repr"
 
 # The change-batch metadata columns (docs/decisions.md, plus _cdc_unrepresentable: docs/types.md).
 UNREPRESENTABLE_COLUMN = "_cdc_unrepresentable"
-
-
-class TypeMappingError(CDCError):
-    """The type-mapping spec or the catalog could not be read."""
 
 
 @lru_cache(maxsize=1)

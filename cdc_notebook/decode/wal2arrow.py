@@ -31,7 +31,7 @@ from cdc_notebook.decode.events import (
     StreamStop,
     Truncate,
 )
-from cdc_notebook.errors import CDCError
+from cdc_notebook.errors import FrameError
 
 FORMAT_VERSIONS = (1,)
 FORMAT_VERSION = max(FORMAT_VERSIONS)
@@ -55,10 +55,6 @@ TAGS = {
     ord("T"): "truncate", ord("M"): "message", ord("S"): "stream_start",
     ord("E"): "stream_stop", ord("K"): "stream_commit", ord("A"): "stream_abort",
 }
-
-
-class FrameError(CDCError):
-    """A frame the decoder cannot read: unknown type, unsupported version, or corrupt."""
 
 
 # the fixed fields that follow each tag's 4-byte prefix (strings and bodies come after them)

@@ -76,6 +76,7 @@ from cdc_notebook.decode.events import (
     TableDropped,
     Truncate,
 )
+from cdc_notebook.errors import MirrorUnavailable
 from cdc_notebook.live.polars_types import arrow_to_polars, polars_dtype, to_arrow
 from cdc_notebook.stream.delivery import drop_redelivered
 
@@ -95,11 +96,6 @@ _MAX_MIRROR_CHUNKS = 64
 
 PartitionFunction = Callable[[pa.Table, Sequence[str], int],
                              Union[np.ndarray, pa.Array, pl.Series, Sequence[int]]]
-
-
-class MirrorUnavailable(RuntimeError):
-    """The table has no key (no primary key or replica identity index): only its changelog is
-    live, because updates and deletes cannot be matched to rows."""
 
 
 @dataclass(frozen=True)
@@ -619,8 +615,8 @@ class LiveTable:
         if not self.key_columns:
             raise MirrorUnavailable(
                 f"{self.name} has no primary key or replica identity index, so updates and "
-                "deletes cannot be matched to rows: only its changelog is live "
-                "(add a primary key, or ALTER TABLE ... REPLICA IDENTITY USING INDEX)")
+                "deletes cannot be matched to rows: only its changelog is live",
+                hint="add a primary key, or ALTER TABLE ... REPLICA IDENTITY USING INDEX")
 
     def _touch(self) -> None:
         self._version += 1
@@ -659,7 +655,9 @@ class LiveTable:
         run: list[pl.DataFrame] = []
         for item in items:
             if item.kind == "batch":
-                assert item.frame is not None
+                if item.frame is None:
+                    raise RuntimeError(f"internal error: a pending batch of {self.name} "
+                                       "without its rows")
                 run.append(item.frame)
                 continue
             self._fold_run(run)
@@ -668,7 +666,6 @@ class LiveTable:
                 self._mirror = self._mirror.clear()
                 self.stats.truncates += 1
             else:
-                assert item.schema is not None
                 self._alter_mirror(item)
         self._fold_run(run)
         self.stats.folds += 1
@@ -687,7 +684,9 @@ class LiveTable:
         self._folded = max(self._folded, (int(last_end), int(last_ordinal)))
 
     def _alter_mirror(self, item: _Pending) -> None:
-        assert item.schema is not None
+        if item.schema is None:
+            raise RuntimeError(f"internal error: a schema change of {self.name} without its "
+                               "schema")
         new_fields = table_schema(item.schema)
         old_fields = table_schema(self._mirror_schema)
         change = _describe_change(self.name, item.schema_version, self._mirror_schema,

@@ -57,7 +57,9 @@ class NamePart:
             return name == self.text
         if self.kind == "name":
             return name.casefold() == self._folded
-        assert self._regex is not None
+        if self._regex is None:  # glob and regex parts are made with their compiled pattern
+            raise RuntimeError(f"internal error: the {self.kind} part {self.text!r} has no "
+                               "compiled pattern")
         return self._regex.fullmatch(name) is not None
 
 

@@ -191,7 +191,9 @@ SELECT current_setting('server_version_num')::int,
 
 def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
     row = conn.execute(_FACTS_SQL, {"managed": list(MANAGED_SERVICE_ROLES)}).fetchone()
-    assert row is not None
+    if row is None:  # pg_roles has no row for current_user: the role was dropped meanwhile
+        raise ConfigurationError("the role of this session no longer exists",
+                                 hint="connect again as an existing role")
     return ServerFacts(*row[:13], tuple(row[13]), tuple(row[14]))
 
 
@@ -874,7 +876,8 @@ def _grant_steps(conn: psycopg.Connection[Any], report: ValidationReport,
                  tables: list[TableInfo], grant_to: str | None, create_role: str | None,
                  password: str | None, facts: ServerFacts) -> list[Step]:
     role = create_role or grant_to
-    assert role is not None
+    if not role:  # plan_provision asks for grants only when one of them is given
+        raise ValueError("grants need grant_to= or create_role=")
     rid = sql.Identifier(role)
     steps: list[Step] = []
     row = conn.execute("SELECT rolreplication FROM pg_roles WHERE rolname = %s",

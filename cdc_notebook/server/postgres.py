@@ -321,20 +321,23 @@ class PostgresServer:
     def pg_config(self) -> Path:
         return self.installation.pg_config
 
+    def _instance(self) -> Path:
+        if self.instance_dir is None:
+            raise ServerError("the server has not been started (or was stopped)",
+                              hint="call start() first")
+        return self.instance_dir
+
     @property
     def data_dir(self) -> Path:
-        assert self.instance_dir is not None, "server not started"
-        return self.instance_dir / "data"
+        return self._instance() / "data"
 
     @property
     def socket_dir(self) -> Path:
-        assert self.instance_dir is not None, "server not started"
-        return self.instance_dir / "sock"
+        return self._instance() / "sock"
 
     @property
     def log_path(self) -> Path:
-        assert self.instance_dir is not None, "server not started"
-        return self.instance_dir / "server.log"
+        return self._instance() / "server.log"
 
     @property
     def pid(self) -> int | None:
@@ -361,9 +364,9 @@ class PostgresServer:
         return make_conninfo(**self.conninfo(transport, **overrides))
 
     def connect(self, transport: str = "unix", *, autocommit: bool = True, **overrides: Any):
-        import psycopg
+        from cdc_notebook.connection.conninfo import connect
 
-        return psycopg.connect(**self.conninfo(transport, **overrides), autocommit=autocommit)
+        return connect(self.conninfo(transport, **overrides), autocommit=autocommit)
 
     def __repr__(self) -> str:
         state = f"port={self.port} socket={self.socket_dir}" if self.port else "stopped"
@@ -520,9 +523,11 @@ class PostgresServer:
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.instance_dir),
             start_new_session=True, **self._as_server_user())
         log.close()
-        assert self._watchdog is not None and self._watchdog.stdin is not None
-        self._watchdog.stdin.write(f"pid {self._proc.pid}\n".encode())
-        self._watchdog.stdin.flush()
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.stdin is None:
+            raise RuntimeError("internal error: the server's watchdog is not running")
+        watchdog.stdin.write(f"pid {self._proc.pid}\n".encode())
+        watchdog.stdin.flush()
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
@@ -536,6 +541,8 @@ class PostgresServer:
                     f"{self._proc.returncode}); its log says:\n{self.log_tail()}",
                     hint="fix the setting or condition the log names")
             try:
+                # psycopg's own connect, not the kit's: polled every 50 ms, where "starting up"
+                # and "refused" are expected answers, and the last raw error goes in the message
                 with psycopg.connect(**self.conninfo("unix"), connect_timeout=2):
                     return
             except psycopg.OperationalError as exc:
@@ -547,7 +554,7 @@ class PostgresServer:
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
-        except (OSError, AssertionError):
+        except (OSError, ServerError):
             return "(no server log)"
         return "\n".join("    " + ln for ln in text.splitlines()[-lines:])
 
@@ -589,9 +596,9 @@ class PostgresServer:
             shutil.rmtree(self.instance_dir, ignore_errors=True)
         if self._watchdog is not None:
             try:
-                assert self._watchdog.stdin is not None
-                self._watchdog.stdin.write(b"stopped\n")
-                self._watchdog.stdin.close()
+                if self._watchdog.stdin is not None:
+                    self._watchdog.stdin.write(b"stopped\n")
+                    self._watchdog.stdin.close()
             except (BrokenPipeError, OSError):
                 pass
             self._watchdog.wait()

@@ -41,15 +41,16 @@ from cdc_notebook._native import (
     libpq_bind,
     make_plan,
 )
-from cdc_notebook.connection.conninfo import connect_session
-from cdc_notebook.connection.lsn import parse_lsn
+from cdc_notebook.connection.conninfo import connect, connect_session, parse_conninfo
 from cdc_notebook.decode import typespec as spec_types
 from cdc_notebook.errors import (
     CDCError,
-    ReplicationNotPermitted,
+    SnapshotError,
+    SnapshotNotImportable,
+    TableDroppedDuringSnapshot,
     TablePrivilegeMissing,
-    WalLevelNotLogical,
 )
+from cdc_notebook.provision.plan import create_slot
 
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_BATCH_BYTES = 32 << 20
@@ -57,18 +58,6 @@ DEFAULT_BATCH_BYTES = 32 << 20
 # keep the workers busy to the end (the last chunks are not read by one worker alone)
 DEFAULT_CHUNK_PAGES = 4_096
 FEED_MESSAGES = 2048         # COPY messages handed to the decoder per call (pq-layer reader)
-
-
-class SnapshotError(CDCError):
-    """The snapshot of a table could not be taken."""
-
-
-class SnapshotNotImportable(SnapshotError):
-    """The exported snapshot is gone (its replication connection ran another command or closed)."""
-
-
-class TableDroppedDuringSnapshot(SnapshotError):
-    """The table was dropped (or its rewrite lost the rows) while it was being read."""
 
 
 # --------------------------------------------------------------------------- exported snapshots
@@ -81,6 +70,11 @@ class ExportedSnapshot:
     The snapshot stays importable while the replication connection that created the slot
     stays idle; :meth:`close` (or leaving the ``with`` block) releases it. Streaming the slot
     from :attr:`consistent_point` then continues exactly where the snapshot ends.
+
+    The slot is created by :func:`cdc_notebook.provision.plan.create_slot` (the kit's one way
+    to create a slot, with one error mapping: ``WalLevelNotLogical``, ``PluginNotAllowed``,
+    ``SlotError``..., and ``SlotCreationTimeout`` after ``timeout`` seconds of waiting for
+    running write transactions).
     """
 
     conninfo: Mapping[str, Any] | str
@@ -90,38 +84,19 @@ class ExportedSnapshot:
     snapshot_name: str = ""
     consistent_point: int = 0
     _conn: psycopg.Connection[Any] | None = field(default=None, repr=False)
+    timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        params = (psycopg.conninfo.conninfo_to_dict(self.conninfo)
-                  if isinstance(self.conninfo, str) else dict(self.conninfo))
-        try:
-            conn = psycopg.connect(**params, replication="database", autocommit=True)
-        except psycopg.OperationalError as exc:
-            if "replication" in str(exc) and ("permission" in str(exc) or "must be" in str(exc)):
-                raise ReplicationNotPermitted(
-                    f"cannot open a replication connection: {exc}",
-                    hint="ALTER ROLE <you> REPLICATION; (managed services: grant their "
-                    "replication role)", sqlstate="42501") from exc
-            raise
-        command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL {} (SNAPSHOT 'export')").format(
-            sql.Identifier(self.slot_name), sql.SQL("TEMPORARY " if self.temporary else ""),
-            sql.Identifier(self.plugin))
-        try:
-            row = conn.execute(command.as_bytes(conn), prepare=False).fetchone()
-        except psycopg.Error as exc:
-            conn.close()
-            state = exc.sqlstate
-            if "wal_level" in str(exc):
-                raise WalLevelNotLogical(
-                    f"cannot create slot {self.slot_name!r}: {exc}",
-                    hint="set wal_level = logical in postgresql.conf and restart the server",
-                    sqlstate=state) from exc
-            raise SnapshotError(f"cannot create slot {self.slot_name!r}: {exc}",
-                                sqlstate=state) from exc
-        assert row is not None
-        self.consistent_point = parse_lsn(row[1])
-        self.snapshot_name = row[2]
-        self._conn = conn
+        params = parse_conninfo(self.conninfo)
+        # an ordinary connection watches who the creation waits for; the slot is created on a
+        # replication connection, returned open: the snapshot lives as long as it stays idle
+        with connect(params) as monitor:
+            created = create_slot(monitor, self.slot_name, plugin=self.plugin,
+                                  temporary=self.temporary, export_snapshot=True,
+                                  method="replication", timeout=self.timeout, conninfo=params)
+        self.consistent_point = created.consistent_point
+        self.snapshot_name = created.snapshot_name or ""
+        self._conn = created.connection
 
     @property
     def open(self) -> bool:
@@ -230,7 +205,9 @@ def plan_table(conn: psycopg.Connection[Any], table: str | int,
         raise TableDroppedDuringSnapshot(f"table {table} does not exist: {exc}",
                                          hint="check the name; it may have been dropped",
                                          sqlstate=exc.sqlstate) from exc
-    assert row is not None
+    if row is None:  # an OID (not a name) whose table no longer exists
+        raise TableDroppedDuringSnapshot(f"table {table} does not exist",
+                                         hint="check the OID; the table may have been dropped")
     relid, nsp, name, relkind, can_select = row
     if relkind not in ("r", "p"):
         raise SnapshotError(f"{nsp}.{name} is not a table (relkind {relkind!r})",
@@ -839,6 +816,5 @@ class TableHandoff:
         return [item] if end_lsn > self.snapshot_lsn else []
 
 
-__all__ = ["ExportedSnapshot", "ProgressBar", "SnapshotError", "SnapshotNotImportable",
-           "SnapshotProgress", "TableDroppedDuringSnapshot", "TableHandoff", "TableSnapshotPlan",
-           "TableState", "plan_table", "snapshot_table"]
+__all__ = ["ExportedSnapshot", "ProgressBar", "SnapshotProgress", "TableHandoff",
+           "TableSnapshotPlan", "TableState", "plan_table", "snapshot_table"]

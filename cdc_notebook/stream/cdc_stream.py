@@ -24,7 +24,12 @@ from psycopg import sql
 
 from cdc_notebook.connection.conninfo import connect, conninfo_of
 from cdc_notebook.connection.lsn import parse_lsn
-from cdc_notebook.errors import CDCError
+from cdc_notebook.errors import (
+    DecoderUnavailable,
+    SlotNotFound,
+    SnapshotUnavailable,
+    TemporarySlotLost,
+)
 from cdc_notebook.provision.patterns import (
     CatalogCache,
     TableInfo,
@@ -36,20 +41,8 @@ from cdc_notebook.provision.plan import DEFAULT_PLUGIN, plan_provision
 from cdc_notebook.provision.status import SlotStatus, fetch_slot_status
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
 from cdc_notebook.stream.reader import TableReader
-from cdc_notebook.stream.replication import (
-    ReplicationConnection,
-    StreamLost,
-    TemporarySlotLost,
-)
+from cdc_notebook.stream.replication import ReplicationConnection
 from cdc_notebook.stream.router import ChangeRouter
-
-
-class SnapshotUnavailable(CDCError):
-    """An initial snapshot was asked for, but the slot cannot provide a consistent one."""
-
-
-class DecoderUnavailable(CDCError):
-    """The decoder for the chosen plugin is not part of this installation."""
 
 
 def make_decoder(plugin: str, publication: str | None,
@@ -172,7 +165,12 @@ class CDCStream:
             result = self.plan.apply()
             self.tables: list[TableInfo] = result.tables
             self.publication = result.publication
-            assert result.slot is not None
+            if result.slot is None:  # create_slot=False, and no slot of that name exists
+                raise SlotNotFound(
+                    "there is no replication slot to stream from"
+                    + (f": {slot_name!r} does not exist" if slot_name else ""),
+                    hint="pass the slot_name of an existing slot, or let the kit create one "
+                    "(create_slot=True, the default)")
             self.slot = result.slot
             self.temporary = temporary
             self.snapshot = snapshot
@@ -397,4 +395,4 @@ class ArrowCDCReaderConfig:
         return readers
 
 
-__all__ = ["ArrowCDCReaderConfig", "CDCStream", "StreamLost", "make_decoder"]
+__all__ = ["ArrowCDCReaderConfig", "CDCStream", "make_decoder"]

@@ -24,32 +24,15 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
+from cdc_notebook.connection.conninfo import connect
 from cdc_notebook.connection.lsn import format_lsn
 from cdc_notebook.connection.quoting import quote_ident, quote_literal
-from cdc_notebook.errors import CDCError, SlotInUse, SlotNotFound
+from cdc_notebook.errors import CDCError, SlotDropped, SlotInUse, StreamLost
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
 _HDR_W = struct.Struct(">QQq")  # data start, WAL end, send time
 _HDR_K = struct.Struct(">QqB")  # WAL end, send time, reply requested
 _STATUS = struct.Struct(">cQQQqB")
-
-
-class StreamLost(CDCError):
-    """The replication connection broke (server restart, network). The router reconnects."""
-
-    retryable = True
-
-
-class SlotDropped(SlotNotFound):
-    """The slot went away while streaming (dropped by someone, or invalidated)."""
-
-    retryable = False
-
-
-class TemporarySlotLost(CDCError):
-    """A temporary slot vanished with its connection: what came after cannot be recovered."""
-
-    retryable = False
 
 
 def _raise_for(result: Any, slot: str) -> None:
@@ -80,18 +63,10 @@ class ReplicationConnection:
     """One replication connection streaming one logical slot."""
 
     def __init__(self, conninfo: Mapping[str, Any] | str, *, connect_timeout: int = 10):
-        params: dict[str, Any]
-        if isinstance(conninfo, str):
-            params = {"conninfo": conninfo}
-        else:
-            params = dict(conninfo)
-        params.setdefault("connect_timeout", connect_timeout)
-        try:
-            self.conn = psycopg.connect(**params, replication="database", autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise StreamLost(f"could not open a replication connection: {exc}",
-                             hint="check that the server is up and that the role has the "
-                             "REPLICATION attribute") from exc
+        # Through the kit's one connect(): a wrong password is AuthenticationFailed, a missing
+        # REPLICATION attribute ReplicationNotPermitted (both permanent); only a server that
+        # cannot be reached (down, restarting) is ServerUnreachable, which the router retries.
+        self.conn = connect(conninfo, replication=True, connect_timeout=connect_timeout)
         self.pgconn = self.conn.pgconn
         self.slot: str | None = None
         self.streaming = False

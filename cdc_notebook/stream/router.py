@@ -38,6 +38,7 @@ from cdc_notebook.decode.events import (
     TableDropped,
     Truncate,
 )
+from cdc_notebook.errors import is_transient
 from cdc_notebook.stream.acks import AckTracker, Transaction
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin, stamp_at_watermark
 from cdc_notebook.stream.reader import QueuedItem, TableReader
@@ -164,7 +165,7 @@ class ChangeRouter:
             except BaseException as exc:  # noqa: BLE001
                 if self._stop.is_set():
                     return
-                if not self.reconnect or not getattr(exc, "retryable", False):
+                if not self.reconnect or not is_transient(exc):
                     self._fail(exc)
                     return
                 self.acks.abandon_open()
@@ -183,7 +184,7 @@ class ChangeRouter:
                         backoff = 0.5
                         break
                     except BaseException as again:  # noqa: BLE001
-                        if not getattr(again, "retryable", False):
+                        if not is_transient(again):
                             self._fail(again)
                             return
 

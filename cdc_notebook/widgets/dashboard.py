@@ -175,12 +175,11 @@ class Dashboard:
                     exact_pattern((t.schema, t.name)) for t in reader.stream.tables)
         self.summary = SummaryModel(self.frames, reader=reader, clock=clock,
                                     conninfo=self.connection.conninfo)
+        status_view = StatusWidget(self.status)
         self.views: list[WidgetView] = [
             ConnectionWidget(self.connection), PatternsWidget(self.patterns),
-            SetupWidget(self.setup), ReaderWidget(self.reader), StatusWidget(self.status),
+            SetupWidget(self.setup), ReaderWidget(self.reader), status_view,
             TableViewWidget(self.table)]
-        status_view = self.views[4]
-        assert isinstance(status_view, StatusWidget)
         summary_view = SummaryWidget(self.summary)
         self.pump = UIPump(interval=pump_interval, clock=clock)
         self.pump.add_hook(self.patterns.poll)

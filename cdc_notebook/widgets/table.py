@@ -8,7 +8,8 @@ import ipywidgets as w
 import polars as pl
 
 from cdc_notebook.connection.lsn import format_lsn
-from cdc_notebook.live.tables import LiveFrames, MirrorUnavailable
+from cdc_notebook.errors import MirrorUnavailable
+from cdc_notebook.live.tables import LiveFrames
 from cdc_notebook.widgets._base import (
     Model,
     WidgetView,
