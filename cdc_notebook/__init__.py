@@ -44,9 +44,9 @@ _EXPORTS: dict[str, str] = {
     "parse_patterns": "cdc_notebook.provision.patterns",
     "preview": "cdc_notebook.provision.patterns",
     "plan_provision": "cdc_notebook.provision.plan",
-    "plan_teardown": "cdc_notebook.provision.plan",
-    "teardown": "cdc_notebook.provision.plan",
-    "list_slots": "cdc_notebook.provision.plan",
+    "plan_teardown": "cdc_notebook.provision.teardown",
+    "teardown": "cdc_notebook.provision.teardown",
+    "list_slots": "cdc_notebook.provision.teardown",
     "SlotStatus": "cdc_notebook.provision.status",
     "fetch_slot_status": "cdc_notebook.provision.status",
     # decoding: the events every path produces
@@ -109,13 +109,9 @@ if TYPE_CHECKING:
     )
     from cdc_notebook.live.tables import LiveFrames, LiveReader, LiveTable
     from cdc_notebook.provision.patterns import TablePattern, parse_patterns, preview
-    from cdc_notebook.provision.plan import (
-        list_slots,
-        plan_provision,
-        plan_teardown,
-        teardown,
-    )
+    from cdc_notebook.provision.plan import plan_provision
     from cdc_notebook.provision.status import SlotStatus, fetch_slot_status
+    from cdc_notebook.provision.teardown import list_slots, plan_teardown, teardown
     from cdc_notebook.server.postgres import PostgresServer
     from cdc_notebook.snapshot.tables import snapshot_table
     from cdc_notebook.stream.cdc_stream import ArrowCDCReaderConfig, CDCStream

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cdc_notebook.connection.conninfo import connect
 from cdc_notebook.errors import (
     AuthenticationFailed,
     ConfigurationError,
@@ -31,15 +32,13 @@ from cdc_notebook.errors import (
     TablePrivilegeMissing,
     WalLevelNotLogical,
 )
-from cdc_notebook.provision.plan import (
-    KIT_PREFIX,
-    connect,
-    create_slot,
+from cdc_notebook.provision.plan import plan_provision, provision
+from cdc_notebook.provision.slots import create_slot
+from cdc_notebook.provision.status import KIT_PREFIX
+from cdc_notebook.provision.teardown import (
     kit_publications,
     list_slots,
-    plan_provision,
     plan_teardown,
-    provision,
     teardown,
 )
 from cdc_notebook.server.postgres import free_port

@@ -50,7 +50,7 @@ from cdc_notebook.errors import (
     TableDroppedDuringSnapshot,
     TablePrivilegeMissing,
 )
-from cdc_notebook.provision.plan import create_slot
+from cdc_notebook.provision.slots import create_slot
 
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_BATCH_BYTES = 32 << 20
@@ -71,7 +71,7 @@ class ExportedSnapshot:
     stays idle; :meth:`close` (or leaving the ``with`` block) releases it. Streaming the slot
     from :attr:`consistent_point` then continues exactly where the snapshot ends.
 
-    The slot is created by :func:`cdc_notebook.provision.plan.create_slot` (the kit's one way
+    The slot is created by :func:`cdc_notebook.provision.slots.create_slot` (the kit's one way
     to create a slot, with one error mapping: ``WalLevelNotLogical``, ``PluginNotAllowed``,
     ``SlotError``..., and ``SlotCreationTimeout`` after ``timeout`` seconds of waiting for
     running write transactions).

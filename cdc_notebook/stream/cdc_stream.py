@@ -37,7 +37,8 @@ from cdc_notebook.provision.patterns import (
     parse_patterns,
     select_tables,
 )
-from cdc_notebook.provision.plan import DEFAULT_PLUGIN, plan_provision
+from cdc_notebook.provision.plan import plan_provision
+from cdc_notebook.provision.slots import DEFAULT_PLUGIN
 from cdc_notebook.provision.status import SlotStatus, fetch_slot_status
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
 from cdc_notebook.stream.reader import TableReader

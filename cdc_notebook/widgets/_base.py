@@ -1,17 +1,22 @@
-"""What every widget model shares: a version counter, a worker for database work, error text.
+"""What every widget model and view shares: a version counter, a worker for database work,
+error text, and the pump's ``version()``/``refresh()`` around the model.
 
 A model is plain Python that code can drive (set attributes, call methods); its widget is a
-thin view the UI pump refreshes when ``model.version`` moved. Button callbacks only call model
-methods, which hand database work to the model's worker and return at once; the worker's result
-(or error, as text) lands in the model and bumps its version.
+thin view the UI pump refreshes when ``model.view_version()`` moved. Button callbacks only call
+model methods, which hand database work to the model's worker and return at once; the worker's
+result (or error, as text) lands in the model and bumps its version. A view names the model
+attributes it shows (``shows``); ``refresh`` copies them under the model's lock and hands them
+to the view's one hook, ``show``, which writes only what changed.
 """
 
 from __future__ import annotations
 
 import html
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 from cdc_notebook.errors import CDCError
@@ -64,6 +69,11 @@ class Model:
         with self.lock:
             self.version += 1
 
+    def view_version(self) -> Any:
+        """What a view compares to know it is stale (cheap: no I/O, no copy). The version
+        counter; a model whose views also show something it does not count extends it."""
+        return self.version
+
     def fail(self, exc: BaseException) -> None:
         with self.lock:
             self.error = describe_error(exc)
@@ -114,14 +124,44 @@ class Model:
             self._executor = None
 
 
+def _copied(value: Any) -> Any:
+    """A container copied, so the worker may change the model's own once the lock is let go."""
+    if isinstance(value, (list, deque)):
+        return list(value)
+    if isinstance(value, (set, frozenset)):
+        return set(value)
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
 class WidgetView:
-    """Keeps every widget a view creates, so :meth:`close` unregisters them all (ipywidgets
-    keeps each widget, its layout and its style, in a global registry until closed)."""
+    """A thin view over a model, driven by the pump: :meth:`version` and :meth:`refresh`.
+
+    ``refresh`` copies the model attributes named in ``shows`` under the model's lock and
+    hands them to :meth:`show` (the one hook a view writes), outside the lock. It also keeps
+    every widget the view creates, so :meth:`close` unregisters them all (ipywidgets keeps
+    each widget, its layout and its style, in a global registry until closed)."""
 
     min_interval = 0.25
+    shows: tuple[str, ...] = ()  # the model's attributes show() receives
 
-    def __init__(self) -> None:
+    def __init__(self, model: Any) -> None:
+        self.model = model
         self._widgets: list[Any] = []
+
+    def version(self) -> Any:
+        return self.model.view_version()
+
+    def refresh(self, now: float) -> None:
+        with self.model.lock:
+            state = SimpleNamespace(**{name: _copied(getattr(self.model, name))
+                                       for name in self.shows})
+        self.show(state)
+
+    def show(self, state: SimpleNamespace) -> None:
+        """Write what ``state`` (the ``shows`` attributes) says, setting only what changed."""
+        raise NotImplementedError
 
     def make(self, widget: Any) -> Any:
         self._widgets.append(widget)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import ipywidgets as w
@@ -131,9 +132,10 @@ class ConnectionModel(Model):
 class ConnectionWidget(WidgetView):
     """The form; a thin view over :class:`ConnectionModel`."""
 
+    shows = ("connected", "busy", "error", "target", "embedded", "password")
+
     def __init__(self, model: ConnectionModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         m = self.make
         style = {"description_width": "90px"}
         self.embedded = m(w.Checkbox(value=model.embedded, description="embedded server",
@@ -165,24 +167,18 @@ class ConnectionWidget(WidgetView):
             setattr(self.model, name, change["new"])
         return handler
 
-    def version(self) -> int:
-        return self.model.version
-
-    def refresh(self, now: float) -> None:
-        m = self.model
-        with m.lock:
-            connected, busy, error = m.connected, m.busy, m.error
-            target, embedded, password = m.target, m.embedded, m.password
+    def show(self, state: SimpleNamespace) -> None:
+        busy, connected = state.busy, state.connected
         if connected:
-            text = f"connected to <b>{esc(target)}</b>"
+            text = f"connected to <b>{esc(state.target)}</b>"
         elif busy:
             text = f"{esc(busy)}…"
         else:
             text = "not connected"
         with held(self.status, self.connect_button, self.disconnect_button, self.password):
-            set_changed(self.status, value=text + message_html(error, None))
+            set_changed(self.status, value=text + message_html(state.error, None))
             set_changed(self.connect_button, disabled=bool(busy))
             set_changed(self.disconnect_button, disabled=bool(busy) or not connected)
-            if not password:
+            if not state.password:
                 set_changed(self.password, value="")
-        set_changed(self.form.layout, display="none" if embedded else "")
+        set_changed(self.form.layout, display="none" if state.embedded else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import ipywidgets as w
@@ -46,6 +47,9 @@ class ReaderModel(Model):
         if self.reader.error is not None:
             return "failed"
         return self.reader.state
+
+    def view_version(self) -> tuple[int, str]:
+        return (self.version, self.state)  # the reader changes state without a bump
 
     def _note(self, text: str) -> None:
         with self.lock:
@@ -101,9 +105,10 @@ class ReaderModel(Model):
 
 
 class ReaderWidget(WidgetView):
+    shows = ("state", "busy", "error", "log", "reader")
+
     def __init__(self, model: ReaderModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         m = self.make
         self.start_button = m(w.Button(description="Start", button_style="success"))
         self.pause_button = m(w.Button(description="Pause"))
@@ -122,17 +127,11 @@ class ReaderWidget(WidgetView):
         self.stop_button.on_click(lambda _: model.stop())
         self.refresh(0.0)
 
-    def version(self) -> tuple[int, str]:
-        return (self.model.version, self.model.state)
-
-    def refresh(self, now: float) -> None:
-        m = self.model
-        state = m.state
-        with m.lock:
-            busy, error, new_lines = m.busy, m.error, m.log[self._logged:]
-            self._logged = len(m.log)
-        if m.reader is not None and m.reader.error is not None and not error:
-            error = f"{type(m.reader.error).__name__}: {m.reader.error}"
+    def show(self, shown: SimpleNamespace) -> None:
+        state, busy, error, reader = shown.state, shown.busy, shown.error, shown.reader
+        new_lines, self._logged = shown.log[self._logged:], len(shown.log)
+        if reader is not None and reader.error is not None and not error:
+            error = f"{type(reader.error).__name__}: {reader.error}"
         text = f"reader: <b>{esc(state)}</b>" + (f" <i>({esc(busy)}…)</i>" if busy else "")
         with held(self.state, self.start_button, self.pause_button, self.resume_button,
                   self.stop_button):

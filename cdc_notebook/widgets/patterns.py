@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import ipywidgets as w
@@ -124,9 +125,10 @@ class PatternsModel(Model):
 class PatternsWidget(WidgetView):
     """Two text fields, the preview, and one checkbox per matched table (up to ``max_rows``)."""
 
+    shows = ("preview", "busy", "error", "unchecked")
+
     def __init__(self, model: PatternsModel, *, max_rows: int = 100) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.max_rows = max_rows
         m = self.make
         self.include = m(w.Text(value=model.include, description="include",
@@ -143,9 +145,6 @@ class PatternsWidget(WidgetView):
         self.exclude.observe(lambda c: model.set_exclude(c["new"]), names="value")
         self.refresh(0.0)
 
-    def version(self) -> int:
-        return self.model.version
-
     def _checkbox(self, index: int) -> w.Checkbox:
         while len(self.checkboxes) <= index:
             box = self.make(w.Checkbox(indent=False, layout=w.Layout(width="auto")))
@@ -158,15 +157,12 @@ class PatternsWidget(WidgetView):
         if index < len(self._names):
             self.model.set_checked(self._names[index], value)
 
-    def refresh(self, now: float) -> None:
-        m = self.model
-        with m.lock:
-            preview, busy, error = m.preview, m.busy, m.error
-            unchecked = set(m.unchecked)
+    def show(self, state: SimpleNamespace) -> None:
+        preview, busy, error, unchecked = state.preview, state.busy, state.error, state.unchecked
         tables = preview.tables if preview is not None else []
         if preview is None:
-            text = "connect to preview the matching tables" if not m.connection.connected \
-                else "previewing…"
+            text = "connect to preview the matching tables" \
+                if not self.model.connection.connected else "previewing…"
         elif preview.error:
             text = message_html(preview.error + (f" (in {preview.error_part!r})"
                                                  if preview.error_part else ""))

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import ipywidgets as w
 
-from cdc_notebook.provision import plan as provision
+from cdc_notebook.provision.plan import plan_provision
+from cdc_notebook.provision.slots import DEFAULT_PLUGIN
 from cdc_notebook.provision.status import SlotStatus, _fmt_bytes
+from cdc_notebook.provision.teardown import (
+    TeardownPlan,
+    kit_publications,
+    list_slots,
+    plan_teardown,
+    wait_inactive,
+)
 from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
 from cdc_notebook.widgets.connection import ConnectionModel
 from cdc_notebook.widgets.patterns import PatternsModel
@@ -33,7 +42,7 @@ class SetupModel(Model):
     """Plans (SQL first), confirmation, apply; slot listing and stale-slot clean-up."""
 
     def __init__(self, connection: ConnectionModel, patterns: PatternsModel, *,
-                 plugin: str = provision.DEFAULT_PLUGIN, stale_after: float = 300.0) -> None:
+                 plugin: str = DEFAULT_PLUGIN, stale_after: float = 300.0) -> None:
         super().__init__()
         self.connection = connection
         self.patterns = patterns
@@ -66,7 +75,7 @@ class SetupModel(Model):
 
     def plan_setup(self) -> Any:
         def work() -> None:
-            plan = provision.plan_provision(
+            plan = plan_provision(
                 self._conn(), self.patterns.selection(), slot_name=self.slot_name or None,
                 publication=self.publication or None, plugin=self.plugin,
                 temporary=self.temporary, keyless=self.keyless, export_snapshot=False,
@@ -87,14 +96,14 @@ class SetupModel(Model):
             if slot is not None and not force:
                 # A reader stopped a moment ago: its walsender lets go of the slot shortly
                 # after the connection closed.
-                provision._wait_inactive(conn, slot, self.release_wait)
+                wait_inactive(conn, slot, self.release_wait)
             pub = publication if publication is not None else (self.publication or None)
             if pub is None and slot is not None:
                 # The kit's publication made for this slot alone goes with it.
-                own = [name for name, marker in provision.kit_publications(conn).items()
+                own = [name for name, marker in kit_publications(conn).items()
                        if set(marker.get("slots", [])) == {slot}]
                 pub = own[0] if len(own) == 1 else None
-            plan = provision.plan_teardown(conn, slot_name=slot, publication=pub, force=force)
+            plan = plan_teardown(conn, slot_name=slot, publication=pub, force=force)
             with self.lock:
                 self.pending, self.pending_kind = plan, "teardown"
                 self.info = "review what will be dropped, then confirm"
@@ -103,12 +112,12 @@ class SetupModel(Model):
     def plan_drop_stale(self) -> Any:
         def work() -> None:
             conn = self._conn()
-            stale = [s for s in provision.list_slots(conn) if is_stale(
+            stale = [s for s in list_slots(conn) if is_stale(
                 s, older_than=self.stale_after)]
-            plans = [provision.plan_teardown(conn, slot_name=s.slot_name) for s in stale]
+            plans = [plan_teardown(conn, slot_name=s.slot_name) for s in stale]
             steps = [step for p in plans for step in p.steps]
-            merged = provision.TeardownPlan(conn, [s for p in plans for s in p.slots], [], [],
-                                            False, [x for p in plans for x in p.skipped], steps)
+            merged = TeardownPlan(conn, [s for p in plans for s in p.slots], [], [],
+                                  False, [x for p in plans for x in p.skipped], steps)
             with self.lock:
                 self.pending, self.pending_kind = merged, "teardown"
                 self.info = (f"{len(stale)} stale slot(s): review, then confirm" if stale
@@ -143,7 +152,7 @@ class SetupModel(Model):
             self.bump()
 
     def _list_slots(self) -> None:
-        slots = provision.list_slots(self._conn())
+        slots = list_slots(self._conn())
         with self.lock:
             self.slots = slots
 
@@ -172,9 +181,10 @@ def slots_html(slots: list[SlotStatus], stale_after: float) -> str:
 
 
 class SetupWidget(WidgetView):
+    shows = ("pending_sql", "pending", "busy", "error", "info", "slots", "stale_after")
+
     def __init__(self, model: SetupModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         m = self.make
         self.slot_name = m(w.Text(value=model.slot_name, description="slot",
                                   placeholder="(generated: cdcnb_...)"))
@@ -212,23 +222,17 @@ class SetupWidget(WidgetView):
         self.cancel_button.on_click(lambda _: model.cancel())
         self.refresh(0.0)
 
-    def version(self) -> int:
-        return self.model.version
-
-    def refresh(self, now: float) -> None:
-        m = self.model
-        with m.lock:
-            sql_text, pending, busy = m.pending_sql, m.pending is not None, m.busy
-            error, info, slots = m.error, m.info, list(m.slots)
-        sql_html = (f"<pre style='white-space:pre-wrap'>{esc(sql_text)}</pre>" if pending
-                    else "")
-        status = (f"<i>{esc(busy)}…</i>" if busy else "") + message_html(error, info)
+    def show(self, state: SimpleNamespace) -> None:
+        pending, busy = state.pending is not None, state.busy
+        sql_html = (f"<pre style='white-space:pre-wrap'>{esc(state.pending_sql)}</pre>"
+                    if pending else "")
+        status = (f"<i>{esc(busy)}…</i>" if busy else "") + message_html(state.error, state.info)
         buttons = (self.plan_button, self.teardown_button, self.stale_button,
                    self.refresh_button, self.confirm_button)
         with held(self.sql, self.message, self.slots, *buttons):
             set_changed(self.sql, value=sql_html)
             set_changed(self.message, value=status)
-            set_changed(self.slots, value=slots_html(slots, m.stale_after))
+            set_changed(self.slots, value=slots_html(state.slots, state.stale_after))
             for button in buttons:
                 set_changed(button, disabled=bool(busy))
             set_changed(self.confirm_button, disabled=bool(busy) or not pending)

@@ -11,6 +11,7 @@ import io
 import time
 from collections import deque
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import ipywidgets as w
@@ -124,9 +125,10 @@ def status_html(s: SlotStatus | None, eps: float, bps: float) -> str:
 class StatusWidget(WidgetView):
     """The numbers (refreshed at the pump's rate)."""
 
+    shows = ("status", "events_per_second", "bytes_per_second", "error")
+
     def __init__(self, model: StatusModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.numbers = self.make(w.HTML())
         self.message = self.make(w.HTML())
         self.chart = StatusChart(model)
@@ -134,16 +136,11 @@ class StatusWidget(WidgetView):
                                      self.chart.image, self.message]))
         self.refresh(0.0)
 
-    def version(self) -> int:
-        return self.model.version
-
-    def refresh(self, now: float) -> None:
-        m = self.model
-        with m.lock:
-            status, eps, bps, error = m.status, m.events_per_second, m.bytes_per_second, m.error
+    def show(self, state: SimpleNamespace) -> None:
         with held(self.numbers, self.message):
-            set_changed(self.numbers, value=status_html(status, eps, bps))
-            set_changed(self.message, value=message_html(error))
+            set_changed(self.numbers, value=status_html(state.status, state.events_per_second,
+                                                        state.bytes_per_second))
+            set_changed(self.message, value=message_html(state.error))
 
     def close(self) -> None:
         self.chart.close()
@@ -154,10 +151,10 @@ class StatusChart(WidgetView):
     """Throughput and lag over time: one Figure, Agg canvas, PNG into an Image (≤ 1 Hz)."""
 
     min_interval = 1.0
+    shows = ("history",)
 
     def __init__(self, model: StatusModel, *, width: float = 6.4, height: float = 2.4) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.figure = Figure(figsize=(width, height), dpi=100)
         self.canvas = FigureCanvasAgg(self.figure)
         self.axes = self.figure.add_subplot(1, 1, 1)
@@ -172,11 +169,9 @@ class StatusChart(WidgetView):
         self.renders = 0
 
     def version(self) -> int:
-        return self.model.polls
+        return self.model.polls  # a new point in the history, not every change of the model
 
-    def render(self) -> bytes:
-        with self.model.lock:
-            points = list(self.model.history)
+    def render(self, points: list[tuple[float, float, float, float]]) -> bytes:
         if points:
             t0 = points[0][0]
             xs = [p[0] - t0 for p in points]
@@ -191,7 +186,7 @@ class StatusChart(WidgetView):
         self.renders += 1
         return buffer.getvalue()
 
-    def refresh(self, now: float) -> None:
-        png = self.render()
+    def show(self, state: SimpleNamespace) -> None:
+        png = self.render(state.history)
         with self.image.hold_sync():
             self.image.value = png

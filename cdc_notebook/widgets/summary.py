@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import ipywidgets as w
@@ -204,21 +205,16 @@ class SummaryWidget(WidgetView):
     """One HTML line plus a small table; refreshed by the pump (its hook takes the samples)."""
 
     min_interval = 0.5
+    shows = ("summary",)
 
     def __init__(self, model: SummaryModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.html = self.make(w.HTML("<i>waiting for the reader…</i>"))
         self.box = self.html
 
-    def version(self) -> int:
-        return self.model.version
-
-    def refresh(self, now: float) -> None:
-        with self.model.lock:
-            summary = self.model.summary
-        if summary is not None:
-            set_changed(self.html, value=summary.html())
+    def show(self, state: SimpleNamespace) -> None:
+        if state.summary is not None:
+            set_changed(self.html, value=state.summary.html())
 
     def hook(self, now: float) -> None:
         """Pump hook: a sample every ``min_interval`` (cheap) and a lag poll when due."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import ipywidgets as w
@@ -47,7 +48,7 @@ class TableViewModel(Model):
             self.bump()
 
     def view_version(self) -> tuple[int, int]:
-        return (self.version, self.frames.version)
+        return (self.version, self.frames.version)  # the frames move without a bump
 
     def render(self) -> tuple[pl.DataFrame | None, str, str | None]:
         """(the bounded slice, a line about the frame, an error) — never raises."""
@@ -93,9 +94,10 @@ def frame_html(frame: pl.DataFrame, max_columns: int = MAX_COLUMNS) -> str:
 
 
 class TableViewWidget(WidgetView):
+    """The slice the model renders (it reads the frames under their own lock)."""
+
     def __init__(self, model: TableViewModel) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         m = self.make
         self.table = m(w.Dropdown(options=[], description="table"))
         self.source = m(w.ToggleButtons(options=["mirror", "changelog"], value=model.source))
@@ -116,10 +118,7 @@ class TableViewWidget(WidgetView):
                                         names="value")
         self.refresh(0.0)
 
-    def version(self) -> tuple[int, int]:
-        return self.model.view_version()
-
-    def refresh(self, now: float) -> None:
+    def show(self, state: SimpleNamespace) -> None:
         frame, line, error = self.model.render()
         names = tuple(self.model.frames.tables)
         body = frame_html(frame) if frame is not None else ""
