@@ -470,11 +470,12 @@ def probe_plugin(server, plugin: str) -> str | None:
 
 def run_version(version: int, cfg: Config, consumers: list[Consumer],
                 records: list[dict[str, Any]], versions_info: dict[str, Any]) -> None:
+    from cdc_notebook.errors import BinariesNotFound
     from cdc_notebook.server.postgres import PostgresServer, find_installation
 
     try:
         installation = find_installation(version)
-    except Exception as exc:  # no binaries for this version: every consumer says so
+    except BinariesNotFound as exc:  # no binaries for this version: every consumer says so
         for c in consumers:
             records.append({"version": version, "round": 0, "workload": "*",
                             "consumer": c.name, "title": c.title, "role": c.role,
@@ -599,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     registry = load_all()
     if cfg.only == ["__list__"]:
         for c in sorted(registry.values(), key=lambda c: (c.group, c.name)):
-            print(f"{c.name:32} ({c.group}) {c.role:8} {c.kind:8} {c.transport:6} {c.title}")
+            print(f"{c.name:32} ({c.group}) {c.role:9} {c.kind:8} {c.transport:6} {c.title}")
         return 0
     if cfg.only:
         unknown = [n for n in cfg.only if n not in registry]
@@ -609,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         consumers = [registry[n] for n in cfg.only]
     else:
         consumers = list(registry.values())
-    # the decode ceiling first: its byte count checks the pg_recvlogical outputs of the round
+    # pgoutput's in-server decode first: its byte count checks the round's pg_recvlogical outputs
     consumers.sort(key=lambda c: (c.name != "sql_decode_pgoutput", c.group, c.name))
     started = dt.datetime.now(dt.timezone.utc)
     records: list[dict[str, Any]] = []
@@ -627,8 +628,9 @@ def main(argv: list[str] | None = None) -> int:
         "settings": BENCH_SETTINGS,
         "machine": machine_info(),
         "servers": versions_info,
-        "consumers": {c.name: {"title": c.title, "group": c.group, "role": c.role,
-                               "kind": c.kind, "transport": c.transport, "plugin": c.plugin}
+        "consumers": {c.name: {"title": c.title, "label": c.label, "group": c.group,
+                               "role": c.role, "kind": c.kind, "transport": c.transport,
+                               "plugin": c.plugin}
                       for c in consumers},
     }
     paths = report.write_reports(meta, records, cfg.out, cfg.tag,

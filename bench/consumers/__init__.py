@@ -24,7 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("ceiling", "baseline", "kit")
+# kit: measures cdc_notebook (or its plugin) itself; reference: PostgreSQL's own path that the
+# kit is compared with (pgoutput decoded in the server, pg_recvlogical + pgoutput, binary COPY
+# drained by psql); baseline: a third-party way of doing the same (wal2json, PyPI decoders, ...)
+ROLES = ("reference", "baseline", "kit")
 KINDS = ("stream", "snapshot")
 MODES = ("stream", "latency", "snapshot")
 
@@ -52,7 +55,7 @@ class Job:
     table: str | None = None  # the snapshot's table
     tables: list[str] = field(default_factory=list)  # the tables the stream's publication has
     timeout_s: float = 600.0
-    reference: dict[str, Any] = field(default_factory=dict)  # e.g. the decode ceiling's bytes
+    reference: dict[str, Any] = field(default_factory=dict)  # e.g. pgoutput's in-server bytes
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -90,6 +93,7 @@ class Env:
 class Consumer:
     name: str = ""
     title: str = ""
+    label: str = ""  # what a reference row measures, shown beside its name in the tables
     group: int = 0  # the consumer's number in issue 3's list
     role: str = "baseline"
     kind: str = "stream"
@@ -226,10 +230,9 @@ def plugin_options(plugin: str, publication: str | None) -> dict[str, str]:
     if plugin == "pgoutput":
         return {"proto_version": "1", "publication_names": publication or ""}
     if plugin == "wal2arrow":
-        try:
-            from cdc_notebook.stream.cdc_stream import make_decoder
+        # the kit's own options, so pg_recvlogical and the probe see what the kit sends; a
+        # broken kit is an error here, never a silent fallback to the plugin's defaults
+        from cdc_notebook.decode.decoder import make_decoder
 
-            return dict(make_decoder(plugin, publication)[1])
-        except Exception:  # the kit's decoder is not there yet: the plugin's own defaults
-            return {"publication_names": publication} if publication else {}
+        return dict(make_decoder(plugin, publication)[1])
     return {}

@@ -1,11 +1,12 @@
-"""The kit's minimal wal2arrow client (1): ``bench.clients.Wal2ArrowStream`` (the
-replication connection plus the frame decoder, no router), each ``ChangeBatch`` a pyarrow
+"""A minimal wal2arrow client (1): ``bench.clients.Wal2ArrowStream`` (bench/clients.py: the
+kit's replication connection plus its frame decoder, no router), each ``ChangeBatch`` a pyarrow
 record batch decoded in place; every commit acknowledged by its end LSN, as the kit does.
 Over the Unix socket and TCP.
 
 It stops at the first message at or past the workload's end position (a keepalive: the server
 sends one when it has nothing more and the client has not confirmed everything it sent).
-Availability is checked by feature at run time: the module, and a wal2arrow that encodes.
+The client and the kit's event types are imported when the harness checks the consumer (an
+import error stops the run); only the server may lack a wal2arrow that encodes.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ class KitWal2ArrowClient(Consumer):
     def __init__(self, transport: str):
         self.transport = transport
         self.name = f"kit_wal2arrow_client_{transport}"
-        self.title = (f"the kit's minimal wal2arrow client (Wal2ArrowStream: frames decoded into "
-                      f"pyarrow batches, no router) ({'TCP' if transport == 'tcp' else 'Unix socket'})")
+        self.title = (f"a minimal wal2arrow client (bench/clients.py: Wal2ArrowStream, frames "
+                      f"decoded into pyarrow batches, no router) "
+                      f"({'TCP' if transport == 'tcp' else 'Unix socket'})")
 
     def unavailable(self, env) -> str | None:
-        try:
-            from bench.clients import Wal2ArrowStream  # noqa: F401
-        except ImportError as exc:
-            return f"not available yet: bench.clients.Wal2ArrowStream ({exc})"
+        # an import error propagates: it stops the run, it is never "unavailable"
+        from bench.clients import Wal2ArrowStream  # noqa: F401
+        from cdc_notebook.decode.events import ChangeBatch, Commit  # noqa: F401
+
         return super().unavailable(env)
 
     def run(self, job: Job) -> dict[str, Any]:

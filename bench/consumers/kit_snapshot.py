@@ -1,30 +1,18 @@
 """The kit's snapshot (7): a whole table read into pyarrow record batches by the kit
 (``cdc_notebook.snapshot.tables.snapshot_table``: binary COPY over ctid chunks, decoded by its native
-code, two connections by default), against ``COPY ... (FORMAT binary)`` drained by psql (the
-ceiling, ``snapshot_baselines``) on the same transport.
+code, two connections by default), against binary COPY drained by psql (``COPY ... (FORMAT
+binary)`` to /dev/null, ``snapshot_baselines``) on the same transport.
 
 The exported snapshot it reads at (a temporary slot, ``ExportedSnapshot``) is created before the
-clock starts: the comparison is reading the table. Availability is checked by feature at run
-time (the module and those two names).
+clock starts: the comparison is reading the table. Those two names are imported when the harness
+checks the consumer: an import error stops the run, it is never reported as "unavailable".
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from . import Consumer, Job, Window, password_env, register
-
-
-def _api() -> tuple[Any, str | None]:
-    try:
-        module = importlib.import_module("cdc_notebook.snapshot.tables")
-    except ImportError as exc:
-        return None, f"not available yet: cdc_notebook.snapshot.tables ({exc})"
-    missing = [n for n in ("ExportedSnapshot", "snapshot_table") if not hasattr(module, n)]
-    if missing:
-        return None, f"not available yet: cdc_notebook.snapshot.tables has no {', '.join(missing)}"
-    return module, None
 
 
 class KitSnapshot(Consumer):
@@ -40,22 +28,24 @@ class KitSnapshot(Consumer):
                       f"batches ({'TCP' if transport == 'tcp' else 'Unix socket'})")
 
     def unavailable(self, env) -> str | None:
-        return _api()[1]
+        # an import error propagates: it stops the run, it is never "unavailable"
+        from cdc_notebook.snapshot.tables import ExportedSnapshot, snapshot_table  # noqa: F401
+
+        return super().unavailable(env)
 
     def run(self, job: Job) -> dict[str, Any]:
         import pyarrow as pa  # noqa: F401  (imported before the clock starts)
 
-        api, reason = _api()
-        if api is None:
-            raise RuntimeError(reason)
+        from cdc_notebook.snapshot.tables import ExportedSnapshot, snapshot_table
+
         conninfo = {**job.conninfo, "application_name": job.application_name}
         if password_env():
             conninfo["password"] = password_env()
         rows = batches = 0
-        with api.ExportedSnapshot(conninfo, f"{job.application_name}_snap"[:63],
-                                  plugin="pgoutput", temporary=True) as snap:
+        with ExportedSnapshot(conninfo, f"{job.application_name}_snap"[:63],
+                          plugin="pgoutput", temporary=True) as snap:
             window = Window().start()
-            for batch in api.snapshot_table(conninfo, job.table, snap):
+            for batch in snapshot_table(conninfo, job.table, snap):
                 rows += batch.num_rows
                 batches += 1
             window.stop()

@@ -8,8 +8,9 @@ it ends at the server's WAL position taken when iteration starts, which is after
 end position). Rows are counted from the batches. Latency runs follow the stream and
 time-stamp each row when the batch holding it is handed out.
 
-Availability is checked by feature at run time: the reader, the plugin's decoder
-(``make_decoder``), and, for wal2arrow, a plugin that emits frames on this server.
+The kit's API is imported when the harness checks the consumer: an import error stops the run
+(it is never reported as "unavailable"). Only the server may legitimately lack something: for
+wal2arrow, a plugin that emits frames on this server (the harness probes it).
 """
 
 from __future__ import annotations
@@ -31,16 +32,12 @@ class KitStream(Consumer):
                       f"({'TCP' if transport == 'tcp' else 'Unix socket'})")
 
     def unavailable(self, env) -> str | None:
-        try:
-            from cdc_notebook.stream.cdc_stream import CDCStream  # noqa: F401
-        except ImportError as exc:
-            return f"not available yet: cdc_notebook.stream.cdc_stream.CDCStream ({exc})"
-        # The decoder's module must be there; CDCStream wires its connections itself.
-        module = "frames" if self.plugin == "wal2arrow" else "pgoutput"
-        try:
-            __import__(f"cdc_notebook.{module}")
-        except ImportError as exc:
-            return f"not available yet: the kit's {self.plugin} decoder ({exc})"
+        # The kit is what is measured: its API must import (an ImportError propagates and stops
+        # the run, it never turns into "unavailable"). Only the server may lack the plugin.
+        from cdc_notebook.decode import pgoutput, wal2arrow  # noqa: F401  (the decoders)
+        from cdc_notebook.decode.decoder import make_decoder  # noqa: F401
+        from cdc_notebook.stream.cdc_stream import CDCStream  # noqa: F401
+
         return super().unavailable(env)
 
     def run(self, job: Job) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class PgoutputDecoderPyPI(Consumer):
     transport = "tcp"
     versions = (15,)
     version_reason = "a baseline: measured on PostgreSQL 15 (issue 3 compares 18 on the kit " \
-                     "and the ceilings)"
+                     "and PostgreSQL's own paths)"
     event_cap = 200_000
 
     def unavailable(self, env) -> str | None:

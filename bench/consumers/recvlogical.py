@@ -1,7 +1,7 @@
-"""Ceilings (3b) and baseline (4): ``pg_recvlogical`` writing what the walsender sends to a file.
+"""References (3b) and baseline (4): ``pg_recvlogical`` writing what the walsender sends to a file.
 
 * pgoutput (``proto_version 1``, the workload's publication) over TCP and over the Unix socket:
-  the thin-client streaming ceiling: a C client that does nothing with the bytes;
+  pgoutput's streaming rate to a thin client (a C client that does nothing with the bytes);
 * wal2json (format 1, its default) over TCP: the JSON CDC baseline (PostgreSQL 15 here);
 * wal2arrow (the kit's plugin, with the options the kit sends) over TCP and the Unix socket:
   the plugin streamed to a thin client, to compare with pgoutput's (issue 4's goals). Its rows
@@ -29,10 +29,11 @@ LAT_RE = re.compile(rb"lat:(\d+|stop)(?=\D)")
 
 class RecvLogical(Consumer):
     group = 3
-    role = "ceiling"
+    role = "reference"
 
     def __init__(self, plugin: str, transport: str, *, group: int, role: str, title: str,
-                 versions: tuple[int, ...] | None = None):
+                 label: str = "", versions: tuple[int, ...] | None = None):
+        self.label = label
         self.plugin = plugin
         self.transport = transport
         self.group = group
@@ -86,9 +87,9 @@ class RecvLogical(Consumer):
             elif self.plugin == "pgoutput" and "recvlogical_file_bytes" in job.reference:
                 want = job.reference["recvlogical_file_bytes"]
                 if size != want:
-                    return {"error": f"output has {size} bytes; the decode ceiling produced "
-                                     f"{want} for the same WAL"}
-                result["verified"] = "output size equals the decode ceiling's bytes"
+                    return {"error": f"output has {size} bytes; pgoutput's in-server decode "
+                                     f"produced {want} for the same WAL"}
+                result["verified"] = "output size equals pgoutput's in-server decode bytes"
             else:
                 result["verified"] = "exit status at the end position only"
             return result
@@ -142,11 +143,13 @@ def _count_in_file(path: Path, needles: tuple[bytes, ...]) -> int:
     return count
 
 
-register(RecvLogical("pgoutput", "tcp", group=3, role="ceiling",
-                     title="pg_recvlogical + pgoutput to a file over TCP (streaming ceiling)"))
-register(RecvLogical("pgoutput", "unix", group=3, role="ceiling",
-                     title="pg_recvlogical + pgoutput to a file over the Unix socket "
-                           "(streaming ceiling)"))
+register(RecvLogical("pgoutput", "tcp", group=3, role="reference",
+                     label="pg_recvlogical + pgoutput streaming rate",
+                     title="pg_recvlogical + pgoutput streaming rate: to a file over TCP"))
+register(RecvLogical("pgoutput", "unix", group=3, role="reference",
+                     label="pg_recvlogical + pgoutput streaming rate",
+                     title="pg_recvlogical + pgoutput streaming rate: to a file over the Unix "
+                           "socket"))
 register(RecvLogical("wal2arrow", "tcp", group=1, role="kit",
                      title="pg_recvlogical + wal2arrow to a file over TCP (the plugin to a thin "
                            "client)"))

@@ -1,8 +1,8 @@
-"""Snapshot (7): reading a whole table, the ceiling and the usual Python way.
+"""Snapshot (7): reading a whole table, PostgreSQL's own export and the usual Python way.
 
 * ``COPY bench.orders TO STDOUT (FORMAT binary)`` run by ``psql`` with its output sent to
-  /dev/null: the server's fastest export, drained by a C client (the ceiling), over the Unix
-  socket and over TCP;
+  /dev/null: binary COPY drained by psql, the server's fastest export read by a C client (the
+  reference the kit's snapshot is compared with), over the Unix socket and over TCP;
 * psycopg (3) fetching rows through a server-side cursor, 10,000 rows per fetch, into Python
   tuples: what a notebook user would write.
 
@@ -18,9 +18,10 @@ from typing import Any
 from . import Consumer, Job, Window, register
 
 
-class CopyBinaryCeiling(Consumer):
+class CopyBinaryPsql(Consumer):
     group = 7
-    role = "ceiling"
+    role = "reference"
+    label = "binary COPY drained by psql"
     kind = "snapshot"
     latency = False
     uses_worker = False
@@ -28,8 +29,8 @@ class CopyBinaryCeiling(Consumer):
     def __init__(self, transport: str):
         self.transport = transport
         self.name = f"copy_binary_psql_{transport}"
-        self.title = (f"COPY ... TO STDOUT (FORMAT binary) drained by psql to /dev/null "
-                      f"({'TCP' if transport == 'tcp' else 'Unix socket'}) (snapshot ceiling)")
+        self.title = (f"binary COPY drained by psql: COPY ... TO STDOUT (FORMAT binary) to "
+                      f"/dev/null ({'TCP' if transport == 'tcp' else 'Unix socket'})")
 
     def unavailable(self, env) -> str | None:
         if not (env.bindir / "psql").is_file():
@@ -78,6 +79,6 @@ class PsycopgFetchRows(Consumer):
         return window.result(rows, bytes=job.reference.get("copy_binary_bytes", 0))
 
 
-register(CopyBinaryCeiling("unix"))
-register(CopyBinaryCeiling("tcp"))
+register(CopyBinaryPsql("unix"))
+register(CopyBinaryPsql("tcp"))
 register(PsycopgFetchRows("unix"))

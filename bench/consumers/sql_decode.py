@@ -1,4 +1,4 @@
-"""Ceiling (3a): pgoutput decoded inside the server by ``pg_logical_slot_get_binary_changes``.
+"""Reference (3a): pgoutput's in-server decode rate, ``pg_logical_slot_get_binary_changes``.
 
 Decode only: the backend decodes the slot up to the end position and the query counts the rows
 (messages I, U, D) and bytes; nothing is streamed. The backend holding the slot is measured as
@@ -20,11 +20,13 @@ FROM pg_logical_slot_get_binary_changes(%s, %s::pg_lsn, NULL,
 """
 
 
-class SqlDecodeCeiling(Consumer):
+class SqlDecodePgoutput(Consumer):
     name = "sql_decode_pgoutput"
-    title = "pgoutput decoded by pg_logical_slot_get_binary_changes (decode-only ceiling)"
+    label = "pgoutput's in-server decode rate"
+    title = ("pgoutput's in-server decode rate: pg_logical_slot_get_binary_changes, decode "
+             "only, rows counted in SQL")
     group = 3
-    role = "ceiling"
+    role = "reference"
     plugin = "pgoutput"
     transport = "server"
     latency = False
@@ -44,4 +46,4 @@ class SqlDecodeCeiling(Consumer):
                              recvlogical_file_bytes=int(nbytes) + int(messages))
 
 
-register(SqlDecodeCeiling())
+register(SqlDecodePgoutput())
