@@ -4,7 +4,8 @@
 columns mapped by :mod:`cdc_notebook.decode.typespec`, then the ``_cdc_*`` columns) and, per column, the
 decoder kind of the spec entry that applies (a ``typreceive`` name, ``numeric_text``, ``other``,
 or ``("array", element kind)``). Decoders hand out each batch as an ``arrow_array`` capsule
-(a struct array); :func:`import_batch` turns it into a ``pyarrow.RecordBatch`` without copying.
+(a struct array); :func:`import_batch` turns it into a ``pyarrow.RecordBatch`` without copying,
+through the Arrow PyCapsule protocol (:class:`NativeBatch` has ``__arrow_c_array__``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ class NativeBatch:
 
 
 def import_batch(schema: pa.Schema, capsule: Any) -> pa.RecordBatch:
-    """The RecordBatch of a decoder's ``arrow_array`` capsule (zero copy)."""
+    """The RecordBatch of a decoder's ``arrow_array`` capsule (zero copy), through pyarrow's
+    public PyCapsule-protocol import (``pa.record_batch`` of an ``__arrow_c_array__`` object,
+    pyarrow >= 14)."""
     import pyarrow as pa
 
-    return pa.RecordBatch._import_from_c_capsule(schema.__arrow_c_schema__(), capsule)
+    return pa.record_batch(NativeBatch(schema, capsule))
