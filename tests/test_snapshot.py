@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -187,6 +188,33 @@ def test_the_native_reader_binds_psycopgs_own_libpq(pg):
         assert not libpq_bind(path, pgconn.pgconn_ptr, pgconn.socket, pgconn.backend_pid + 1)
         assert not libpq_bind("/nonexistent/libpq.so.5", pgconn.pgconn_ptr, pgconn.socket,
                               pgconn.backend_pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="psycopg's libpq is found through /proc/self/maps (Linux only)")
+def test_a_snapshot_takes_the_native_path(pg, unique_name):
+    """With psycopg as installed here (psycopg-binary on Linux), every chunk's COPY is received
+    by the native reader through psycopg's own libpq, never by the pq-layer fallback: a
+    psycopg-binary release that renames, relocates or statically links its libpq fails here
+    instead of silently halving the snapshot's throughput (docs/decisions.md)."""
+    assert snapshot_module.NATIVE_READ
+    table, slot = unique_name("native"), unique_name("slot")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v text)")
+        conn.execute(f"INSERT INTO {table} SELECT g, repeat('x', 100) "
+                     "FROM generate_series(1, 5000) g")
+        try:
+            before = snapshot_module.read_path_counts()
+            with ExportedSnapshot(pg.conninfo(), slot, temporary=True) as snap:
+                rows = sum(b.num_rows for b in snapshot_table(pg.conninfo(), f"public.{table}",
+                                                              snap, chunk_pages=8))
+            after = snapshot_module.read_path_counts()
+        finally:
+            conn.execute(f"DROP TABLE {table}")
+    assert rows == 5000
+    assert after["messages"] == before["messages"], (psycopg.pq.__impl__,
+                                                     snapshot_module._libpq_candidates())
+    assert after["native"] - before["native"] > 1  # several chunks, each one natively
 
 
 def test_every_type_in_small_batches_on_both_read_paths(pg, unique_name, read_path):

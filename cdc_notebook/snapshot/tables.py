@@ -359,6 +359,18 @@ def _classify(exc: psycopg.Error, table: str, snapshot_name: str) -> CDCError:
 # that libpq can be found; otherwise, and when False, on psycopg's pq layer.
 NATIVE_READ = True
 
+# How many COPYs each reader received in this process ("native": CopyDecoder.read through
+# psycopg's libpq; "messages": the pq-layer fallback). The fallback is silent and correct but
+# about half as fast, so tests assert the native path is taken (docs/decisions.md, "The
+# snapshot's libpq"); read_path_counts() returns a copy.
+_read_paths = {"native": 0, "messages": 0}
+
+
+def read_path_counts() -> dict[str, int]:
+    """How many COPYs the native reader and the pq-layer fallback have received so far."""
+    with _libpq_lock:
+        return dict(_read_paths)
+
 
 def _loaded_libraries() -> list[str]:
     try:
@@ -411,10 +423,10 @@ def receive_copy(conn: psycopg.Connection[Any], decoder: CopyDecoder, *, batch_r
     decoder holds ``batch_rows`` rows or about ``batch_bytes`` bytes, then read the COPY's
     result (raising the server's error, if any). ``emit`` returns False to stop: then this
     returns False with the COPY unfinished (the connection is to be closed)."""
-    if NATIVE_READ and _bind_libpq(conn):
-        receive = _receive_native
-    else:
-        receive = _receive_messages
+    native = NATIVE_READ and _bind_libpq(conn)
+    with _libpq_lock:
+        _read_paths["native" if native else "messages"] += 1
+    receive = _receive_native if native else _receive_messages
     if not receive(conn, decoder, batch_rows, batch_bytes, emit, add_bytes):
         return False
     _finish_copy(conn)
