@@ -27,8 +27,6 @@ from cdc_notebook.snapshot import tables as snapshot_module
 from cdc_notebook.snapshot.tables import (
     ExportedSnapshot,
     ProgressBar,
-    TableHandoff,
-    TableState,
     connect_session,
     plan_table,
     snapshot_table,
@@ -152,19 +150,6 @@ def test_wal_level_not_logical(pg_factory, unique_name):
     with pytest.raises(WalLevelNotLogical) as err:
         ExportedSnapshot(server.conninfo(), unique_name("slot"))
     assert "wal_level = logical" in str(err.value)
-
-
-def test_handoff_state_machine_and_merge_rule():
-    h = TableHandoff("public.t", snapshot_lsn=100)
-    assert h.state is TableState.PENDING
-    h.start_snapshot()
-    assert h.offer(90, "already in the snapshot") == []
-    assert h.offer(150, "after") == []
-    assert h.snapshot_done() == ["after"]
-    assert h.state is TableState.STREAMING
-    assert h.offer(100, "old") == [] and h.offer(101, "new") == ["new"]
-    with pytest.raises(Exception):
-        h.start_snapshot()
 
 
 # --------------------------------------------------------------------------- how COPY data is read

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -754,79 +753,5 @@ def snapshot_table(conninfo: Mapping[str, Any] | str, table: str | int | TableSn
             t.join()
 
 
-# --------------------------------------------------------------------------- the hand-off
-
-
-class TableState(str, Enum):
-    """Where a table is in the hand-off from its snapshot to the change stream."""
-
-    PENDING = "pending"
-    SNAPSHOTTING = "snapshotting"
-    CATCHING_UP = "catching_up"
-    STREAMING = "streaming"
-    FAILED = "failed"
-
-
-_TRANSITIONS = {
-    TableState.PENDING: {TableState.SNAPSHOTTING, TableState.FAILED},
-    TableState.SNAPSHOTTING: {TableState.CATCHING_UP, TableState.FAILED},
-    TableState.CATCHING_UP: {TableState.STREAMING, TableState.FAILED},
-    TableState.STREAMING: {TableState.FAILED},
-    TableState.FAILED: set(),
-}
-
-
-class TableHandoff:
-    """The per-table state machine of docs/snapshot.md, with its merge rule.
-
-    * ``SNAPSHOTTING``: the table's rows are read at ``snapshot_lsn``; changes from the stream
-      for it are held back (``hold``), not applied.
-    * ``CATCHING_UP``: the snapshot is complete; held changes are released in order, and a
-      change is *dropped* when its transaction's end LSN is at or below ``snapshot_lsn`` (the
-      snapshot already contains it); the rest are applied.
-    * ``STREAMING``: every change is applied as it comes.
-
-    With the slot's exported snapshot no held change is at or below the consistent point, so
-    the merge keeps everything; a table joining a running stream (snapshot taken later, with
-    a watermark LSN) relies on the rule to drop the changes its snapshot already contains.
-    """
-
-    def __init__(self, table: str, snapshot_lsn: int):
-        self.table = table
-        self.snapshot_lsn = snapshot_lsn
-        self.state = TableState.PENDING
-        self.held: list[tuple[int, Any]] = []
-        self.error: BaseException | None = None
-
-    def _move(self, new: TableState) -> None:
-        if new not in _TRANSITIONS[self.state]:
-            raise SnapshotError(f"{self.table}: cannot go from {self.state.value} to {new.value}")
-        self.state = new
-
-    def start_snapshot(self) -> None:
-        self._move(TableState.SNAPSHOTTING)
-
-    def snapshot_done(self) -> list[Any]:
-        """End of the snapshot: the held changes that must be applied, in order."""
-        self._move(TableState.CATCHING_UP)
-        released = [item for end_lsn, item in self.held if end_lsn > self.snapshot_lsn]
-        self.held.clear()
-        self._move(TableState.STREAMING)
-        return released
-
-    def failed(self, exc: BaseException) -> None:
-        self.error = exc
-        self.state = TableState.FAILED
-
-    def offer(self, end_lsn: int, item: Any) -> list[Any]:
-        """A change for this table from the stream: what to apply now (maybe nothing)."""
-        if self.state in (TableState.PENDING, TableState.SNAPSHOTTING):
-            self.held.append((end_lsn, item))
-            return []
-        if self.state is TableState.FAILED:
-            return []
-        return [item] if end_lsn > self.snapshot_lsn else []
-
-
-__all__ = ["ExportedSnapshot", "ProgressBar", "SnapshotProgress", "TableHandoff",
-           "TableSnapshotPlan", "TableState", "plan_table", "snapshot_table"]
+__all__ = ["ExportedSnapshot", "ProgressBar", "SnapshotProgress", "TableSnapshotPlan",
+           "plan_table", "snapshot_table"]
