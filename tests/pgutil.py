@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+from psycopg import sql
 
 
 def drop_slot(server, slot: str, *, dbname: str | None = None, like: bool = False) -> None:
@@ -18,3 +23,10 @@ def drop_slot(server, slot: str, *, dbname: str | None = None, like: bool = Fals
             time.sleep(0.1)
         conn.execute(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
                      f"WHERE {where}", (arg,))
+
+
+def create_publication(conn: psycopg.Connection[Any], name: str, tables: Iterable[str]) -> None:
+    """CREATE PUBLICATION name FOR TABLE ... (a helper for tests and scripts)."""
+    idents = [sql.Identifier(*t.split(".", 1)) for t in tables]
+    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+        sql.Identifier(name), sql.SQL(", ").join(idents)))

@@ -7,6 +7,7 @@ import threading
 import pyarrow as pa
 import pytest
 
+from bench.clients import PgoutputStream
 from cdc_notebook.decode.events import (
     Begin,
     ChangeBatch,
@@ -16,13 +17,12 @@ from cdc_notebook.decode.events import (
     Truncate,
 )
 from cdc_notebook.decode.pgoutput import (
-    PgoutputStream,
     choose_mode,
-    create_publication,
     protocol_version_for,
     start_options,
 )
 from cdc_notebook.snapshot.tables import ExportedSnapshot, snapshot_table
+from tests.pgutil import create_publication
 from tests.test_pgoutput_helpers import batches_of, drop_slot, emit_end, read_until_end
 
 

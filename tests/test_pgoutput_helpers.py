@@ -7,8 +7,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from bench.clients import PgoutputStream
 from cdc_notebook.decode.events import ChangeBatch, LogicalMessage
-from cdc_notebook.decode.pgoutput import PgoutputStream
 
 END_PREFIX = "cdc-test-end"
 

@@ -16,10 +16,11 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
+from bench.clients import PgoutputStream
 from cdc_notebook.connection.conninfo import connect_session
-from cdc_notebook.decode.pgoutput import PgoutputStream, create_publication
 from cdc_notebook.decode.wal2arrow import slot_changes
 from cdc_notebook.snapshot.tables import ExportedSnapshot, snapshot_table
+from tests.pgutil import create_publication
 from tests.test_pgoutput_helpers import batches_of, drop_slot, emit_end, read_until_end
 
 COLUMNS = """

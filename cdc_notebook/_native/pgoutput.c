@@ -133,8 +133,11 @@ static int seal(DecObject *d, Rel *rel, PyObject *out) {
     PyObject *cap = array_capsule(&arr);
     if (!cap)
         return -1;
-    PyObject *item = Py_BuildValue("(sIINi)", "batch", rel->relid, d->txn.xid, cap,
-                                   tab_end_lsn_index(t));
+    /* The plan the rows were built with: a relation message later in the same transaction
+     * replaces rel->plan, and the batch must keep the schema in force when its rows were
+     * decoded. */
+    PyObject *item = Py_BuildValue("(sIINiO)", "batch", rel->relid, d->txn.xid, cap,
+                                   tab_end_lsn_index(t), (PyObject *)rel->plan);
     return append_item(d, out, item);
 }
 
@@ -435,7 +438,7 @@ static int finish_held(DecObject *d, PyObject *out) {
     Py_DECREF(PyList_GET_ITEM(out, PyList_GET_SIZE(out) - 1));
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(d->held, i);
-        if (PyTuple_GET_SIZE(item) == 5 && PyCapsule_CheckExact(PyTuple_GET_ITEM(item, 3))) {
+        if (PyTuple_GET_SIZE(item) == 6 && PyCapsule_CheckExact(PyTuple_GET_ITEM(item, 3))) {
             struct ArrowArray *a = PyCapsule_GetPointer(PyTuple_GET_ITEM(item, 3), "arrow_array");
             int idx = (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 4));
             if (!a)

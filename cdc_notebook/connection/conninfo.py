@@ -23,8 +23,18 @@ from cdc_notebook.errors import (
 
 # Session settings under which the server's text output is what the decoders and the spec
 # expect (the text of unrepresentable values, of types mapped as text).
-SESSION_OPTIONS = ("-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c TimeZone=UTC "
-                   "-c extra_float_digits=1 -c bytea_output=hex")
+SESSION_SETTINGS = {"DateStyle": "ISO,YMD", "IntervalStyle": "postgres", "TimeZone": "UTC",
+                    "extra_float_digits": "1", "bytea_output": "hex"}
+SESSION_OPTIONS = " ".join(f"-c {name}={value}" for name, value in SESSION_SETTINGS.items())
+
+
+def apply_session_settings(conn: psycopg.Connection[Any]) -> None:
+    """SET the kit's session settings on an open connection (one opened without them; on a
+    replication connection, only once it holds no exported snapshot any more)."""
+    from cdc_notebook.connection.quoting import quote_ident, quote_literal
+
+    for name, value in SESSION_SETTINGS.items():
+        conn.execute(f"SET {quote_ident(name)} = {quote_literal(value)}".encode(), prepare=False)
 
 
 

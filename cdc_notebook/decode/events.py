@@ -136,5 +136,15 @@ class TableDropped:
     lsn: int = field(default=0)
 
 
+@dataclass(frozen=True)
+class Keepalive:
+    """No event, only the server's position: a primary keepalive, or an XLogData message that
+    decoded to nothing. ``reply_requested``: the server asks for a status update now (it drops
+    the connection after ``wal_sender_timeout`` without one)."""
+
+    wal_end: int
+    reply_requested: bool = False
+
+
 Event = Union[Begin, Commit, RelationSchema, ChangeBatch, Truncate, LogicalMessage,
               StreamStart, StreamStop, StreamCommit, StreamAbort, TableDropped]

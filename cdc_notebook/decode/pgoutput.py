@@ -25,18 +25,16 @@ See docs/pgoutput.md for the message-by-message mapping.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pyarrow as pa
-from psycopg import sql
 
 from cdc_notebook._native import PgoutputDecoder as _NativeDecoder
 from cdc_notebook._native import TablePlan, import_batch, make_plan
-from cdc_notebook.connection.conninfo import SESSION_OPTIONS, connect_session
+from cdc_notebook.connection.conninfo import connect_session
 from cdc_notebook.connection.quoting import quote_ident
 from cdc_notebook.decode import typespec as spec_types
 from cdc_notebook.decode.events import (
@@ -44,6 +42,7 @@ from cdc_notebook.decode.events import (
     ChangeBatch,
     Commit,
     Event,
+    Keepalive,
     LogicalMessage,
     RelationSchema,
     Truncate,
@@ -53,14 +52,6 @@ from cdc_notebook.errors import BinaryModeUnsupported, PgoutputError
 DEFAULT_MAX_ROWS = 65_536
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_SPILL_BYTES = 16 << 20
-
-
-@dataclass(frozen=True)
-class Keepalive:
-    """A primary keepalive seen by :meth:`PgoutputEventDecoder.feed` (not an Event)."""
-
-    wal_end: int
-    reply_requested: bool
 
 
 def protocol_version_for(server_version_num: int) -> int:
@@ -161,11 +152,16 @@ class PgoutputEventDecoder:
     def __init__(self, catalog: psycopg.Connection[Any] | spec_types.TypeCatalog, *,
                  binary: bool = False, max_rows: int = DEFAULT_MAX_ROWS,
                  max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int = DEFAULT_SPILL_BYTES,
-                 abort_info: bool = False):
+                 abort_info: bool = False, owns_connection: bool = False,
+                 mode_reason: str = ""):
+        self._owned = catalog if owns_connection and not isinstance(
+            catalog, spec_types.TypeCatalog) else None
         self.catalog = (catalog if isinstance(catalog, spec_types.TypeCatalog)
                         else spec_types.TypeCatalog.load(catalog))
         self.binary = binary
+        self.mode_reason = mode_reason or ("binary" if binary else "text")
         self.relations: dict[int, _RelationState] = {}
+        self._by_plan: dict[int, _RelationState] = {}  # id(TablePlan) -> its relation state
         self._native = _NativeDecoder(self._on_relation, max_rows=max_rows, max_bytes=max_bytes,
                                       spill_bytes=spill_bytes, abort_info=abort_info)
 
@@ -190,7 +186,12 @@ class PgoutputEventDecoder:
         plan = make_plan(mapped)
         version = state.version + 1 if state is not None else 1
         schema = plan.schema
-        self.relations[relid] = _RelationState(signature, version, plan, schema, namespace, name)
+        state = _RelationState(signature, version, plan, schema, namespace, name)
+        self.relations[relid] = state
+        # Batches name the plan they were built with: a batch decoded before a schema change
+        # keeps its schema however late it is converted (a relation message may come later in
+        # the same transaction or the same read).
+        self._by_plan[id(plan)] = state
         keys = tuple(col for col, flags, _t, _m in columns if flags & 1)
         event = RelationSchema(relid, version, namespace, name, identity, keys, schema)
         return plan, event
@@ -201,7 +202,7 @@ class PgoutputEventDecoder:
         for item in raw:
             tag = item[0]
             if tag == "batch":
-                state = self.relations[item[1]]
+                state = self._by_plan[id(item[5])]
                 yield ChangeBatch(item[1], state.version, state.namespace, state.name, item[2],
                                   import_batch(state.schema, item[3]))
             elif tag == "begin":
@@ -251,6 +252,12 @@ class PgoutputEventDecoder:
             message = b"w" + bytes(24) + bytes(payload)
         return [e for e in self.feed([message]) if not isinstance(e, Keepalive)]
 
+    def close(self) -> None:
+        """Close the catalog connection the decoder opened for itself (the Decoder protocol)."""
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
     def reset(self) -> None:
         """Forget partial transactions (after a reconnect, the server starts at a boundary)."""
         self._native.reset()
@@ -281,160 +288,25 @@ def make_stream_decoder(publication: str | None, conninfo: Mapping[str, Any] | s
     if not publication:
         raise PgoutputError("pgoutput streams need a publication",
                             hint="pass the publication the slot's tables are in")
+    owned = catalog is None
     if catalog is None:
         if conninfo is None:
             raise PgoutputError("the pgoutput decoder needs a catalog connection for type lookups",
                                 hint="pass conninfo= or catalog= to make_stream_decoder")
-
         catalog = connect_session(conninfo, autocommit=True)
-    version = protocol_version_for(catalog.info.server_version)
-    choice = choose_mode(catalog, [publication]) if binary is None else ModeChoice(binary, "asked")
-    options = start_options([publication], protocol_version=version, binary=choice.binary)
-    return PgoutputEventDecoder(catalog, binary=choice.binary), options
+    try:
+        version = protocol_version_for(catalog.info.server_version)
+        choice = (choose_mode(catalog, [publication]) if binary is None
+                  else ModeChoice(binary, "binary, as asked" if binary else "text, as asked"))
+        options = start_options([publication], protocol_version=version, binary=choice.binary)
+        decoder = PgoutputEventDecoder(catalog, binary=choice.binary, owns_connection=owned,
+                                       mode_reason=choice.reason)
+    except BaseException:
+        if owned:
+            catalog.close()
+        raise
+    return decoder, options
 
 
-# --------------------------------------------------------------------------- the stream
-
-
-class PgoutputStream:
-    """A pgoutput replication stream on psycopg's pq layer, decoded into events.
-
-    ``events()`` yields events as they come (``Keepalive`` markers included when
-    ``keepalives=True``); :meth:`acknowledge` reports a flush position (send it only for
-    transactions whose batches were consumed: the end LSN of their ``Commit``).
-    :attr:`mode` and :attr:`mode_reason` say whether the stream is binary or text and why.
-    """
-
-    def __init__(self, conninfo: Mapping[str, Any] | str, slot: str, publications: Iterable[str]
-                 | str, *, start_lsn: int = 0, binary: bool | None = None,
-                 streaming: bool = True, messages: bool = True,
-                 protocol_version: int | None = None, max_rows: int = DEFAULT_MAX_ROWS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, spill_bytes: int = DEFAULT_SPILL_BYTES,
-                 feedback_interval: float = 10.0):
-        from cdc_notebook.stream.replication import ReplicationConnection
-
-        self.conninfo = conninfo
-        self.slot = slot
-        self.publications = [publications] if isinstance(publications, str) else list(publications)
-        self.catalog = connect_session(conninfo, autocommit=True)
-        server = self.catalog.info.server_version
-        self.protocol_version = protocol_version or protocol_version_for(server)
-        if self.protocol_version > protocol_version_for(server):
-            raise PgoutputError(f"protocol version {self.protocol_version} needs a newer server "
-                                f"than {server}",
-                                hint=f"use proto_version <= {protocol_version_for(server)}")
-        types_catalog = spec_types.TypeCatalog.load(self.catalog)
-        if binary is None:
-            choice = choose_mode(self.catalog, self.publications, types_catalog)
-        else:
-            choice = ModeChoice(binary, "binary asked by the caller" if binary
-                                else "text asked by the caller")
-        self.mode_choice = choice
-        self._types_catalog = types_catalog
-        self.streaming = streaming and self.protocol_version >= 2
-        self.messages = messages
-        self.limits = (max_rows, max_bytes, spill_bytes)
-        self.flushed = start_lsn
-        self.feedback_interval = feedback_interval
-        self._last_feedback = time.monotonic()
-        self._rc_class = ReplicationConnection
-        self._session_params = (psycopg.conninfo.conninfo_to_dict(conninfo)
-                                if isinstance(conninfo, str) else dict(conninfo))
-        self._session_params["options"] = (self._session_params.get("options", "") + " "
-                                           + SESSION_OPTIONS).strip()
-        self.rc: Any = None
-        self.decoder: PgoutputEventDecoder | None = None
-        self._start(start_lsn)
-
-    @property
-    def mode(self) -> str:
-        return self.mode_choice.mode
-
-    @property
-    def mode_reason(self) -> str:
-        return self.mode_choice.reason
-
-    def options(self) -> dict[str, str]:
-        return start_options(self.publications, protocol_version=self.protocol_version,
-                             binary=self.mode_choice.binary, streaming=self.streaming,
-                             messages=self.messages)
-
-    def _start(self, lsn: int) -> None:
-        max_rows, max_bytes, spill = self.limits
-        self.decoder = PgoutputEventDecoder(self._types_catalog, binary=self.mode_choice.binary,
-                                            max_rows=max_rows, max_bytes=max_bytes,
-                                            spill_bytes=spill)
-        self.rc = self._rc_class(self._session_params)
-        self.rc.start(self.slot, lsn, self.options())
-
-    def _read(self, wait: float, max_messages: int = 4096) -> list[Any]:
-        """Whole CopyData messages (XLogData with its header: the change LSN is in it)."""
-        return self.rc.read_raw(wait, max_messages)
-
-    def events(self, timeout: float | None = None, *, keepalives: bool = False,
-               idle_timeout: float | None = None) -> Iterator[Event | Keepalive]:
-        """Events until ``timeout`` seconds passed, or ``idle_timeout`` seconds without data
-        (keepalives do not count as data)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        last_data = time.monotonic()
-        while deadline is None or time.monotonic() < deadline:
-            messages = self._read(0.1)
-            got_data = False
-            try:
-                for event in self.decoder.feed(messages):  # type: ignore[union-attr]
-                    if isinstance(event, Keepalive):
-                        self.last_wal_end = max(self.last_wal_end, event.wal_end)
-                        if event.reply_requested:
-                            self.send_feedback()
-                        if keepalives:
-                            yield event
-                        continue
-                    got_data = True
-                    yield event
-            except BinaryModeUnsupported as exc:
-                # binary applies to the whole stream: start again in text from what was
-                # acknowledged (events of the interrupted transaction were never emitted)
-                self.mode_choice = ModeChoice(False, f"text: switched from binary: {exc.message}")
-                self.rc.close()
-                self._start(self.flushed)
-                continue
-            if time.monotonic() - self._last_feedback > self.feedback_interval:
-                self.send_feedback()
-            if got_data:
-                last_data = time.monotonic()
-            elif idle_timeout is not None and time.monotonic() - last_data > idle_timeout:
-                return
-
-    last_wal_end = 0
-
-
-    def acknowledge(self, lsn: int) -> None:
-        """Report everything up to ``lsn`` as flushed (sent at the next feedback)."""
-        self.flushed = max(self.flushed, lsn)
-        self.send_feedback()
-
-    def send_feedback(self) -> None:
-        self.rc.send_feedback(self.flushed, reply=False)
-        self._last_feedback = time.monotonic()
-
-    def close(self) -> None:
-        if self.rc is not None:
-            self.rc.close()
-        self.catalog.close()
-
-    def __enter__(self) -> PgoutputStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def create_publication(conn: psycopg.Connection[Any], name: str, tables: Iterable[str]) -> None:
-    """CREATE PUBLICATION name FOR TABLE ... (a helper for tests and scripts)."""
-    idents = [sql.Identifier(*t.split(".", 1)) for t in tables]
-    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-        sql.Identifier(name), sql.SQL(", ").join(idents)))
-
-
-__all__ = ["Keepalive", "ModeChoice", "PgoutputEventDecoder", "PgoutputStream", "choose_mode",
-           "create_publication", "make_stream_decoder", "protocol_version_for", "start_options"]
+__all__ = ["Keepalive", "ModeChoice", "PgoutputEventDecoder", "choose_mode",
+           "make_stream_decoder", "protocol_version_for", "start_options"]

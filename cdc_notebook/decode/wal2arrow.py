@@ -13,16 +13,18 @@ from a replication stream each XLogData message's payload. Arrow bodies are read
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
-from typing import Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Union
 
 import pyarrow as pa
 
+from cdc_notebook.decode.decoder import split_copydata
 from cdc_notebook.decode.events import (
     Begin,
     ChangeBatch,
     Commit,
     Event,
+    Keepalive,
     LogicalMessage,
     RelationSchema,
     StreamAbort,
@@ -35,7 +37,7 @@ from cdc_notebook.errors import FrameError
 
 FORMAT_VERSIONS = (1,)
 FORMAT_VERSION = max(FORMAT_VERSIONS)
-XLOGDATA_HEADER_SIZE = 25
+
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -137,9 +139,25 @@ class _Reader:
 class FrameDecoder:
     """Decodes frames into events, remembering relation schemas by (relid, schema version)."""
 
+    binary = False  # the Decoder protocol's flag (pgoutput's binary mode); frames are Arrow
+
     def __init__(self) -> None:
         self._schemas: dict[tuple[int, int], RelationSchema] = {}
         self.copied_bodies = 0  # Arrow bodies that were not 8-byte aligned and had to be copied
+
+    def feed(self, messages: Sequence[Any]) -> Iterator[Event | Keepalive]:
+        """The events of raw CopyData messages (the :class:`~cdc_notebook.decode.decoder.Decoder`
+        protocol): one frame per XLogData message, read in place; a keepalive or an empty
+        message becomes a :class:`Keepalive`."""
+        for message in messages:
+            wal_end, payload, reply = split_copydata(message)
+            if payload is None or len(payload) == 0:
+                yield Keepalive(wal_end, reply)
+            else:
+                yield self.decode_one(payload)
+
+    def close(self) -> None:
+        """Nothing to release (the Decoder protocol)."""
 
     def schema(self, relid: int, version: int) -> RelationSchema:
         try:

@@ -15,17 +15,21 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from cdc_notebook.connection.conninfo import connect, conninfo_of
+from cdc_notebook.connection.conninfo import (
+    apply_session_settings,
+    connect,
+    conninfo_of,
+    session_conninfo,
+)
 from cdc_notebook.connection.lsn import parse_lsn
 from cdc_notebook.errors import (
-    DecoderUnavailable,
     SlotNotFound,
     SnapshotUnavailable,
     TemporarySlotLost,
@@ -44,76 +48,7 @@ from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
 from cdc_notebook.stream.reader import TableReader
 from cdc_notebook.stream.replication import ReplicationConnection
 from cdc_notebook.stream.router import ChangeRouter
-
-
-def make_decoder(plugin: str, publication: str | None,
-                 conninfo: dict[str, Any] | str | None = None) -> tuple[Any, dict[str, str]]:
-    """The decoder object and START_REPLICATION options for ``plugin``.
-
-    A decoder has ``decode(payload: memoryview) -> list[Event]``.
-    """
-    if plugin == "wal2arrow":
-        from cdc_notebook.decode import wal2arrow as frames
-
-        # Logical messages carry the watermarks of tables joining a running stream.
-        options = {"format_version": str(frames.FORMAT_VERSION), "messages": "on"}
-        if publication:
-            options["publication_names"] = publication
-        return frames.FrameDecoder(), options
-    if plugin == "pgoutput":
-        from cdc_notebook.decode import pgoutput
-
-        return pgoutput.make_stream_decoder(publication, conninfo)
-    raise DecoderUnavailable(f"no decoder for output plugin {plugin!r}",
-                             hint="use plugin='wal2arrow' or plugin='pgoutput'")
-
-
-class _Source:
-    """What the router reads: decoded events with the WAL end of the message they came in."""
-
-    def __init__(self, rc: ReplicationConnection, decoder: Any):
-        self.rc = rc
-        self.decoder = decoder
-        self._keepalive_type: type = type(None)
-        if hasattr(decoder, "feed"):
-            from cdc_notebook.decode.pgoutput import Keepalive
-
-            self._keepalive_type = Keepalive
-
-    def read(self, timeout: float) -> Iterator[tuple[Any, int]]:
-        messages = self.rc.read_raw(timeout=timeout)
-        if not messages:
-            return
-        feed = getattr(self.decoder, "feed", None)
-        if feed is not None:
-            # Bulk decoders (pgoutput: one message per row) take every message in one call.
-            for event in feed(messages):
-                if isinstance(event, self._keepalive_type):
-                    yield None, event.wal_end
-                else:
-                    yield event, 0
-            return
-        split, decode = self.rc.split, self.decoder.decode
-        for message in messages:
-            wal_end, payload, _reply = split(message)
-            if payload is None:
-                yield None, wal_end
-                continue
-            events = decode(payload)
-            if not events:
-                yield None, wal_end
-            for event in events:
-                yield event, wal_end
-
-    def send_feedback(self, lsn: int, reply: bool = False) -> None:
-        self.rc.send_feedback(lsn, reply=reply)
-
-    def close(self) -> None:
-        self.rc.close()
-        # pgoutput's decoder owns an ordinary connection for type look-ups.
-        conn = getattr(getattr(self.decoder, "catalog", None), "_conn", None)
-        if conn is not None:
-            conn.close()
+from cdc_notebook.stream.source import ReplicationSource, plugin_decoders
 
 
 class CDCStream:
@@ -133,7 +68,9 @@ class CDCStream:
                  snapshot_progress: Callable[[Any], None] | None = None,
                  snapshot_workers: int = 2, watch: bool = True,
                  on_table_added: Callable[[str], None] | None = None,
+                 status_interval: float = 1.0,
                  **provision_options: Any):
+        self._source: ReplicationSource | None = None
         self.catalog = connect(conninfo)
         try:
             self._catalog_lock = threading.Lock()
@@ -191,6 +128,7 @@ class CDCStream:
             self._first_connection = self.slot.connection
             self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
                                        memory_limit=memory_limit, reconnect=reconnect,
+                                       status_interval=status_interval,
                                        table_changes=self._table_changes)
             self.readers: dict[str, TableReader] = {}
             self._oids = {info.qualified_name: info.oid for info in self.tables}
@@ -205,29 +143,47 @@ class CDCStream:
 
     # ---- the stream
 
-    def _open_source(self, flushed: int) -> _Source:
+    def _open_source(self, flushed: int) -> ReplicationSource:
         if self._first_connection is not None:
             conn, self._first_connection = self._first_connection, None
             if self.snapshot:
                 # The exported snapshot lives until this connection runs another command:
                 # read every table at it first, then start streaming on the same connection.
                 self._take_snapshot()
+            # pgoutput's text output follows the walsender's session settings
+            apply_session_settings(conn)
             rc = ReplicationConnection.adopt(conn)
         else:
-            if self.temporary and self.router.reconnects:
+            if self.temporary and (self.router.reconnects or self.router.restarts):
                 raise TemporarySlotLost(
                     f"the temporary slot {self.slot.slot_name!r} vanished with its connection; "
                     "changes after the last one read cannot be recovered",
                     hint="use a permanent slot (temporary=False) to survive reconnects")
-            rc = ReplicationConnection(self.conninfo)
-        decoder: Any = None
-        try:
-            decoder, options = make_decoder(self.plugin, self.publication, self.conninfo)
-            rc.start(self.slot.slot_name, 0, options)
-        except BaseException:
-            _Source(rc, decoder).close()  # the replication connection and the decoder's own
-            raise
-        return _Source(rc, decoder)
+            rc = ReplicationConnection(session_conninfo(self.conninfo))
+        # pgoutput in binary mode needs a new connection to switch to text for a relation that
+        # needs it, which a temporary slot does not survive: text from the start there; after
+        # a switch, reconnects stay in text.
+        binary = False if self.temporary or self.router.restarts else None
+        source = ReplicationSource(
+            rc, self.slot.slot_name, plugin_decoders(self.plugin, self.publication, self.conninfo),
+            binary=binary)
+        if self.plugin == "pgoutput" and source.decoder is not None and binary is False:
+            error = self.router.last_error
+            source.decoder.mode_reason = (  # type: ignore[attr-defined]
+                f"text: switched from binary: {getattr(error, 'message', error)}"
+                if self.router.restarts else
+                "text: a temporary slot streams pgoutput in text (switching from binary for a "
+                "relation that needs text takes a new connection, which the slot would not "
+                "survive)")
+        self._source = source
+        return source
+
+    @property
+    def decoding_mode(self) -> str:
+        """How the stream is decoded: Arrow IPC frames (wal2arrow), or pgoutput's binary or
+        text mode and why (a binary stream switches to text for a relation that needs it)."""
+        source = self._source
+        return source.mode_reason if source is not None else "not started"
 
     def _take_snapshot(self) -> None:
         from cdc_notebook.snapshot.tables import snapshot_table
@@ -396,4 +352,4 @@ class ArrowCDCReaderConfig:
         return readers
 
 
-__all__ = ["ArrowCDCReaderConfig", "CDCStream", "make_decoder"]
+__all__ = ["ArrowCDCReaderConfig", "CDCStream"]

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from cdc_notebook.decode.events import (
     ChangeBatch,
+    Keepalive,
     LogicalMessage,
     RelationSchema,
     TableDropped,
@@ -52,6 +53,7 @@ class StreamStats:
     rows: int = 0
     bytes: int = 0
     transactions: int = 0
+    replies_requested: int = 0  # keepalives in which the server asked for an answer at once
     started_at: float = field(default_factory=time.monotonic)
     latencies_us: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
 
@@ -88,6 +90,8 @@ class ChangeRouter:
         self.stats = StreamStats()
         self.failed: BaseException | None = None
         self.reconnects = 0
+        self.restarts = 0  # restarts of the source in text mode (pgoutput binary -> text)
+        self.last_error: BaseException | None = None  # what the last reconnect recovered from
         self._source: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -139,15 +143,20 @@ class ChangeRouter:
 
     # ---- the thread
 
-    def _keep_alive(self) -> None:
-        """Send a status update if one is due (also while waiting on a full queue)."""
+    def _keep_alive(self, *, server_asked: bool = False) -> None:
+        """Send a status update if one is due (also while waiting on a full queue), and at once
+        when the server asked for one (it drops the connection after ``wal_sender_timeout``
+        without an answer)."""
         now = time.monotonic()
         flushed = self.acks.flushed
         # A reader waiting for the stream's position asks the server at once (a keepalive
         # answers), but not more than every 10 ms.
         asked = self._want_position.is_set() and now - self._last_status >= 0.01
+        if server_asked:
+            self.stats.replies_requested += 1
         if self._source is not None and (now - self._last_status >= self.status_interval
-                                         or flushed != self._sent_flush or asked):
+                                         or flushed != self._sent_flush or asked
+                                         or server_asked):
             try:
                 self._source.send_feedback(flushed, reply=self._want_position.is_set())
             except Exception:  # noqa: BLE001 - the read loop sees and handles the failure
@@ -165,20 +174,26 @@ class ChangeRouter:
             except BaseException as exc:  # noqa: BLE001
                 if self._stop.is_set():
                     return
-                if not self.reconnect or not is_transient(exc):
+                # A binary pgoutput stream that meets a relation needing text starts again in
+                # text mode, on a new connection (a logical walsender cannot restart its COPY).
+                restart = self._source is not None and self._source.needs_text_restart(exc)
+                if not restart and (not self.reconnect or not is_transient(exc)):
                     self._fail(exc)
                     return
+                self.last_error = exc
                 self.acks.abandon_open()
                 self._txn = None
-                self.reconnects += 1
+                if restart:
+                    self.restarts += 1
+                else:
+                    self.reconnects += 1
                 try:
                     self._source.close()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - closing a broken connection
                     pass
                 self._source = None
-                while not self._stop.is_set():
-                    time.sleep(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
+                delay = 0.0 if restart else backoff
+                while not self._stop.wait(delay):
                     try:
                         self._source = self._source_factory(self.acks.flushed)
                         backoff = 0.5
@@ -187,6 +202,8 @@ class ChangeRouter:
                         if not is_transient(again):
                             self._fail(again)
                             return
+                    delay = backoff
+                    backoff = min(backoff * 2, self.max_backoff)
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = exc
@@ -200,9 +217,11 @@ class ChangeRouter:
         while not self._stop.is_set():
             self._keep_alive()
             self._check_tables()
-            for event, wal_end in source.read(timeout=0.1):
-                if event is None:  # a keepalive or an empty message
-                    self.acks.idle(wal_end)
+            for event in source.read(timeout=0.1):
+                if isinstance(event, Keepalive):  # a keepalive or a message with no event
+                    self.acks.idle(event.wal_end)
+                    if event.reply_requested:
+                        self._keep_alive(server_asked=True)
                     continue
                 if isinstance(event, Begin):
                     self._txn = self.acks.begin(event.xid, event.end_lsn, event.commit_ts)
