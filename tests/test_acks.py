@@ -58,3 +58,23 @@ def test_a_lost_connection_abandons_the_open_transaction() -> None:
     acks.abandon_open()
     assert acks.flushed == 200
     assert acks.in_flight == 0 and not acks.in_transaction
+
+
+def test_durable_only_waits_for_what_the_consumer_committed():
+    acks = AckTracker(durable_only=True)
+    t1 = acks.begin(1, 0, 0)
+    acks.add(t1)
+    acks.commit(t1, 100)
+    acks.consumed(t1)
+    assert acks.consumed_lsn == 100 and acks.flushed == 0  # in memory only
+    acks.idle(150)  # nothing in flight, but what was consumed is not durable yet
+    assert acks.flushed == 0
+    acks.durable(100)  # the checkpoint holds everything consumed
+    assert acks.flushed == 150  # and the idle position follows again
+    t2 = acks.begin(2, 0, 0)
+    acks.add(t2)
+    acks.commit(t2, 300)
+    acks.consumed(t2)
+    assert acks.flushed == 100  # the durable position, not the consumed one
+    acks.durable(300)
+    assert acks.flushed == 300

@@ -905,11 +905,23 @@ class LiveReader:
 
     def __init__(self, stream: Any, frames: LiveFrames | None = None, *,
                  close_stream: bool = True, poll: float = 0.2,
-                 sync_interval: float = 0.1) -> None:
+                 sync_interval: float = 0.1,
+                 checkpoint: str | os.PathLike[str] | None = None,
+                 checkpoint_interval: float = 10.0) -> None:
         import atexit
 
         self.stream = stream
+        self.checkpoint_dir = None if checkpoint is None else Path(checkpoint)
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoints = 0
+        self.checkpoint_lsn = 0
+        if frames is None and self.checkpoint_dir is not None \
+                and any(self.checkpoint_dir.glob("*.parquet")):
+            frames = LiveFrames.load(self.checkpoint_dir)  # resume where the checkpoint is
         self.frames = frames if frames is not None else LiveFrames()
+        if self.checkpoint_dir is not None:
+            # The slot may advance only over what a checkpoint holds (docs/delivery.md).
+            stream.acknowledge_durable_only()
         self.close_stream = close_stream
         self.poll = poll
         self.sync_interval = sync_interval
@@ -943,6 +955,9 @@ class LiveReader:
             thread = threading.Thread(target=self._consume, args=(name, reader, key),
                                       name=f"cdc-live-{name}", daemon=True)
             self._threads.append(thread)
+        if self.checkpoint_dir is not None:
+            self._threads.append(threading.Thread(target=self._checkpoint_loop,
+                                                  name="cdc-live-checkpoint", daemon=True))
         self._run.set()
         self.state = "running"
         self.started_at = time.monotonic()
@@ -950,12 +965,44 @@ class LiveReader:
             thread.start()
         return self
 
+    def checkpoint(self) -> int:
+        """Save every keyed table's mirror into the checkpoint directory (Parquet, each file
+        replaced atomically), then acknowledge the stream up to the oldest table's consistent
+        LSN: the slot never passes what the checkpoint holds. Returns that LSN."""
+        if self.checkpoint_dir is None:
+            raise ValueError("this reader has no checkpoint directory (LiveReader(..., "
+                             "checkpoint=DIR))")
+        saved = self.frames.save(self.checkpoint_dir)
+        acks = getattr(getattr(self.stream, "router", None), "acks", None)
+        if saved:
+            lsn = min(saved.values())
+        elif acks is not None:
+            lsn = int(acks.consumed_lsn)  # only keyless tables: nothing to persist
+        else:
+            lsn = 0
+        self.stream.acknowledge(lsn)
+        self.checkpoints += 1
+        self.checkpoint_lsn = lsn
+        return lsn
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.wait(self.checkpoint_interval):
+            if not self._run.is_set():
+                continue  # paused: the frames do not change
+            try:
+                self.checkpoint()
+            except Exception as exc:  # noqa: BLE001 - kept for the status widget
+                self.error = exc
+                self.state = "failed"
+                return
+
     def _adopt_new_readers(self) -> None:
         """Tables that joined the running stream (they started matching its patterns) get a
         thread of their own."""
         readers = getattr(self.stream, "readers", {})
         with self._adopt_lock:
-            known = {t.name.removeprefix("cdc-live-") for t in self._threads}
+            known = {t.name.removeprefix("cdc-live-") for t in self._threads
+                     if t.name != "cdc-live-checkpoint"}
             for name, reader in list(readers.items()):
                 if name in known or self._stop.is_set():
                     continue
@@ -996,6 +1043,8 @@ class LiveReader:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
+        if self.checkpoint_dir is not None and self._threads and self.state != "failed":
+            self.checkpoint()  # a clean stop keeps everything applied so far
         if self.close_stream and self.stream is not None:
             self.stream.close()
         if self.state != "failed":
@@ -1082,7 +1131,8 @@ class LiveReader:
         this table is left to read, move its consistent LSN to the stream's position."""
         # Read the position first: a transaction's batches are queued before its commit moves
         # the position, so an empty queue afterwards means they were all applied.
-        if len(getattr(self.stream, "readers", ())) > len(self._threads):
+        consumers = sum(1 for th in self._threads if th.name != "cdc-live-checkpoint")
+        if len(getattr(self.stream, "readers", ())) > consumers:
             self._adopt_new_readers()
         position = self.stream_position()
         if position is None:

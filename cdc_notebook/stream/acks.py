@@ -25,14 +25,41 @@ class Transaction:
 
 
 class AckTracker:
-    """Computes the flush position: the newest end LSN all of whose batches are consumed."""
+    """Computes the flush position: the newest end LSN all of whose batches are consumed.
 
-    def __init__(self, start_lsn: int = 0):
+    With ``durable_only`` (a consumer that persists: a checkpoint, a sink), consumption is not
+    enough: the position also waits for :meth:`durable`, the end LSN up to which the consumer
+    says everything it consumed is committed. It reaches the consumed position (and follows
+    idle keepalives) only once everything consumed is durable.
+    """
+
+    def __init__(self, start_lsn: int = 0, *, durable_only: bool = False):
         self._lock = threading.Lock()
         self._open: collections.deque[Transaction] = collections.deque()
-        self.flushed = start_lsn
+        self._consumed = start_lsn  # newest end LSN all of whose batches are consumed (or idle)
+        self._consumed_commit = start_lsn  # end LSN of the newest consumed transaction
+        self._durable = start_lsn
+        self.durable_only = durable_only
         self.in_transaction = False
         self.received = start_lsn  # newest commit end LSN (or idle keepalive WAL end) seen
+
+    @property
+    def flushed(self) -> int:
+        """What may be reported to the server as flushed."""
+        with self._lock:
+            if not self.durable_only or self._durable >= self._consumed_commit:
+                return self._consumed
+            return min(self._consumed, self._durable)
+
+    @property
+    def consumed_lsn(self) -> int:
+        """The newest end LSN all of whose batches were consumed (durable or not)."""
+        return self._consumed
+
+    def durable(self, lsn: int) -> None:
+        """The consumer has durably committed everything it consumed up to end LSN ``lsn``."""
+        with self._lock:
+            self._durable = max(self._durable, lsn)
 
     def begin(self, xid: int, end_lsn: int, commit_ts: int) -> Transaction:
         txn = Transaction(xid, end_lsn, commit_ts)
@@ -46,6 +73,7 @@ class AckTracker:
             txn.pending += 1
 
     def consumed(self, txn: Transaction) -> None:
+        """One batch of ``txn`` was consumed."""
         with self._lock:
             txn.pending -= 1
             self._advance()
@@ -69,14 +97,16 @@ class AckTracker:
     def idle(self, wal_end: int) -> None:
         """A keepalive (or message header) says the server has sent up to ``wal_end``."""
         with self._lock:
-            if not self._open and not self.in_transaction and wal_end > self.flushed:
-                self.flushed = wal_end
+            if not self._open and not self.in_transaction and wal_end > self._consumed:
+                self._consumed = wal_end
             if not self.in_transaction:
                 self.received = max(self.received, wal_end)
 
     def _advance(self) -> None:
         while self._open and self._open[0].committed and self._open[0].pending <= 0:
-            self.flushed = max(self.flushed, self._open.popleft().end_lsn)
+            end = self._open.popleft().end_lsn
+            self._consumed = max(self._consumed, end)
+            self._consumed_commit = max(self._consumed_commit, end)
 
     @property
     def oldest_unacknowledged_commit_ts(self) -> int | None:

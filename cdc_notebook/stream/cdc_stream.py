@@ -30,6 +30,7 @@ from cdc_notebook.connection.conninfo import (
 )
 from cdc_notebook.connection.lsn import parse_lsn
 from cdc_notebook.errors import (
+    CDCError,
     SlotNotFound,
     SnapshotUnavailable,
     TemporarySlotLost,
@@ -68,7 +69,7 @@ class CDCStream:
                  snapshot_progress: Callable[[Any], None] | None = None,
                  snapshot_workers: int = 2, watch: bool = True,
                  on_table_added: Callable[[str], None] | None = None,
-                 status_interval: float = 1.0,
+                 status_interval: float = 1.0, acknowledge: str = "consumed",
                  **provision_options: Any):
         self._source: ReplicationSource | None = None
         self.catalog = connect(conninfo)
@@ -126,10 +127,13 @@ class CDCStream:
                     "where it was acknowledged), or drop the slot to start over with a snapshot")
             self.decoder_name = self.plugin
             self._first_connection = self.slot.connection
+            if acknowledge not in ("consumed", "durable"):
+                raise ValueError("acknowledge must be 'consumed' or 'durable'")
             self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
                                        memory_limit=memory_limit, reconnect=reconnect,
                                        status_interval=status_interval,
                                        table_changes=self._table_changes)
+            self.router.acks.durable_only = acknowledge == "durable"
             self.readers: dict[str, TableReader] = {}
             self._oids = {info.qualified_name: info.oid for info in self.tables}
             for info in self.tables:
@@ -274,6 +278,34 @@ class CDCStream:
                 self.catalog = connect(self.conninfo)
                 text = self.catalog.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
         return parse_lsn(text)
+
+    # ---- acknowledgement (docs/delivery.md)
+
+    @property
+    def acknowledge_mode(self) -> str:
+        """``"consumed"``: the slot advances over what the readers consumed; ``"durable"``: no
+        further than what the consumer reported durable with :meth:`acknowledge`."""
+        return "durable" if self.router.acks.durable_only else "consumed"
+
+    def acknowledge_durable_only(self) -> None:
+        """Switch to ``acknowledge="durable"`` (a consumer that persists: a checkpoint, a sink).
+        Only before anything was acknowledged: afterwards the slot may already be past what the
+        consumer holds."""
+        acks = self.router.acks
+        if acks.durable_only:
+            return
+        if self.router.started and acks.flushed > 0:
+            raise CDCError(
+                "this stream has already acknowledged changes as they were consumed",
+                hint="create the stream with acknowledge='durable' (or attach the persisting "
+                "consumer before reading from it)")
+        acks.durable_only = True
+
+    def acknowledge(self, end_lsn: int) -> None:
+        """Everything the readers consumed up to ``end_lsn`` (a transaction's ``_cdc_end_lsn``)
+        is durably committed by the consumer: with ``acknowledge="durable"`` the slot's
+        confirmed position may advance that far (and no further)."""
+        self.router.acks.durable(end_lsn)
 
     def start(self) -> CDCStream:
         self.router.ensure_started()

@@ -55,7 +55,8 @@ class StreamStats:
     transactions: int = 0
     replies_requested: int = 0  # keepalives in which the server asked for an answer at once
     started_at: float = field(default_factory=time.monotonic)
-    latencies_us: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
+    latencies_us: collections.deque[int] = field(
+        default_factory=lambda: collections.deque(maxlen=4096))
 
     def latency_percentiles(self) -> tuple[float | None, float | None]:
         if not self.latencies_us:
@@ -115,6 +116,10 @@ class ChangeRouter:
                              memory_limit=max(1 << 20, self.memory_limit // 4))
         self.readers[qualified_name] = reader
         return reader
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
 
     def ensure_started(self) -> None:
         with self._lock:
