@@ -209,6 +209,12 @@ class SlotDropped(SlotNotFound):
     """The slot went away while streaming (dropped by someone, or invalidated)."""
 
 
+class SlotInvalidated(SlotError):
+    """The server invalidated the slot (``wal_status = lost``): the WAL it needed was removed,
+    past ``max_slot_wal_keep_size`` (or for another reason the server names). Its changes
+    cannot be read any more."""
+
+
 class TemporarySlotLost(SlotError):
     """A temporary slot vanished with its connection: what came after cannot be recovered."""
 

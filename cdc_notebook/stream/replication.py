@@ -27,7 +27,7 @@ from psycopg import pq
 from cdc_notebook.connection.conninfo import connect
 from cdc_notebook.connection.lsn import format_lsn
 from cdc_notebook.connection.quoting import quote_ident, quote_literal
-from cdc_notebook.errors import CDCError, SlotDropped, SlotInUse, StreamLost
+from cdc_notebook.errors import CDCError, SlotDropped, SlotInUse, SlotInvalidated, StreamLost
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
 _HDR_W = struct.Struct(">QQq")  # data start, WAL end, send time
@@ -50,6 +50,17 @@ def _raise_for(result: Any, slot: str) -> None:
                           hint="it was dropped or invalidated; create a new slot (and take a "
                           "new snapshot: changes since the old slot's position are lost)",
                           sqlstate=state)
+    detail = (result.error_field(pq.DiagnosticField.MESSAGE_DETAIL) or b"").decode(
+        errors="replace")
+    if state == "55000" and ("invalidated" in detail or "can no longer" in message):
+        raise SlotInvalidated(
+            f"replication slot {slot!r} was invalidated by the server (wal_status = lost): "
+            f"{message}{' — ' + detail if detail else ''}",
+            hint="its changes since the last acknowledged position are gone: drop the slot and "
+            "start again with a new one and a new snapshot (CDCStream(..., snapshot=True)); to "
+            "keep it from happening, raise max_slot_wal_keep_size (or set it to -1) in "
+            "postgresql.conf, or keep a reader consuming so the slot does not fall behind "
+            "(stream.status() shows wal_status and the WAL retained)", sqlstate=state)
     if state == "55006" or "is active for PID" in message:
         match = re.search(r"PID (\d+)", message)
         raise SlotInUse(f"replication slot {slot!r} is already being read: {message}",
