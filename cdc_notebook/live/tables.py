@@ -189,7 +189,8 @@ def _has_key_in(frame: pl.DataFrame, keyset: pl.DataFrame, keys: list[str]) -> p
     """
     keyset = keyset.select(keys).cast({k: frame.schema[k] for k in keys})
     if len(keys) == 1:
-        probe = pl.col(keys[0]).is_in(keyset.get_column(keys[0]).implode())
+        # null-safe: a REPLICA IDENTITY FULL table without a key may have NULLs in its "key"
+        probe = pl.col(keys[0]).is_in(keyset.get_column(keys[0]).implode(), nulls_equal=True)
     else:
         probe = pl.struct(keys).is_in(keyset.select(pl.struct(keys)).to_series().implode())
     return frame.select(probe.fill_null(False)).to_series()
@@ -222,7 +223,7 @@ def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list
         work = ups.select([_SEQ, *src, _PTR, pl.col(column).alias(_VAL), need.alias(_NEED)])
         from_mirror = lookup.select([*keys, pl.col(column).alias("__cdc_mval__"), _FOUND])
         work = work.join(from_mirror, left_on=src, right_on=keys, how="left",
-                         maintain_order="left")
+                         maintain_order="left", nulls_equal=True)
         starts = pl.col(_NEED) & pl.col(_PTR).is_null()
         unresolved += work.filter(starts & pl.col(_FOUND).is_null()).height
         work = work.with_columns(
@@ -247,6 +248,23 @@ def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list
     return ups.drop([*src, _PTR]), unresolved
 
 
+def _toast_from_before_image(ups: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """An unchanged TOAST value the same record's before-image holds (REPLICA IDENTITY FULL
+    logs the whole old row, detoasted) is that value: take it, and the column is resolved."""
+    before = ups.schema.get(BEFORE)
+    fields = {f.name for f in before.fields} if isinstance(before, pl.Struct) else set()
+    for column in columns:
+        if column not in fields:
+            continue
+        old = pl.col(BEFORE).struct.field(column)
+        filled = (pl.col(TOAST).list.contains(column).fill_null(False) & old.is_not_null())
+        ups = ups.with_columns(
+            pl.when(filled).then(old).otherwise(pl.col(column)).alias(column),
+            pl.when(filled).then(pl.col(TOAST).list.set_difference(pl.lit([column])))
+            .otherwise(pl.col(TOAST)).alias(TOAST))
+    return ups
+
+
 def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
                  keys: Sequence[str]) -> tuple[pl.DataFrame, int]:
     """Apply change rows (in stream order) to a mirror keyed by ``keys``.
@@ -262,12 +280,17 @@ def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
     key_changed = pl.col(BEFORE).is_not_null() & pl.any_horizontal(
         [pl.col(BEFORE).struct.field(k).ne_missing(pl.col(k)) for k in keys])
     ups = changes.filter(op.is_in(["r", "c", "u"]))
-    removals = changes.filter((op == "d") | ((op == "u") & key_changed)) \
-        .select([*before_key, _SEQ]).filter(pl.all_horizontal(pl.col(k).is_not_null()
-                                                              for k in keys))
+    # A row leaves by its old key (the before-image). Under REPLICA IDENTITY FULL that is the
+    # whole old row, NULLs included; without a before-image (REPLICA IDENTITY NOTHING) there
+    # is nothing to match.
+    removals = changes.filter(((op == "d") | ((op == "u") & key_changed))
+                              & pl.col(BEFORE).is_not_null()).select([*before_key, _SEQ])
     unresolved = 0
     toast_names = ups.get_column(TOAST).explode().drop_nulls().unique() \
         if TOAST in ups.columns else pl.Series([], dtype=pl.String)
+    if len(toast_names):
+        ups = _toast_from_before_image(ups, [c for c in toast_names.to_list() if c in columns])
+        toast_names = ups.get_column(TOAST).explode().drop_nulls().unique()
     if len(toast_names):
         ups, unresolved = _resolve_unchanged_toast(
             mirror, ups, keys, [c for c in toast_names.to_list() if c in columns])

@@ -272,6 +272,15 @@ class TableInfo:
         return f"{quote_ident_if_needed(self.schema)}.{quote_ident_if_needed(self.name)}"
 
     @property
+    def change_key(self) -> tuple[str, ...]:
+        """The columns that identify a row in its changes: the replica identity index's when
+        the table has one (its updates and deletes carry only those as the old key), else the
+        primary key, else (REPLICA IDENTITY FULL without a key) every column."""
+        if self.replica_identity == "i":
+            return self.identity_columns
+        return self.primary_key or self.identity_columns
+
+    @property
     def has_replica_identity(self) -> bool:
         """Updates and deletes carry the old key (or row) only when this is true."""
         return bool(self.identity_columns)

@@ -138,7 +138,7 @@ class CDCStream:
             self._oids = {info.qualified_name: info.oid for info in self.tables}
             for info in self.tables:
                 self.readers[info.qualified_name] = self.router.add_reader(
-                    info.qualified_name, tuple(info.primary_key or info.identity_columns))
+                    info.qualified_name, info.change_key)
         except BaseException:
             self.catalog.close()  # nothing else was opened, or it closed itself
             raise
@@ -225,7 +225,7 @@ class CDCStream:
     def _join(self, info: TableInfo) -> None:
         """Add a table to the running stream: publication, reader, watermarked snapshot."""
         name = info.qualified_name
-        keys = tuple(info.primary_key or info.identity_columns)
+        keys = info.change_key
         with self._catalog_lock:
             self.catalog.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                 sql.Identifier(self.publication), sql.Identifier(info.schema, info.name)))
