@@ -198,7 +198,7 @@ class PgoutputStream:
         self.source = ReplicationSource(rc, self.slot, self._decoders, start_lsn=self.flushed,
                                         binary=False)
         decoder = self.source.decoder
-        setattr(decoder, "mode_reason", f"text: switched from binary: {getattr(why, 'message', why)}")
+        decoder.mode_reason = f"text: switched from binary: {getattr(why, 'message', why)}"
 
     @property
     def mode(self) -> str:

@@ -109,14 +109,16 @@ def _has_library(installation, name: str) -> bool:
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                info["memory_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
-                break
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal"):
+                    info["memory_gb"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+                    break
     except OSError:
         pass
     info["kernel"] = os.uname().release
@@ -303,7 +305,7 @@ class Round:
             rec["mb_per_s"] = rec["bytes"] / seconds / 1e6
         self.records.append(rec)
         log(f"  {consumer.name}: {events:,} events in {seconds:.2f} s = "
-            f"{rec['events_per_s']:,.0f}/s; RSS {rss_kb and rss_kb / 1024 or 0:.0f} MB; "
+            f"{rec['events_per_s']:,.0f}/s; RSS {(rss_kb and rss_kb / 1024) or 0:.0f} MB; "
             f"server CPU {sampler.cpu_s:.2f} s")
         return rec
 
@@ -451,7 +453,7 @@ def probe_plugin(server, plugin: str) -> str | None:
             conn.execute("SELECT pg_create_logical_replication_slot('bench_probe', %s, true)",
                          (plugin,))
             conn.execute("INSERT INTO public.bench_probe VALUES (1, 'probe')")
-            n, nbytes = conn.execute(
+            _, nbytes = conn.execute(
                 "SELECT count(*), coalesce(sum(octet_length(data)), 0) FROM "
                 "pg_logical_slot_get_binary_changes('bench_probe', NULL, NULL, VARIADIC %s)",
                 (flat,)).fetchone()

@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from cdc_notebook.connection.conninfo import one_row
 from cdc_notebook.connection.lsn import format_lsn
 from cdc_notebook.server.postgres import PostgresServer
 
@@ -106,9 +107,10 @@ class Workload:
         c_hi = c_lo + max(1, b // 100) - 1
         u_lo = max(self._oldest, o_hi - b // 2 + 1)
         d_lo, d_hi = self._oldest, self._oldest + b // 10 - 1
-        params = dict(c_lo=c_lo, c_hi=c_hi, o_lo=o_lo, o_hi=o_hi, u_lo=u_lo, u_hi=o_hi,
-                      moved_from=o_hi - b // 2 - 1 if o_hi - b // 2 - 1 > d_hi else o_hi,
-                      moved_to=o_hi + 1, d_lo=d_lo, d_hi=d_hi)
+        params = {"c_lo": c_lo, "c_hi": c_hi, "o_lo": o_lo, "o_hi": o_hi, "u_lo": u_lo,
+                  "u_hi": o_hi,
+                  "moved_from": o_hi - b // 2 - 1 if o_hi - b // 2 - 1 > d_hi else o_hi,
+                  "moved_to": o_hi + 1, "d_lo": d_lo, "d_hi": d_hi}
         with conn.transaction():
             for statement in self._statements:
                 conn.execute(statement, {k: v for k, v in params.items()
@@ -198,7 +200,7 @@ def assert_mirror_matches(reader: Any, conn: Any, table: str,
     from polars.testing import assert_frame_equal
 
     keys = [key] if isinstance(key, str) else list(key)
-    mirror = reader[table].mirror().sort(keys)
+    mirror: pl.DataFrame = reader[table].mirror().sort(keys)
     columns = ", ".join(f'"{c}"' for c in mirror.columns)
     order = ", ".join(f'"{k}"' for k in keys)
     expected = sql_frame(conn, f"SELECT {columns} FROM {table} ORDER BY {order}", mirror)
@@ -247,7 +249,7 @@ def run_quickstart(server: PostgresServer, *, seconds: float = 10.0, rate: float
         summary.close()
         reader.stop()
         with server.connect() as conn:
-            left = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0]
+            left = one_row(conn.execute("SELECT count(*) FROM pg_replication_slots"))[0]
         say(f"  reader stopped; the temporary slot is gone ({left} slot(s) left)")
 
 

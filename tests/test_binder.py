@@ -87,8 +87,8 @@ def test_binder_steps_as_an_unprivileged_user_then_the_quickstart(
         ["binder/start", "python", "-c", RUN_QUICKSTART],
     ]
     for step in steps:
-        proc = subprocess.run(run_as + ["env", "-i", *[f"{k}={v}" for k, v in env.items()],
-                                        *step], cwd=repo, capture_output=True, text=True,
+        proc = subprocess.run([*run_as, "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+                               *step], cwd=repo, capture_output=True, text=True,
                               timeout=1200)
         assert proc.returncode == 0, f"{step}: {proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     assert "quickstart ran on binder's environment" in proc.stdout

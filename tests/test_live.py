@@ -39,7 +39,8 @@ TABLE_FIELDS = [
 
 
 def contract_schema(fields: list[pa.Field]) -> pa.Schema:
-    return pa.schema(fields + [
+    return pa.schema([
+        *fields,
         pa.field("_cdc_op", pa.string()),
         pa.field("_cdc_lsn", pa.uint64()),
         pa.field("_cdc_commit_lsn", pa.uint64()),
@@ -419,7 +420,7 @@ def test_a_batch_with_a_new_schema_changes_the_schema_by_itself() -> None:
     tx = Transactions()
     live = LiveTable("public.t", SCHEMA, ["id"])
     live.apply(tx.batch([{"op": "c", "id": 1, "v": 5, "doc": "x", "u": None}]))
-    tx.schema = contract_schema(TABLE_FIELDS + [pa.field("n", pa.float64())])
+    tx.schema = contract_schema([*TABLE_FIELDS, pa.field("n", pa.float64())])
     live.apply(tx.batch([{"op": "c", "id": 2, "v": 6, "doc": "y", "u": None, "n": 1.5}]))
     assert sorted_mirror(live).get_column("n").to_list() == [None, 1.5]
     assert live.schema_changes[-1].added == ("n",)

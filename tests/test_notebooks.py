@@ -44,8 +44,8 @@ def test_notebook_runs_top_to_bottom(path: Path) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         nbformat.write(book, ARTIFACTS / path.name)  # executed copy, for a look afterwards
     errors = [o for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error" or o.get("name") == "stderr"
-              and "Traceback" in o.get("text", "")]
+              if o.get("output_type") == "error"
+              or (o.get("name") == "stderr" and "Traceback" in o.get("text", ""))]
     assert not errors, errors
     # The last code cells are the checks; they ran (nbclient raises on a failing cell).
     assert any("assert" in c.source for c in book.cells[-4:] if c.cell_type == "code")

@@ -101,7 +101,7 @@ def test_readme_demo_as_an_ordinary_user(user_env: dict[str, object]) -> None:
         [".venv/bin/python", "-m", "cdc_notebook", "demo"],
     ]
     for step in steps:
-        proc = subprocess.run(run_as + ["env", *[f"{k}={v}" for k, v in env.items()], *step],
+        proc = subprocess.run([*run_as, "env", *[f"{k}={v}" for k, v in env.items()], *step],
                               cwd=repo, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{step}: {proc.stdout}\n{proc.stderr}"
     assert "PostgreSQL 18" in proc.stdout

@@ -135,10 +135,10 @@ def _check_server_domain(conn, name: str, table: pa.Table) -> None:
     ids = table["id"].to_pylist()
     for col in _columns(table):
         field = table.schema.field(col)
-        rows = dict((r[0], r[1:]) for r in conn.execute(
+        rows = {r[0]: r[1:] for r in conn.execute(
             f"SELECT id, {_server_expr(table, col)}, "
             f"CASE WHEN {col} IS NOT NULL THEN format('%s', {col}) END FROM {name}"
-        ).fetchall())
+        ).fetchall()}
         got = _arrow_values(table, col)
         for i, rid in enumerate(ids):
             value, text = rows[rid]
@@ -172,12 +172,11 @@ def _check_server_domain(conn, name: str, table: pa.Table) -> None:
 
 
 def _stream_inserts(pg, name, slot, pub, binary):
-    with pg.connect() as conn:
-        with PgoutputStream(pg.conninfo(), slot, pub, binary=binary) as stream:
-            _insert(conn, name, with_arrays=not binary)
-            emit_end(conn, name)
-            events = read_until_end(stream, name)
-            assert stream.mode == ("binary" if binary else "text")
+    with pg.connect() as conn, PgoutputStream(pg.conninfo(), slot, pub, binary=binary) as stream:
+        _insert(conn, name, with_arrays=not binary)
+        emit_end(conn, name)
+        events = read_until_end(stream, name)
+        assert stream.mode == ("binary" if binary else "text")
     return batches_of(events, f"public.{name}")
 
 
@@ -205,7 +204,7 @@ def test_every_type_snapshot_equals_pgoutput_equals_wal2arrow_equals_server(pg, 
             # same schema (column names, Arrow types, field metadata, metadata columns)
             assert streamed.schema.equals(snapshot.schema, check_metadata=True), \
                 (streamed.schema, snapshot.schema)
-            cols = _columns(snapshot) + ["_cdc_unrepresentable"]
+            cols = [*_columns(snapshot), "_cdc_unrepresentable"]
             a = streamed.select(cols).sort_by("id")
             b = snapshot.select(cols).sort_by("id")
             for col in cols:
@@ -241,7 +240,7 @@ def test_every_type_snapshot_equals_pgoutput_equals_wal2arrow_equals_server(pg, 
 
 
 def _same_floats(a, b) -> bool:
-    for x, y in zip(a.to_pylist(), b.to_pylist()):
+    for x, y in zip(a.to_pylist(), b.to_pylist(), strict=True):
         if x is None or y is None:
             if x is not y:
                 return False

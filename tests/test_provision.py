@@ -245,7 +245,7 @@ def test_missing_select_and_ownership(pg: Any, db: dict[str, Any],
     with psycopg.connect(**{**db, "user": role}, autocommit=True) as c:
         plan = plan_provision(c, "public.users", plugin="pgoutput")
         assert "CREATE on the database" in plan.report.get("publication_create").message
-        with pytest.raises(OwnershipRequired, match="ownership of public.users"):
+        with pytest.raises(OwnershipRequired, match=r"ownership of public\.users"):
             plan.apply()
 
 

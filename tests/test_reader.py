@@ -68,8 +68,8 @@ def test_interleaved_transactions_arrive_per_table_in_commit_order(pg, unique_na
             ops = table.column("_cdc_op").to_pylist()
             before = table.column("_cdc_before").to_pylist()
             ids = [b["id"] if op == "d" else i for op, b, i in
-                   zip(ops, before, table.column("id").to_pylist())]
-            got = list(zip(ops, ids, table.column("v").to_pylist()))
+                   zip(ops, before, table.column("id").to_pylist(), strict=True)]
+            got = list(zip(ops, ids, table.column("v").to_pylist(), strict=True))
             got = [(op, i, None if op == "d" else v) for op, i, v in got]
             assert got == expected[name]
             ends = table.column("_cdc_end_lsn").to_pylist()

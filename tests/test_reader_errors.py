@@ -140,7 +140,7 @@ def test_no_right_to_replicate(pg, table, unique_name):
         conn.execute(f"GRANT USAGE ON SCHEMA {table.split('.')[0]} TO {role}")
         conn.execute(f"GRANT SELECT ON {table} TO {role}")
     with pytest.raises((errors.ReplicationNotPermitted, errors.OwnershipRequired),
-                       match="REPLICATION|owner"):
+                       match=r"REPLICATION|owner"):
         CDCStream(pg.conninfo("tcp", user=role, password=f"pw-{role}"), table)
 
 

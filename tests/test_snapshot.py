@@ -259,11 +259,11 @@ def test_a_connection_lost_during_the_copy_is_an_error(pg, unique_name, read_pat
                          "WHERE application_name = %s", (app,))
 
         try:
-            with ExportedSnapshot(pg.conninfo(), slot, temporary=True) as snap:
-                with pytest.raises(SnapshotError) as err:
-                    list(snapshot_table({**pg.conninfo(), "application_name": app},
-                                        f"public.{table}", snap, batch_rows=100,
-                                        progress=terminate))
+            with ExportedSnapshot(pg.conninfo(), slot, temporary=True) as snap, \
+                    pytest.raises(SnapshotError) as err:
+                list(snapshot_table({**pg.conninfo(), "application_name": app},
+                                    f"public.{table}", snap, batch_rows=100,
+                                    progress=terminate))
             assert "terminat" in str(err.value) or "closed" in str(err.value) or \
                 "lost" in str(err.value), err.value
         finally:
@@ -322,9 +322,9 @@ def test_a_broken_connection_during_the_copy_is_an_error(pg, read_path):
                 broken.append(True)
             return True
 
-        with pytest.raises(psycopg.OperationalError):
-            with conn.cursor().copy("COPY (SELECT g::int8 FROM generate_series(1, 5000000) g) "
-                                    "TO STDOUT (FORMAT binary)"):
-                snapshot_module.receive_copy(conn, decoder, batch_rows=1000,
-                                             batch_bytes=1 << 30, emit=emit)
+        with pytest.raises(psycopg.OperationalError), \
+                conn.cursor().copy("COPY (SELECT g::int8 FROM generate_series(1, 5000000) g) "
+                                   "TO STDOUT (FORMAT binary)"):
+            snapshot_module.receive_copy(conn, decoder, batch_rows=1000,
+                                         batch_bytes=1 << 30, emit=emit)
         assert broken

@@ -86,7 +86,8 @@ def test_every_spec_type_maps_as_documented(pg, schema_name):
         conn.execute(f'CREATE TABLE "{schema_name}".all_types ({cols})')
         catalog = t.TypeCatalog.load(conn)
         rows = _catalog_columns(conn, "all_types", schema_name)
-        for (name, oid, typmod, formatted), (decl, arrow_type, repr_) in zip(rows, COLUMNS):
+        for (_name, oid, typmod, formatted), (decl, arrow_type, repr_) in zip(
+                rows, COLUMNS, strict=True):
             mapping = catalog.map_type(oid, typmod)
             assert mapping.arrow_type == arrow_type, (decl, formatted, mapping)
             assert mapping.metadata.get(t.META_REPR) == repr_, decl

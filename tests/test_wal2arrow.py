@@ -111,7 +111,7 @@ def test_insert_update_delete_with_metadata_columns(env):
         None, None, None, {"id": 1, "v": None}, {"id": 2, "v": None}]
     begins = [e for e in events if isinstance(e, Begin)]
     commits = [e for e in events if isinstance(e, Commit)]
-    for b, c, batch in zip(begins, commits, batches(events)):
+    for b, c, batch in zip(begins, commits, batches(events), strict=True):
         assert (b.xid, b.commit_lsn, b.end_lsn, b.commit_ts) == (
             c.xid, c.commit_lsn, c.end_lsn, c.commit_ts)
         assert b.end_lsn > b.commit_lsn > 0 and batch.xid == b.xid
@@ -146,7 +146,7 @@ def test_plugin_schema_equals_the_spec_schema(env):
     expected = t.change_batch_schema(t.relation_fields(env.conn, env.relid("wide")))
     assert schema.arrow_schema.equals(expected, check_metadata=True), (
         schema.arrow_schema, expected)
-    for got, want in zip(schema.arrow_schema, expected):
+    for got, want in zip(schema.arrow_schema, expected, strict=True):
         assert got.metadata == want.metadata, got.name
         assert got.nullable == want.nullable, got.name
 

@@ -143,7 +143,7 @@ def _slot_stats(env, column: str) -> int:
         env.conn.execute("SELECT pg_stat_clear_snapshot()")
         row = env.conn.execute(f"SELECT {column} FROM pg_stat_replication_slots "
                                "WHERE slot_name = %s", (env.slot,)).fetchone()
-        if row and row[0] > 0 or time.monotonic() > deadline:
+        if (row and row[0] > 0) or time.monotonic() > deadline:
             return row[0] if row else 0
         time.sleep(0.2)
 

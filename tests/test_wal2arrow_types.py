@@ -94,7 +94,7 @@ def list_of(cmp):
     def compare(a, b):
         return a is not None and len(a) == len(b) and all(
             (x is None and y is None) or (x is not None and y is not None and cmp(x, y))
-            for x, y in zip(a, b))
+            for x, y in zip(a, b, strict=True))
     return compare
 
 
@@ -178,7 +178,7 @@ def test_type_roundtrip(env, decl, literals, expected_sql, compare):
     table = "t_" + "".join(ch if ch.isalnum() else "_" for ch in decl)
     env.run(f"CREATE TABLE {env.q(table)} (id int PRIMARY KEY, v {decl})")
     flags = {}
-    for i, lit in enumerate(literals + ["NULL"]):
+    for i, lit in enumerate([*literals, "NULL"]):
         flag = lit[0] if lit[0] in "!~" else ""
         flags[i] = flag
         env.run(f"INSERT INTO {env.q(table)} VALUES ({i}, {lit[len(flag):]})")

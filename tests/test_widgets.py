@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import comm
 import numpy as np
@@ -42,7 +42,7 @@ from .test_live import SCHEMA, Transactions
 class RecordingComm(BaseComm):
     """What the kernel would publish on iopub, recorded instead."""
 
-    sent: list[tuple[str, Any, str]] = []
+    sent: ClassVar[list[tuple[str, Any, str]]] = []
 
     def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
                     buffers: Any = None, **keys: Any) -> None:
@@ -158,7 +158,7 @@ def test_patterns_preview_is_debounced_and_checkboxes_select(pg: Any, tables: st
     pump.add_hook(model.poll)
     pump.add(view)
     # Typing: every keystroke within the debounce delays the preview.
-    for i, text in enumerate([f"{tables}.o", f"{tables}.or", f"{tables}.order*"]):
+    for text in [f"{tables}.o", f"{tables}.or", f"{tables}.order*"]:
         clock.now += 0.1
         view.include.value = text
         pump.tick()
@@ -447,7 +447,7 @@ def test_table_view_says_what_a_schema_change_did(comms: Any) -> None:
     tx = Transactions()
     live = frames.table("public.t", SCHEMA, ["id"])
     live.apply(tx.batch([{"op": "c", "id": 1, "v": 1, "doc": "x", "u": None}]))
-    live.change_schema(contract_schema(TABLE_FIELDS + [pa.field("added", pa.int32())]))
+    live.change_schema(contract_schema([*TABLE_FIELDS, pa.field("added", pa.int32())]))
     view = TableViewWidget(TableViewModel(frames))
     assert "added added (null for older rows)" in view.info.value
     view.close()

@@ -69,12 +69,12 @@ class PsycopgFetchRows(Consumer):
         table = sql.Identifier(*job.table.split("."))
         window = Window().start()
         rows = 0
-        with psycopg.connect(**job.conninfo, application_name=job.application_name) as conn:
-            with conn.cursor(name="bench_fetch") as cur:
-                cur.itersize = 10_000
-                cur.execute(sql.SQL("SELECT * FROM {}").format(table))
-                while chunk := cur.fetchmany(10_000):
-                    rows += len(chunk)
+        with psycopg.connect(**job.conninfo, application_name=job.application_name) as conn, \
+                conn.cursor(name="bench_fetch") as cur:
+            cur.itersize = 10_000
+            cur.execute(sql.SQL("SELECT * FROM {}").format(table))
+            while chunk := cur.fetchmany(10_000):
+                rows += len(chunk)
         window.stop()
         return window.result(rows, bytes=job.reference.get("copy_binary_bytes", 0))
 

@@ -153,6 +153,14 @@ def connect_session(conninfo: Mapping[str, Any] | str, **kw: Any) -> psycopg.Con
     return connect(session_conninfo(conninfo), **kw)
 
 
+def one_row(cursor: psycopg.Cursor[Any]) -> Any:
+    """The row of a statement that returns exactly one (a function call, an aggregate)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("internal error: a single-row query returned no row")
+    return row
+
+
 _PASSWORD_IN_DSN = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE)
 

@@ -11,7 +11,7 @@ LSNs are ints; timestamps are microseconds since 1970-01-01 UTC (ints), as in th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -146,5 +146,5 @@ class Keepalive:
     reply_requested: bool = False
 
 
-Event = Union[Begin, Commit, RelationSchema, ChangeBatch, Truncate, LogicalMessage,
-              StreamStart, StreamStop, StreamCommit, StreamAbort, TableDropped]
+Event = (Begin | Commit | RelationSchema | ChangeBatch | Truncate | LogicalMessage
+         | StreamStart | StreamStop | StreamCommit | StreamAbort | TableDropped)

@@ -25,7 +25,7 @@ See docs/pgoutput.md for the message-by-message mapping.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,7 +224,7 @@ class PgoutputEventDecoder:
             else:
                 raise PgoutputError(f"unknown native event {tag!r}")
 
-    def feed(self, messages: list[Any]) -> Iterator[Event | Keepalive]:
+    def feed(self, messages: Sequence[Any]) -> Iterator[Event | Keepalive]:
         """Decode CopyData messages (XLogData 'w' with its 25-byte header, keepalives 'k').
 
         A generator: a committed streamed transaction is replayed one batch at a time as the

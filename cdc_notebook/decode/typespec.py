@@ -58,10 +58,11 @@ UNREPRESENTABLE_COLUMN = "_cdc_unrepresentable"
 def load_spec() -> dict[str, Any]:
     """The parsed ``typemap.json``."""
     try:
-        return json.loads(SPEC_PATH.read_text())
+        spec: dict[str, Any] = json.loads(SPEC_PATH.read_text())
     except (OSError, ValueError) as exc:
         raise TypeMappingError(f"cannot read the type-mapping spec {SPEC_PATH}: {exc}",
                                hint="reinstall the cdc_notebook package") from exc
+    return spec
 
 
 def spec_entries() -> dict[str, dict[str, Any]]:
@@ -181,7 +182,8 @@ class TypeCatalog:
         with conn.cursor() as cur:
             cur.execute(cls._QUERY)
             rows = cur.fetchall()
-        return cls({int(r[0]): PgType(int(r[0]), *r[1:6], int(r[6]), int(r[7]), int(r[8]))
+        return cls({int(r[0]): PgType(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]),
+                                      int(r[7]), int(r[8]))
                     for r in rows}, conn)
 
     def refresh(self) -> None:

@@ -13,8 +13,8 @@ from a replication stream each XLogData message's payload. Arrow bodies are read
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Union
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -35,11 +35,14 @@ from cdc_notebook.decode.events import (
 )
 from cdc_notebook.errors import FrameError
 
+if TYPE_CHECKING:
+    import psycopg
+
 FORMAT_VERSIONS = (1,)
 FORMAT_VERSION = max(FORMAT_VERSIONS)
 
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 _PREFIX = struct.Struct("<BBH")  # tag, format version, body offset
 _TXN = struct.Struct("<IQQq")  # xid, commit lsn, end lsn, commit timestamp (us since 1970)
@@ -94,7 +97,7 @@ def _frame_kind(view: memoryview, offset: int) -> tuple[str, int]:
     return kind, body_offset
 
 
-def frame_header(frame: Buffer, offset: int = 0) -> tuple[str, tuple]:
+def frame_header(frame: Buffer, offset: int = 0) -> tuple[str, tuple[Any, ...]]:
     """A frame's kind (``"batch"``, ``"commit"``, ...) and fixed fields, without pyarrow.
 
     For clients that route, count or store frames without reading their Arrow bodies: a
@@ -116,7 +119,7 @@ class _Reader:
         self.view = view
         self.pos = pos
 
-    def unpack(self, st: struct.Struct) -> tuple:
+    def unpack(self, st: struct.Struct) -> tuple[Any, ...]:
         if self.pos + st.size > len(self.view):
             raise FrameError(f"truncated frame: needs {self.pos + st.size} bytes, has "
                              f"{len(self.view)}", hint="the stream was cut; reconnect")
@@ -177,7 +180,8 @@ class FrameDecoder:
         view = _byte_view(frame)
         kind, body_offset = _frame_kind(view, offset)
         reader = _Reader(view, offset + _PREFIX.size)
-        return getattr(self, f"_decode_{kind}")(reader, view, offset, body_offset)
+        decode: Callable[[_Reader, memoryview, int, int], Event] = getattr(self, f"_decode_{kind}")
+        return decode(reader, view, offset, body_offset)
 
     def decode_all(self, frames: Iterable[Buffer]) -> list[Event]:
         return [self.decode_one(frame) for frame in frames]
@@ -254,8 +258,8 @@ class FrameDecoder:
         return StreamAbort(xid, subxid)
 
 
-def slot_changes(conn, slot: str, options: dict[str, str] | None = None, *, peek: bool = False,
-                 upto_nchanges: int | None = None,
+def slot_changes(conn: psycopg.Connection[Any], slot: str, options: dict[str, str] | None = None,
+                 *, peek: bool = False, upto_nchanges: int | None = None,
                  decoder: FrameDecoder | None = None) -> list[Event]:
     """Decode a wal2arrow slot's pending changes through the SQL interface.
 

@@ -35,6 +35,9 @@ import pyarrow.compute as pc
 INTERVAL_STRUCT = pa.struct([("months", pa.int32()), ("days", pa.int32()),
                              ("nanoseconds", pa.int64())])
 MAX_POLARS_DECIMAL_PRECISION = 38
+# A month_day_nano_interval value's 16 bytes, part by part (INTERVAL_STRUCT's fields).
+_INTERVAL_PARTS = ("months", "days", "nanoseconds")
+_INTERVAL_DTYPE = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanoseconds", "<i8")])
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # Positions of the 32 hex digits inside the 36-character canonical text.
@@ -54,8 +57,8 @@ def _is_uuid(t: pa.DataType) -> bool:
     (and only ``uuid``: typemap.json's ``uuid_recv``, domains and arrays of it included);
     Arrow's canonical ``arrow.uuid`` extension is accepted too."""
     if isinstance(t, pa.BaseExtensionType):
-        return t.extension_name == "arrow.uuid"
-    return t == UUID_STORAGE
+        return bool(t.extension_name == "arrow.uuid")
+    return bool(t == UUID_STORAGE)
 
 
 def needs_conversion(t: pa.DataType) -> bool:
@@ -143,9 +146,9 @@ def _uuid_to_text(arr: pa.Array) -> pa.Array:
 
 def _interval_to_struct(arr: pa.Array) -> pa.Array:
     n = len(arr)
-    dtype = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanoseconds", "<i8")])
-    values = np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + n)[arr.offset:]
-    children = [pa.array(np.ascontiguousarray(values[name])) for name in dtype.names]
+    values = np.frombuffer(arr.buffers()[1], dtype=_INTERVAL_DTYPE,
+                           count=arr.offset + n)[arr.offset:]
+    children = [pa.array(np.ascontiguousarray(values[name])) for name in _INTERVAL_PARTS]
     return pa.StructArray.from_arrays(children, fields=list(INTERVAL_STRUCT),
                                       mask=_validity(arr))
 
@@ -235,9 +238,8 @@ def restore_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
         return pa.ExtensionArray.from_storage(target, restore_array(arr, target.storage_type))
     if target == pa.month_day_nano_interval():
         n = len(arr)
-        dtype = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanoseconds", "<i8")])
-        values = np.zeros(n, dtype=dtype)
-        for name, part in zip(dtype.names, arr.flatten()):
+        values = np.zeros(n, dtype=_INTERVAL_DTYPE)
+        for name, part in zip(_INTERVAL_PARTS, arr.flatten(), strict=True):
             values[name] = pc.fill_null(part, 0).to_numpy(zero_copy_only=False)
         return pa.Array.from_buffers(target, n, [_validity_buffer(arr),
                                                  pa.py_buffer(values.tobytes())],

@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import polars as pl
@@ -95,7 +95,7 @@ _VAL, _NEED, _FOUND = "__cdc_val__", "__cdc_need__", "__cdc_found__"
 _MAX_MIRROR_CHUNKS = 64
 
 PartitionFunction = Callable[[pa.Table, Sequence[str], int],
-                             Union[np.ndarray, pa.Array, pl.Series, Sequence[int]]]
+                             np.ndarray | pa.Array | pl.Series | Sequence[int]]
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list
     src = [f"__cdc_src_{i}__" for i in range(len(keys))]
     has_before = pl.col(BEFORE).is_not_null()
     ups = ups.with_columns([pl.when(has_before).then(pl.col(BEFORE).struct.field(k))
-                            .otherwise(pl.col(k)).alias(s) for k, s in zip(keys, src)])
+                            .otherwise(pl.col(k)).alias(s) for k, s in zip(keys, src, strict=True)])
     needing = ups.filter(pl.col(TOAST).list.len().fill_null(0) > 0).select([_SEQ, *src])
     targets = ups.select([*keys, pl.col(_SEQ).alias(_PTR)])
     # The previous version of an updated row is the last earlier upsert whose (new) key is the
@@ -214,7 +214,7 @@ def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list
     # Only the mirror rows some update may read: the old keys of the updates that start a
     # chain in this fold (the mirror is probed, not joined whole, for every column).
     starting = previous.filter(pl.col(_PTR).is_null()).select(
-        [pl.col(s).alias(k) for s, k in zip(src, keys)])
+        [pl.col(s).alias(k) for s, k in zip(src, keys, strict=True)])
     lookup = mirror.filter(_has_key_in(mirror, starting, keys)) \
         .select([*keys, *columns]).with_columns(pl.lit(True).alias(_FOUND))
     unresolved = 0
@@ -304,7 +304,7 @@ def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
     # untouched chunk is neither copied nor moved. The chunks are merged once there are more
     # than _MAX_MIRROR_CHUNKS (one copy of the mirror every so many folds).
     kept = mirror.filter(~_has_key_in(mirror, events, keys))
-    folded = pl.concat([kept, winners.cast(dict(mirror.schema))], how="vertical",
+    folded = pl.concat([kept, winners.cast(mirror.schema)], how="vertical",
                        rechunk=False)
     if folded.n_chunks() > _MAX_MIRROR_CHUNKS:
         folded = folded.rechunk()
@@ -508,7 +508,7 @@ class LiveTable:
         frame = rows if isinstance(rows, pl.DataFrame) else arrow_to_polars(rows)
         with self._lock:
             self._fold()
-            self._mirror = frame.select(self._mirror.columns).cast(dict(self._mirror.schema))
+            self._mirror = frame.select(self._mirror.columns).cast(self._mirror.schema)
             self._folded = max(self._folded, (lsn, 0))
             self._accepted = max(self._accepted, (lsn, 0))
             self._horizon = max(self._horizon, lsn)
@@ -577,7 +577,9 @@ class LiveTable:
         types, since the hash is over the batch's bytes, and returns each row's partition.
         """
         if partition_of is None:
-            from cdc_notebook.stream.partition import partition_of
+            from cdc_notebook.stream.partition import partition_of as router_partition_of
+
+            partition_of = router_partition_of
         frame = self.mirror()
         keys = to_arrow(frame.select(self.key_columns), table_schema(self.arrow_schema))
         numbers = pl.Series("__partition__",
@@ -624,7 +626,8 @@ class LiveTable:
         live = cls(info["table"], schema, info["key_columns"],
                    schema_version=info["schema_version"], **kwargs)
         frame = pl.from_arrow(table.replace_schema_metadata(None))
-        live._mirror = frame.cast(dict(live._mirror.schema))  # type: ignore[union-attr]
+        assert isinstance(frame, pl.DataFrame)  # a Table converts to a frame, not a Series
+        live._mirror = frame.cast(live._mirror.schema)
         mark = (int(info["high_water_mark"][0]), int(info["high_water_mark"][1]))
         live._folded = live._accepted = mark
         live._change_lsn = int(info["change_lsn"])
@@ -704,7 +707,8 @@ class LiveTable:
         self._pending_rows -= changes.height
         last_end = changes.get_column(END_LSN).max()
         last_ordinal = changes.filter(pl.col(END_LSN) == last_end).get_column(ORDINAL).max()
-        self._folded = max(self._folded, (int(last_end), int(last_ordinal)))
+        assert isinstance(last_end, int) and isinstance(last_ordinal, int)  # UInt64 columns
+        self._folded = max(self._folded, (last_end, last_ordinal))
 
     def _alter_mirror(self, item: _Pending) -> None:
         if item.schema is None:
@@ -756,6 +760,15 @@ def _describe_change(table: str, version: int, old: pa.Schema, new: pa.Schema,
 # --------------------------------------------------------------------------- many tables
 
 
+class _TableOptions(TypedDict):
+    """The :class:`LiveTable` settings a :class:`LiveFrames` gives each of its tables."""
+
+    changelog_rows: int
+    fold_interval: float
+    max_pending_rows: int
+    clock: Callable[[], float]
+
+
 class LiveFrames:
     """The live frames of every table a reader streams: an event sink for the reader.
 
@@ -769,8 +782,9 @@ class LiveFrames:
         self.lock = threading.RLock()
         self.tables: dict[str, LiveTable] = {}
         self.dropped: list[str] = []
-        self._options = dict(changelog_rows=changelog_rows, fold_interval=fold_interval,
-                             max_pending_rows=max_pending_rows, clock=clock)
+        self._options: _TableOptions = {
+            "changelog_rows": changelog_rows, "fold_interval": fold_interval,
+            "max_pending_rows": max_pending_rows, "clock": clock}
         self._version = 0
         self._open_xids: set[int] = set()
         self._last_lsn = 0
@@ -816,7 +830,7 @@ class LiveFrames:
             if live is None:
                 live = LiveTable(name, arrow_schema, key_columns, schema_version=schema_version,
                                  lock=self.lock, on_change=self._bump,
-                                 **self._options)  # type: ignore[arg-type]
+                                 **self._options)
                 self.tables[name] = live
                 self._bump()
             return live
@@ -890,7 +904,7 @@ class LiveFrames:
     def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> LiveFrames:
         frames = cls(**kwargs)
         for path in sorted(Path(directory).glob("*.parquet")):
-            frames.attach(LiveTable.load(path, **frames._options))  # type: ignore[arg-type]
+            frames.attach(LiveTable.load(path, **frames._options))
         return frames
 
     def resume_lsn(self) -> int:

@@ -164,7 +164,8 @@ def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
     if row is None:  # pg_roles has no row for current_user: the role was dropped meanwhile
         raise ConfigurationError("the role of this session no longer exists",
                                  hint="connect again as an existing role")
-    return ServerFacts(*row[:13], tuple(row[13]), tuple(row[14]))
+    values = (*row[:13], tuple(row[13]), tuple(row[14]))  # the two arrays as tuples
+    return ServerFacts(*values)
 
 
 # --------------------------------------------------------------------------- the server
@@ -279,7 +280,7 @@ def _plugin_list(setting: str) -> list[str]:
 
 def _plugin_not_allowed(facts: ServerFacts, plugin: str) -> Check:
     current = _plugin_list(facts.output_plugin_libraries or "pgoutput, test_decoding")
-    wanted = ", ".join(current + [plugin])
+    wanted = ", ".join([*current, plugin])
     return Check(
         "plugin", "error",
         f"output plugin {plugin} is not allowed by output_plugin_libraries "

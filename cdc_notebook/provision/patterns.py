@@ -209,11 +209,8 @@ def parse_patterns(patterns: str | TablePattern | Iterable[str | TablePattern]
     Raises :class:`InvalidPattern` naming the faulty pattern and part; an empty selection or
     one made only of exclusions is an error too.
     """
-    items: list[str | TablePattern]
-    if isinstance(patterns, (str, TablePattern)):
-        items = [patterns]
-    else:
-        items = list(patterns)
+    items: list[str | TablePattern] = (
+        [patterns] if isinstance(patterns, (str, TablePattern)) else list(patterns))
     parsed: list[TablePattern] = []
     for item in items:
         if isinstance(item, TablePattern):

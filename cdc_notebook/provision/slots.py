@@ -133,7 +133,7 @@ def slot_state(conn: psycopg.Connection[Any], name: str) -> dict[str, Any] | Non
         return None
     keys = ("plugin", "slot_type", "database", "temporary", "active", "active_pid",
             "wal_status", "confirmed_flush")
-    state = dict(zip(keys, row))
+    state = dict(zip(keys, row, strict=True))
     if state["confirmed_flush"]:
         state["confirmed_flush"] = parse_lsn(state["confirmed_flush"])
     return state

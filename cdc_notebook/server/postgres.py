@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdc_notebook.connection.quoting import quote_literal
 from cdc_notebook.errors import (
@@ -46,6 +46,9 @@ from cdc_notebook.errors import (
     ServerError,
 )
 from cdc_notebook.server.build import build_plugin, shared_cache_dir
+
+if TYPE_CHECKING:
+    import psycopg
 
 SERVER_OS_USER = "cdcpg"
 SUPERUSER = "postgres"
@@ -205,10 +208,7 @@ def server_os_user() -> pwd.struct_passwd:
 
 def _readable_by_others(path: Path) -> bool:
     path = path.resolve()
-    for parent in [path, *path.parents]:
-        if not parent.stat().st_mode & 0o001:
-            return False
-    return True
+    return all(parent.stat().st_mode & 0o001 for parent in [path, *path.parents])
 
 
 def _usable_installation(inst: Installation) -> Installation:
@@ -305,7 +305,7 @@ class PostgresServer:
         self.supports_output_plugin_libraries = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
-        self._user = None
+        self._user: pwd.struct_passwd | None = None
 
     # ---- paths and connection parameters
 
@@ -320,6 +320,14 @@ class PostgresServer:
     @property
     def pg_config(self) -> Path:
         return self.installation.pg_config
+
+    @property
+    def _os_user(self) -> pwd.struct_passwd:
+        """The account the server runs as (start() looks it up)."""
+        if self._user is None:
+            raise ServerError("the server has not been started (or was stopped)",
+                              hint="call start() first")
+        return self._user
 
     def _instance(self) -> Path:
         if self.instance_dir is None:
@@ -363,7 +371,8 @@ class PostgresServer:
 
         return make_conninfo(**self.conninfo(transport, **overrides))
 
-    def connect(self, transport: str = "unix", *, autocommit: bool = True, **overrides: Any):
+    def connect(self, transport: str = "unix", *, autocommit: bool = True,
+                **overrides: Any) -> psycopg.Connection[Any]:
         from cdc_notebook.connection.conninfo import connect
 
         return connect(self.conninfo(transport, **overrides), autocommit=autocommit)
@@ -427,7 +436,7 @@ class PostgresServer:
         if _running_as_root():
             os.chmod(self.instance_dir, 0o755)
             for sub in ("", "data", "sock"):
-                os.chown(self.instance_dir / sub, self._user.pw_uid, self._user.pw_gid)
+                os.chown(self.instance_dir / sub, self._os_user.pw_uid, self._os_user.pw_gid)
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
@@ -442,7 +451,7 @@ class PostgresServer:
     def _as_server_user(self) -> dict[str, Any]:
         if not _running_as_root():
             return {}
-        return {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        return {"user": self._os_user.pw_uid, "group": self._os_user.pw_gid, "extra_groups": []}
 
     def _run(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -457,10 +466,10 @@ class PostgresServer:
         return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
     def _initdb(self) -> None:
-        pwfile = self.instance_dir / "pwfile"
+        pwfile = self._instance() / "pwfile"
         pwfile.write_text(self.password + "\n")
         if _running_as_root():
-            os.chown(pwfile, self._user.pw_uid, self._user.pw_gid)
+            os.chown(pwfile, self._os_user.pw_uid, self._os_user.pw_gid)
         pwfile.chmod(0o600)
         res = self._run([str(self.installation.program("initdb")), "-D", str(self.data_dir),
                          "-U", SUPERUSER, "--pwfile", str(pwfile), "--auth-local=trust",
@@ -515,14 +524,13 @@ class PostgresServer:
         return {k for k in self.settings if k not in DEFAULT_SETTINGS}
 
     def _launch(self) -> None:
-        log = open(self.log_path, "ab")
-        if _running_as_root():
-            os.chown(self.log_path, self._user.pw_uid, self._user.pw_gid)
-        self._proc = subprocess.Popen(
-            [str(self.installation.program("postgres")), "-D", str(self.data_dir)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.instance_dir),
-            start_new_session=True, **self._as_server_user())
-        log.close()
+        with open(self.log_path, "ab") as log:
+            if _running_as_root():
+                os.chown(self.log_path, self._os_user.pw_uid, self._os_user.pw_gid)
+            self._proc = subprocess.Popen(
+                [str(self.installation.program("postgres")), "-D", str(self.data_dir)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.instance_dir),
+                start_new_session=True, **self._as_server_user())
         watchdog = self._watchdog
         if watchdog is None or watchdog.stdin is None:
             raise RuntimeError("internal error: the server's watchdog is not running")

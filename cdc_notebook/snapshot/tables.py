@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pyarrow as pa
@@ -50,6 +50,9 @@ from cdc_notebook.errors import (
     TablePrivilegeMissing,
 )
 from cdc_notebook.provision.slots import create_slot
+
+if TYPE_CHECKING:
+    from psycopg.pq.abc import PGconn
 
 DEFAULT_BATCH_ROWS = 65_536
 DEFAULT_BATCH_BYTES = 32 << 20
@@ -388,7 +391,8 @@ def _libpq_candidates() -> list[str]:
     if impl == "python":
         from psycopg.pq import _pq_ctypes
 
-        return [str(_pq_ctypes.pq._name)]
+        # the loaded CDLL: _pq_ctypes.pyi declares the functions only
+        return [str(_pq_ctypes.pq._name)]  # type: ignore[attr-defined]
     loaded = [p for p in _loaded_libraries() if Path(p).name.startswith("libpq")]
     if impl == "binary":
         import psycopg_binary
@@ -403,6 +407,13 @@ _libpq_lock = threading.Lock()
 _libpq_paths: list[str] | None = None
 
 
+def _pgconn_ptr(pgconn: PGconn) -> int | None:
+    """The address of libpq's PGconn (None once closed): every psycopg pq implementation has
+    ``pgconn_ptr``; the PGconn protocol it is typed with does not declare it."""
+    ptr: int | None = pgconn.pgconn_ptr  # type: ignore[attr-defined]
+    return ptr
+
+
 def _bind_libpq(conn: psycopg.Connection[Any]) -> bool:
     """Whether CopyDecoder.read() can receive this connection's COPY (see libpq_bind)."""
     global _libpq_paths
@@ -411,7 +422,7 @@ def _bind_libpq(conn: psycopg.Connection[Any]) -> bool:
             _libpq_paths = _libpq_candidates()
         paths = _libpq_paths
     pgconn = conn.pgconn
-    ptr, fd, pid = pgconn.pgconn_ptr, pgconn.socket, pgconn.backend_pid
+    ptr, fd, pid = _pgconn_ptr(pgconn), pgconn.socket, pgconn.backend_pid
     return bool(ptr) and any(libpq_bind(path, ptr, fd, pid) for path in paths)
 
 
@@ -440,7 +451,7 @@ def _receive_native(conn: psycopg.Connection[Any], decoder: CopyDecoder, batch_r
     pgconn = conn.pgconn
     while True:
         before = decoder.total_bytes
-        status = decoder.read(pgconn.pgconn_ptr, batch_rows, batch_bytes)
+        status = decoder.read(_pgconn_ptr(pgconn), batch_rows, batch_bytes)
         add_bytes(decoder.total_bytes - before)
         if status != 1:
             if status < 0:
@@ -565,12 +576,11 @@ class _Worker(threading.Thread):
         plan = owner.plan
         decoder = CopyDecoder(plan.new_table_plan(), owner.lsn, chunk.index << 32,
                               with_ctid=plan.needs_ctid)
-        with conn.cursor() as cur:
-            # psycopg starts the COPY (an error at the start is raised with its SQLSTATE);
-            # receive_copy takes its data, by the batch, and reads its end
-            with cur.copy(_copy_query(plan, chunk)):
-                if not self._read_stream(conn, chunk, decoder):
-                    return False
+        # psycopg starts the COPY (an error at the start is raised with its SQLSTATE);
+        # receive_copy takes its data, by the batch, and reads its end
+        with conn.cursor() as cur, cur.copy(_copy_query(plan, chunk)):
+            if not self._read_stream(conn, chunk, decoder):
+                return False
         if not decoder.finished:
             raise SnapshotError(f"the COPY of {plan.qualified_name} ended early")
         self._emit(chunk, decoder, last=True)

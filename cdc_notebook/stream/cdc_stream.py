@@ -26,6 +26,7 @@ from cdc_notebook.connection.conninfo import (
     apply_session_settings,
     connect,
     conninfo_of,
+    one_row,
     session_conninfo,
 )
 from cdc_notebook.connection.lsn import parse_lsn
@@ -192,6 +193,8 @@ class CDCStream:
     def _take_snapshot(self) -> None:
         from cdc_notebook.snapshot.tables import snapshot_table
 
+        if not self.slot.snapshot_name:  # __init__ refused snapshot=True without one
+            raise RuntimeError(f"internal error: slot {self.slot.slot_name} exported no snapshot")
         snap = (self.slot.snapshot_name, self.slot.consistent_point)
         for info in self.tables:
             for batch in snapshot_table(self.conninfo, info.oid, snap,
@@ -208,9 +211,9 @@ class CDCStream:
             # microsecond); the whole catalog is read again only when that changed.
             catalog = (self._catalog_cache.tables(self.catalog, max_age=1e-6)
                        if self.watch else None)
-            present_oids, lsn = self.catalog.execute(
+            present_oids, lsn = one_row(self.catalog.execute(
                 "SELECT array(SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])), "
-                "pg_current_wal_lsn()::text", (list(self._oids.values()),)).fetchone()
+                "pg_current_wal_lsn()::text", (list(self._oids.values()),)))
         present = set(present_oids)
         gone = [name for name, oid in self._oids.items() if oid not in present]
         for name in gone:
@@ -226,6 +229,8 @@ class CDCStream:
         """Add a table to the running stream: publication, reader, watermarked snapshot."""
         name = info.qualified_name
         keys = info.change_key
+        if self.publication is None:  # watch is off without a publication: nothing joins
+            raise RuntimeError(f"internal error: {name} joins a stream without a publication")
         with self._catalog_lock:
             self.catalog.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                 sql.Identifier(self.publication), sql.Identifier(info.schema, info.name)))
@@ -258,9 +263,9 @@ class CDCStream:
                 conn.execute(emit, (WATERMARK_PREFIX, f"low {join.id}"))
                 with connect(self.conninfo, autocommit=False) as reader_conn:
                     reader_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    name = reader_conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-                    lsn = parse_lsn(reader_conn.execute(
-                        "SELECT pg_current_wal_lsn()::text").fetchone()[0])
+                    name = one_row(reader_conn.execute("SELECT pg_export_snapshot()"))[0]
+                    lsn = parse_lsn(one_row(reader_conn.execute(
+                        "SELECT pg_current_wal_lsn()::text"))[0])
                     join.batches = list(snapshot_table(self.conninfo, info.oid, (name, lsn),
                                                        workers=1))
                     reader_conn.rollback()
@@ -273,10 +278,10 @@ class CDCStream:
     def current_wal_lsn(self) -> int:
         with self._catalog_lock:
             try:
-                text = self.catalog.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+                text = one_row(self.catalog.execute("SELECT pg_current_wal_lsn()::text"))[0]
             except psycopg.OperationalError:
                 self.catalog = connect(self.conninfo)
-                text = self.catalog.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+                text = one_row(self.catalog.execute("SELECT pg_current_wal_lsn()::text"))[0]
         return parse_lsn(text)
 
     # ---- acknowledgement (docs/delivery.md)

@@ -54,17 +54,18 @@ class TableJoin:
     def record(self, batch: pa.RecordBatch) -> None:
         """Keys a change batch touches: new keys, and old keys of updates and deletes."""
         cols = [batch.column(k).to_pylist() for k in self.key_columns]
-        self.changed.update(zip(*cols))
+        self.changed.update(zip(*cols, strict=True))
         before = batch.column("_cdc_before")
         if before.null_count < len(before):
             old = [before.field(k).to_pylist() for k in self.key_columns]
-            self.changed.update(t for t in zip(*old) if t[0] is not None)
+            self.changed.update(t for t in zip(*old, strict=True) if t[0] is not None)
 
     def surviving(self) -> list[pa.RecordBatch]:
         out = []
         for batch in self.batches:
             if self.changed and batch.num_rows:
-                keys = list(zip(*[batch.column(k).to_pylist() for k in self.key_columns]))
+                keys = list(zip(*[batch.column(k).to_pylist() for k in self.key_columns],
+                                strict=True))
                 mask = pa.array([key not in self.changed for key in keys])
                 kept = batch.filter(mask)
                 self.dropped_rows += batch.num_rows - kept.num_rows

@@ -21,6 +21,7 @@ All arithmetic is numpy uint64, wrapping, which is the same on every platform.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +41,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
         x = x + _GOLDEN
         x = (x ^ (x >> np.uint64(30))) * _M1
         x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+        mixed: np.ndarray = x ^ (x >> np.uint64(31))
+        return mixed
 
 
 def _words(arr: pa.Array) -> list[np.ndarray]:
@@ -61,6 +63,7 @@ def _words(arr: pa.Array) -> list[np.ndarray]:
 
 def _varwidth_hash(arr: pa.Array) -> np.ndarray:
     """Polynomial hash of each value's bytes plus its length, all rows at once."""
+    offsets_type: type[np.signedinteger[Any]]
     if pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
         offsets_type = np.int64
     else:

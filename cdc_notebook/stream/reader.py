@@ -11,7 +11,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -94,9 +94,9 @@ class TableReader:
         """Write the batch to this reader's spill file as one Arrow IPC message (no schema):
         the bytes received from wal2arrow as they are, or the batch serialized. Positioned
         writes and reads: the consumer thread reads while the stream thread appends."""
-        if self._spill is None:
-            self._spill = tempfile.TemporaryFile(prefix="cdc_notebook-spill-", buffering=0,
-                                                 dir=self.router.spill_dir)
+        if self._spill is None:  # kept open across calls: _drop_spill() closes it
+            self._spill = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix="cdc_notebook-spill-", buffering=0, dir=self.router.spill_dir)
             self._spill_end = 0
         fd = self._spill.fileno()
         if self._spill_bytes == 0 and self._spill_end:
@@ -165,7 +165,7 @@ class TableReader:
         return item
 
     def _iterate(self, follow: bool, events: bool, timeout: float | None,
-                 partition: tuple[int, int] | None) -> Iterator[Any]:
+                 partition: tuple[int, int] | None) -> Generator[Any, None, None]:
         self.router.ensure_started()
         deadline = None if follow else self.router.current_wal_lsn()
         with self._cond:

@@ -36,7 +36,7 @@ def describe_error(exc: BaseException) -> str:
     if primary:
         sqlstate = getattr(exc, "sqlstate", None)
         hint = getattr(diag, "message_hint", None)
-        return primary + (f" (SQLSTATE {sqlstate})" if sqlstate else "") + \
+        return str(primary) + (f" (SQLSTATE {sqlstate})" if sqlstate else "") + \
             (f". Hint: {hint}" if hint else "")
     return f"{type(exc).__name__}: {exc}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 import ipywidgets as w
 import psycopg
@@ -14,6 +14,20 @@ from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
 from cdc_notebook.widgets.pump import held, set_changed
 
 
+class EmbeddedServer(Protocol):
+    """What the model uses of an embedded server
+    (:class:`~cdc_notebook.server.postgres.PostgresServer`)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+    def conninfo(self) -> dict[str, Any]: ...
+
+
 class ConnectionModel(Model):
     """Where to connect, and the open connection the other models use.
 
@@ -21,7 +35,7 @@ class ConnectionModel(Model):
     successful connection (the form's field is emptied, so a saved notebook does not hold it).
     """
 
-    def __init__(self, *, server_factory: Callable[[], Any] | None = None,
+    def __init__(self, *, server_factory: Callable[[], EmbeddedServer] | None = None,
                  embedded: bool = True) -> None:
         super().__init__()
         self.embedded = embedded
@@ -33,7 +47,7 @@ class ConnectionModel(Model):
         self.options = ""  # more libpq parameters: "sslmode=require application_name=x"
         self.connection: psycopg.Connection[Any] | None = None
         self.target: str | None = None  # user@host:port/db (PostgreSQL x.y)
-        self.server: Any = None
+        self.server: EmbeddedServer | None = None
         self._server_factory = server_factory
         self._owns_server = False
         self._conninfo: dict[str, Any] = {}

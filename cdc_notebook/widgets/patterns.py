@@ -187,7 +187,7 @@ class PatternsWidget(WidgetView):
         boxes = [self._checkbox(i) for i in range(len(shown))]
         with held(self.summary, self.list, *boxes):
             set_changed(self.summary, value=text)
-            for box, table in zip(boxes, shown):
+            for box, table in zip(boxes, shown, strict=True):
                 label = table.qualified_name + ("" if table.has_replica_identity
                                                 else "  (no key)")
                 set_changed(box, description=label,

@@ -82,7 +82,7 @@ class SetupModel(Model):
                 slot_method="sql")
             with self.lock:
                 self.pending, self.pending_kind = plan, "setup"
-                problems = [c for c in plan.report.errors]
+                problems = list(plan.report.errors)
                 self.info = "review the SQL, then confirm" if not problems else None
                 if problems:
                     self.error = "; ".join(c.message for c in problems)

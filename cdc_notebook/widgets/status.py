@@ -152,6 +152,7 @@ class StatusChart(WidgetView):
 
     min_interval = 1.0
     shows = ("history",)
+    model: StatusModel
 
     def __init__(self, model: StatusModel, *, width: float = 6.4, height: float = 2.4) -> None:
         super().__init__(model)
@@ -182,7 +183,7 @@ class StatusChart(WidgetView):
                 axes.autoscale_view()
             self.axes.set_xlim(0, max(1.0, xs[-1]))
         buffer = io.BytesIO()
-        self.canvas.print_png(buffer)
+        self.canvas.print_png(buffer)  # type: ignore[no-untyped-call]  # matplotlib: unannotated
         self.renders += 1
         return buffer.getvalue()
 

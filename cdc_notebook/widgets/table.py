@@ -112,7 +112,12 @@ class TableViewWidget(WidgetView):
         self.box = m(w.VBox([m(w.HTML("<b>Live table</b>")),
                              m(w.HBox([self.table, self.rows])), self.source, self.mode,
                              self.where, self.info, self.html]))
-        self.table.observe(lambda c: c["new"] and model.set(table=c["new"]), names="value")
+
+        def select_table(change: dict[str, Any]) -> None:
+            if change["new"]:
+                model.set(table=change["new"])
+
+        self.table.observe(select_table, names="value")
         for name in ("source", "mode", "rows", "where"):
             getattr(self, name).observe(lambda c, n=name: model.set(**{n: c["new"]}),
                                         names="value")
