@@ -78,3 +78,52 @@ def test_durable_only_waits_for_what_the_consumer_committed():
     assert acks.flushed == 100  # the durable position, not the consumed one
     acks.durable(300)
     assert acks.flushed == 300
+
+
+def test_transactions_far_behind_a_reader_are_tracked_in_bounded_memory():
+    acks = AckTracker()
+    acks.max_tracked = 8
+    first = acks.begin(1, 0, 0)
+    acks.add(first)  # an unread reader holds this one
+    acks.commit(first, 10)
+    for i in range(2, 1002):  # then a thousand transactions another reader consumes at once
+        txn = acks.begin(i, 0, 0)
+        acks.add(txn)
+        acks.commit(txn, 10 * i)
+        acks.consumed(txn)
+    assert acks.in_flight == 8 and acks.flushed == 0
+    acks.consumed(first)
+    assert acks.flushed == 10_010 and acks.in_flight == 0
+
+
+def test_a_joined_transaction_waits_for_every_part():
+    acks = AckTracker()
+    acks.max_tracked = 2
+    head = acks.begin(1, 0, 0)
+    acks.add(head)
+    acks.commit(head, 10)
+    second = acks.begin(2, 0, 0)
+    acks.commit(second, 20)
+    third = acks.begin(3, 0, 0)  # joins the second
+    assert third is second
+    acks.add(third)
+    acks.commit(third, 30)
+    acks.consumed(head)
+    assert acks.flushed == 10  # the joined pair waits for the third's batch
+    acks.consumed(third)
+    assert acks.flushed == 30
+
+
+def test_a_lost_connection_keeps_what_a_reopened_transaction_held():
+    acks = AckTracker()
+    acks.max_tracked = 1
+    held = acks.begin(1, 0, 0)
+    acks.add(held)  # not consumed yet
+    acks.commit(held, 10)
+    joined = acks.begin(2, 0, 0)  # joins it; then the connection breaks mid-transaction
+    acks.abandon_open()
+    assert acks.in_flight == 1 and acks.flushed == 0
+    acks.idle(50)
+    assert acks.flushed == 0  # the held batch still pins its position
+    acks.consumed(joined)
+    assert acks.flushed == 10

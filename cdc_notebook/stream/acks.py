@@ -14,7 +14,7 @@ import threading
 class Transaction:
     """Tracks one transaction's delivered-but-unconsumed batches."""
 
-    __slots__ = ("xid", "end_lsn", "pending", "committed", "commit_ts")
+    __slots__ = ("xid", "end_lsn", "pending", "committed", "commit_ts", "joined_end")
 
     def __init__(self, xid: int, end_lsn: int, commit_ts: int = 0):
         self.xid = xid
@@ -22,6 +22,7 @@ class Transaction:
         self.commit_ts = commit_ts
         self.pending = 0
         self.committed = False
+        self.joined_end = 0  # when reopened for a later transaction: the end LSN it had
 
 
 class AckTracker:
@@ -61,9 +62,21 @@ class AckTracker:
         with self._lock:
             self._durable = max(self._durable, lsn)
 
+    #: Transactions tracked one by one; past this many in flight (a reader far behind holds
+    #: the oldest), a new transaction joins the newest committed one, so the bookkeeping stays
+    #: bounded (a few hundred bytes each) however long the reader stays behind. Acknowledgement
+    #: then moves over the joined ones together, which is all it could do anyway.
+    max_tracked = 1024
+
     def begin(self, xid: int, end_lsn: int, commit_ts: int) -> Transaction:
-        txn = Transaction(xid, end_lsn, commit_ts)
         with self._lock:
+            tail = self._open[-1] if self._open else None
+            if tail is not None and tail.committed and len(self._open) >= self.max_tracked:
+                tail.committed = False  # reopened: it ends with this transaction's commit
+                tail.joined_end = tail.end_lsn
+                self.in_transaction = True
+                return tail
+            txn = Transaction(xid, end_lsn, commit_ts)
             self._open.append(txn)
             self.in_transaction = True
         return txn
@@ -82,6 +95,7 @@ class AckTracker:
         with self._lock:
             txn.end_lsn = end_lsn
             txn.committed = True
+            txn.joined_end = 0
             self.in_transaction = False
             self.received = max(self.received, end_lsn)
             self._advance()
@@ -90,6 +104,10 @@ class AckTracker:
         """A connection was lost mid-transaction: it will be resent from the slot."""
         with self._lock:
             while self._open and not self._open[-1].committed:
+                tail = self._open[-1]
+                if tail.joined_end:  # what it held before it was reopened stays tracked
+                    tail.end_lsn, tail.committed, tail.joined_end = tail.joined_end, True, 0
+                    break
                 self._open.pop()
             self.in_transaction = False
             self._advance()
