@@ -16,15 +16,18 @@ def _demo(args: argparse.Namespace) -> int:
 def _lab(args: argparse.Namespace) -> int:
     from cdc_notebook.demo import run_lab
 
-    return run_lab(port=args.port, open_browser=not args.no_browser)
+    return run_lab(ip=args.ip, port=args.port, open_browser=not args.no_browser,
+                   allow_root=args.allow_root, fresh=args.fresh, extra=args.jupyter_args,
+                   dry_run=args.dry_run)
 
 
 def _build(args: argparse.Namespace) -> int:
     from cdc_notebook.server.build import build_plugin
     from cdc_notebook.server.postgres import find_installation
+    from cdc_notebook.server.progress import TerminalProgress
 
     inst = find_installation(args.pg)
-    out = build_plugin(inst.pg_config, force=args.force)
+    out = build_plugin(inst.pg_config, force=args.force, progress=TerminalProgress(sys.stderr))
     print(f"wal2arrow for PostgreSQL {inst.version} ({inst.source}): {out / 'wal2arrow.so'}")
     return 0
 
@@ -44,15 +47,37 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--hold", action="store_true",
                       help="after start-up, print READY and wait to be interrupted (for tests)")
     demo.set_defaults(func=_demo)
-    lab = sub.add_parser("lab", help="JupyterLab on the tutorial notebooks, at the quickstart")
-    lab.add_argument("--port", type=int, default=8888)
+    lab = sub.add_parser(
+        "lab", allow_abbrev=False, help="JupyterLab on working copies of the tutorial notebooks, at the quickstart",
+        description="JupyterLab on working copies of the tutorial notebooks (in "
+        "~/.local/share/cdc_notebook/notebooks), so the repository's stay clean. Options it "
+        "does not know, and everything after --, go to JupyterLab as they are "
+        "(e.g. -- --ServerApp.token=secret). As root, --allow-root is added.")
+    lab.add_argument("--ip", default="127.0.0.1",
+                     help="the address JupyterLab listens on (default 127.0.0.1)")
+    lab.add_argument("--port", type=int, default=8888, help="its port (default 8888)")
     lab.add_argument("--no-browser", action="store_true", help="do not open a web browser")
+    lab.add_argument("--allow-root", action="store_true",
+                     help="let JupyterLab run as root (added by itself when you are root)")
+    lab.add_argument("--fresh", action="store_true",
+                     help="copy the tutorial notebooks again, over your working copies")
+    lab.add_argument("--dry-run", action="store_true",
+                     help="make the working copies and print the command, do not start it")
     lab.set_defaults(func=_lab)
     build = sub.add_parser("build-plugin", help="build wal2arrow for a PostgreSQL installation")
     build.add_argument("--pg", default=None)
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=_build)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if argv[:1] == ["lab"] and "--" in argv:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "lab":
+        args.jupyter_args = unknown + passthrough
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     start = time.monotonic()
     try:
         return int(args.func(args))

@@ -8,11 +8,16 @@ workload and the SQL comparison used there live here so both say the same thing.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -259,10 +264,14 @@ def _say(msg: str) -> None:
 
 def run_demo(version: int | str | None = None, *, hold: bool = False, seconds: float = 10.0,
              rate: float | None = None) -> int:
+    from cdc_notebook.server.progress import TerminalProgress
+
     t0 = time.monotonic()
     if isinstance(version, str) and version.isdigit():
         version = int(version)
-    server = PostgresServer(version=version)
+    # Every long step shows: on a terminal one updating line (bytes, files compiled, elapsed
+    # time), in a log a line when each step starts and ends.
+    server = PostgresServer(version=version, progress=TerminalProgress(sys.stderr))
     _say(f"starting PostgreSQL {server.version} ({server.installation.source}) "
          "with wal_level=logical and wal2arrow ...")
     with server:
@@ -276,31 +285,114 @@ def run_demo(version: int | str | None = None, *, hold: bool = False, seconds: f
     return 0
 
 
-def run_lab(*, port: int = 8888, open_browser: bool = True, extra: list[str] | None = None
-            ) -> int:
-    """JupyterLab on the tutorial notebooks (127.0.0.1 only), opened on the quickstart."""
-    import os
-    import subprocess
-    from pathlib import Path
+def notebooks_source() -> Path:
+    """The repository's tutorial notebooks (next to the package in a checkout)."""
+    return Path(__file__).resolve().parent.parent / "notebooks"
 
-    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
-    if not (notebooks / "01_quickstart.ipynb").is_file():
-        _say(f"the tutorial notebooks are not next to this installation ({notebooks}); "
-             "run from a clone of the repository (pip install -e '.[notebook]')")
-        return 2
+
+def working_notebooks_dir() -> Path:
+    """Where ``lab`` keeps the user's working copies: ``$CDC_NOTEBOOK_WORKDIR``, else
+    ``$XDG_DATA_HOME/cdc_notebook/notebooks`` (``~/.local/share/cdc_notebook/notebooks``)."""
+    env = os.environ.get("CDC_NOTEBOOK_WORKDIR")
+    if env:
+        return Path(os.path.abspath(env))
+    data = os.environ.get("XDG_DATA_HOME", "")
+    if not (data and os.path.isabs(data)):
+        data = str(Path(os.environ.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(data) / "cdc_notebook" / "notebooks"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def working_copies(source: Path, dest: Path, *, fresh: bool = False) -> dict[str, str]:
+    """Copy the tutorial notebooks into ``dest`` (a private directory): a missing one, or one
+    the user has not changed since it was copied (so a newer tutorial replaces it); a copy the
+    user edited is kept (``fresh=True`` replaces it too). Returns name -> what happened."""
+    from cdc_notebook.server.private import ensure_private_dir
+
+    ensure_private_dir(dest)
+    manifest_path = dest / ".copied.json"
     try:
-        import jupyterlab  # noqa: F401
-    except ImportError:
-        _say("JupyterLab is not installed: pip install 'cdc-notebook[notebook]'")
-        return 2
-    cmd = [sys.executable, "-m", "jupyterlab", "--ip=127.0.0.1", f"--port={port}",
-           f"--ServerApp.root_dir={notebooks}", "--ServerApp.default_url=/lab/tree/"
-           "01_quickstart.ipynb"]
+        manifest: dict[str, str] = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    outcome: dict[str, str] = {}
+    for notebook in sorted(source.glob("*.ipynb")):
+        target = dest / notebook.name
+        new = _sha256(notebook)
+        if target.is_symlink():
+            target.unlink()
+        if not target.exists():
+            outcome[notebook.name] = "copied"
+        elif _sha256(target) == new:
+            outcome[notebook.name] = "up to date"
+            manifest[notebook.name] = new
+            continue
+        elif fresh or _sha256(target) == manifest.get(notebook.name):
+            outcome[notebook.name] = "updated"
+        else:
+            outcome[notebook.name] = "kept (you changed it)"
+            continue
+        tmp = target.with_name(f".{target.name}.{os.getpid()}")
+        shutil.copyfile(notebook, tmp)
+        os.replace(tmp, target)
+        manifest[notebook.name] = new
+    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return outcome
+
+
+def lab_command(root_dir: Path, *, ip: str = "127.0.0.1", port: int | None = 8888,
+                open_browser: bool = True, allow_root: bool = False,
+                extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The JupyterLab command line: ours first, the user's options after (they win)."""
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ip={ip}",
+           f"--ServerApp.root_dir={root_dir}",
+           "--ServerApp.default_url=/lab/tree/01_quickstart.ipynb"]
+    if port is not None:
+        cmd.append(f"--port={port}")
     if not open_browser:
         cmd.append("--no-browser")
-    cmd += extra or []
-    _say("starting JupyterLab on the tutorial notebooks: " + " ".join(cmd[2:]))
-    return subprocess.call(cmd, env={**os.environ})
+    if allow_root or (os.geteuid() == 0 and "--allow-root" not in extra):
+        cmd.append("--allow-root")  # JupyterLab refuses root without it
+    return cmd + list(extra)
+
+
+def run_lab(*, ip: str = "127.0.0.1", port: int | None = 8888, open_browser: bool = True,
+            allow_root: bool = False, fresh: bool = False,
+            extra: list[str] | tuple[str, ...] = (), dry_run: bool = False) -> int:
+    """JupyterLab on working copies of the tutorial notebooks, opened on the quickstart.
+
+    The copies live in :func:`working_notebooks_dir`, so running the notebooks never rewrites
+    the repository's. ``extra`` goes to JupyterLab as is (``--ServerApp.token=...``, ...);
+    as root ``--allow-root`` is added. ``dry_run``: print the command, do not start it.
+    """
+    import subprocess
+
+    source = notebooks_source()
+    if not (source / "01_quickstart.ipynb").is_file():
+        _say(f"the tutorial notebooks are not next to this installation ({source}); "
+             "run from a clone of the repository (pip install -e '.[notebook]')")
+        return 2
+    if not dry_run:
+        try:
+            import jupyterlab  # noqa: F401
+        except ImportError:
+            _say("JupyterLab is not installed: pip install -e '.[notebook]'")
+            return 2
+    dest = working_notebooks_dir()
+    outcome = working_copies(source, dest, fresh=fresh)
+    _say(f"working copies of the tutorial notebooks in {dest} (the repository's stay as they "
+         "are; --fresh copies them again):")
+    for name, what in outcome.items():
+        _say(f"  {name}: {what}")
+    cmd = lab_command(dest, ip=ip, port=port, open_browser=open_browser,
+                      allow_root=allow_root, extra=extra)
+    _say("starting JupyterLab: " + " ".join(cmd[2:]))
+    if dry_run:
+        return 0
+    return subprocess.call(cmd)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,12 @@ class DataDirNotWritable(ServerError):
     """The directory chosen for the server's data cannot be written."""
 
 
+class UnsafePath(ServerError):
+    """A cache or server directory (or a file in one) is not private: owned by another user,
+    writable by others, or a symbolic link. The kit refuses to use it rather than load, run or
+    write anything there."""
+
+
 class PluginBuildError(CDCError):
     """wal2arrow failed to compile or link against the server's headers."""
 

@@ -2,14 +2,25 @@
 
 An ordinary user needs no apt package: the embedded PostgreSQL 18 wheel provides the server,
 its headers and pg_config; wal2arrow is built against it in the user's own cache. As root, the
-test creates an unprivileged account and replays the README's commands as that account (with
-the Debian system Python, since pyenv's lives under /root); as a normal user it runs them as is.
+tests create unprivileged accounts and replay the README's commands as them (with the Debian
+system Python, since pyenv's lives under /root); as a normal user they run them as is.
+
+* ``test_readme_demo_as_an_ordinary_user``: this working tree (committed or not), packages from
+  a wheelhouse fetched once (offline pip, nanoarrow's pinned source from the wheelhouse too).
+* ``test_newcomer_fresh_clone_fresh_user``: the newcomer's path as the issue measured it — a
+  fresh ``git clone`` of this repository (what is committed), a brand-new OS account with
+  nothing cached (no pip cache, no plugin cache), README's main command verbatim with the
+  machine's package index; it prints the time to the verified result (a figure for the log, not
+  a timed assertion).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -47,14 +58,16 @@ def _wheelhouse(tmp: Path) -> Path:
 
 
 def _download_nanoarrow_sdist(house: Path) -> None:
-    """wal2arrow's build fetches nanoarrow's source distribution through pip as well: the one
-    wal2arrow/nanoarrow.lock pins (version and hash), as wal2arrow/fetch_nanoarrow.sh does."""
-    bindir = str(Path(sys.executable).parent)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                    "nanoarrow", "--no-build-isolation", "--require-hashes", "-r",
-                    str(REPO / "wal2arrow" / "nanoarrow.lock"), "-d", str(house)],
-                   check=True, capture_output=True, text=True,
-                   env={**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"]})
+    """wal2arrow's build fetches nanoarrow's source distribution (the one
+    wal2arrow/nanoarrow.lock pins by version and hash); offline, it takes it from a
+    PIP_FIND_LINKS directory: put it in the wheelhouse, as wal2arrow/fetch_nanoarrow.py would
+    download it."""
+    spec = importlib.util.spec_from_file_location(
+        "_fetch_nanoarrow", REPO / "wal2arrow" / "fetch_nanoarrow.py")
+    assert spec is not None and spec.loader is not None
+    fetcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetcher)
+    fetcher.download_sdist(REPO / "wal2arrow" / "nanoarrow.lock", house)
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +123,73 @@ def test_readme_demo_as_an_ordinary_user(user_env: dict[str, object]) -> None:
     ps = subprocess.run(["pgrep", "-u", DEMO_USER, "postgres"], capture_output=True, text=True)
     assert ps.stdout.strip() == ""
     assert list((work / "tmp").iterdir()) == []  # the server's directory was removed
+
+
+README_COMMAND = ("python3 -m venv .venv && .venv/bin/pip install -e '.[embedded,build]' && "
+                  ".venv/bin/python -m cdc_notebook demo")
+
+
+def test_newcomer_fresh_clone_fresh_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    import time
+
+    assert README_COMMAND in (REPO / "README.md").read_text()  # the command README gives
+    if os.geteuid() == 0:
+        user = f"cdcnew{os.getpid() % 100000}"
+        subprocess.run(["useradd", "--create-home", "--home-dir", f"/home/{user}", "--shell",
+                        "/bin/sh", user], check=True, capture_output=True, text=True)
+        home = Path(f"/home/{user}")
+        run_as = ["runuser", "-u", user, "--"]
+        path = "/usr/local/bin:/usr/bin:/bin"
+    else:
+        user = None
+        home = tmp_path / "home"
+        home.mkdir()
+        run_as = []
+        path = os.environ["PATH"]
+    try:
+        clone = home / "cdc_notebook"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True,
+                       capture_output=True, text=True)
+        if user:
+            subprocess.run(["chown", "-R", f"{user}:{user}", str(home)], check=True)
+        env = {"HOME": str(home), "PATH": path, "LANG": "C.UTF-8"}
+        started = time.monotonic()
+        marks: dict[str, float] = {}
+        lines: list[str] = []
+        with subprocess.Popen([*run_as, "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+                               "sh", "-c", README_COMMAND], cwd=clone, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                now = time.monotonic() - started
+                lines.append(f"{now:6.1f}s  {line.rstrip()}")
+                for key, needle in (("demo", "starting PostgreSQL"), ("ready", "ready in"),
+                                    ("verified", "the live frames equal SELECT")):
+                    if needle in line and key not in marks:
+                        marks[key] = now
+            code = proc.wait(timeout=1500)
+        total = time.monotonic() - started
+        log = "\n".join(lines)
+        assert code == 0, log[-6000:]
+        assert {"demo", "ready", "verified"} <= set(marks), log[-6000:]
+        first = next(i for i, ln in enumerate(lines) if "starting PostgreSQL" in ln)
+        demo_lines = lines[first:]  # the demo's own output (pip's is above it)
+        with capsys.disabled():
+            print(f"\nnewcomer (fresh clone, fresh user {user or 'this user'}, nothing cached): "
+                  f"README's command -> venv + pip install {marks['demo']:.1f} s; server ready "
+                  f"with wal2arrow built {marks['ready'] - marks['demo']:.1f} s later; the "
+                  f"verified result at {marks['verified']:.1f} s; done at {total:.1f} s")
+            print("\n".join(demo_lines[-40:]))
+        if user:
+            ps = subprocess.run(["pgrep", "-u", user, "postgres"], capture_output=True,
+                                text=True)
+            assert ps.stdout.strip() == "", "the demo left a server running"
+            left = [p for p in Path("/tmp").glob("cdc_notebook-pg-*")
+                    if p.exists() and p.stat().st_uid == pwd.getpwnam(user).pw_uid]
+            assert left == [], left
+            cache = home / ".cache" / "cdc_notebook"
+            assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    finally:
+        if user:
+            subprocess.run(["userdel", "-r", user], capture_output=True)

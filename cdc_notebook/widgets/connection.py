@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import ipywidgets as w
 import psycopg
 
-from cdc_notebook.connection.conninfo import connect, describe_target
+from cdc_notebook.connection.conninfo import connect, describe_target, parse_conninfo
 from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
 from cdc_notebook.widgets.pump import held, set_changed
 
@@ -88,7 +88,7 @@ class ConnectionModel(Model):
             return self.server.conninfo()
         params: dict[str, Any] = {}
         if self.options.strip():
-            params.update(psycopg.conninfo.conninfo_to_dict(self.options))
+            params.update(parse_conninfo(self.options))  # errors never quote a password
         params.update(host=self.host, port=int(self.port), dbname=self.dbname, user=self.user)
         if self.password:
             params["password"] = self.password
