@@ -32,6 +32,12 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sink(args: argparse.Namespace) -> int:
+    from cdc_notebook.sinks.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cdc_notebook",
                                      description="Arrow-native PostgreSQL CDC for notebooks")
@@ -68,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--pg", default=None)
     build.add_argument("--force", action="store_true")
     build.set_defaults(func=_build)
+    sink = sub.add_parser("sink", help="a slot's tables into Delta Lake, exactly once "
+                          "(needs the delta extra; --ray the ray extra)")
+    from cdc_notebook.sinks.cli import add_arguments
+
+    add_arguments(sink)
+    sink.set_defaults(func=_sink)
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough: list[str] = []
     if argv[:1] == ["lab"] and "--" in argv:
