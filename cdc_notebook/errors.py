@@ -174,6 +174,16 @@ class PublicationMismatch(ConfigurationError):
     """An existing publication the kit does not manage lacks some of the matched tables."""
 
 
+class InvalidPublicationName(ConfigurationError):
+    """A publication name PostgreSQL cannot hold as given: empty, longer than 63 bytes (the
+    server would silently truncate it) or containing a NUL character."""
+
+
+class PublicationNotFound(ConfigurationError):
+    """The stream's publication does not exist (dropped while streaming, or never created):
+    the slot is fine, the server cannot decode changes for it until the publication exists."""
+
+
 # --------------------------------------------------------------------------- slots
 
 

@@ -34,7 +34,12 @@ import psycopg
 from psycopg import sql
 
 from cdc_notebook.connection.conninfo import conninfo_of
-from cdc_notebook.errors import CDCError, ConfigurationError, OwnershipRequired
+from cdc_notebook.errors import (
+    CDCError,
+    ConfigurationError,
+    InvalidPublicationName,
+    OwnershipRequired,
+)
 from cdc_notebook.provision.checks import (
     ServerFacts,
     ValidationReport,
@@ -197,9 +202,30 @@ def default_names(patterns: Sequence[TablePattern], plugin: str,
 # --------------------------------------------------------------------------- markers
 
 
-def _marker(slots: Iterable[str]) -> str:
-    """The comment that marks a publication as the kit's and records its slots."""
-    return MARKER_PREFIX + json.dumps({"managed": True, "slots": sorted(set(slots))})
+def _marker(slots: Iterable[str], replica_identity: dict[str, Any] | None = None) -> str:
+    """The comment that marks a publication as the kit's and records its slots, and the
+    replica identity of each table set-up changed to FULL before (``{"<oid>": {"table":
+    [schema, name], "was": "d" | "n"}}``), so teardown can restore it."""
+    data: dict[str, Any] = {"managed": True, "slots": sorted(set(slots))}
+    if replica_identity:
+        data["replica_identity"] = replica_identity
+    return MARKER_PREFIX + json.dumps(data)
+
+
+def validate_publication_name(name: object) -> str:
+    """A publication name the server keeps as given: any characters (the kit quotes it on
+    every path, wal2arrow's and pgoutput's ``publication_names`` included) but not empty, no
+    NUL, at most 63 bytes (a longer one would be silently truncated)."""
+    problem = ("is not a string" if not isinstance(name, str) else "is empty" if not name
+               else "contains a NUL character" if "\x00" in name
+               else f"is {len(name.encode())} bytes long (at most 63)"
+               if len(name.encode()) > 63 else None)
+    if problem is not None or not isinstance(name, str):
+        raise InvalidPublicationName(
+            f"invalid publication name {name!r}: it {problem}",
+            hint="use 1-63 bytes without NUL (any other characters work, e.g. MyPub, 'a b', "
+            "'a,b'), or leave publication= out to use the kit's name")
+    return name
 
 
 def parse_marker(comment: str | None) -> dict[str, Any] | None:
@@ -287,11 +313,17 @@ def plan_provision(
     selected = ([t for t in matched if t.has_replica_identity] if keyless == "skip"
                 else list(matched))
     steps = _identity_steps(conn, matched) if keyless == "full" else []
+    # what set-up changes, recorded on the kit's publication for teardown to restore
+    identities = {str(t.oid): {"table": [t.schema, t.name], "was": t.replica_identity}
+                  for t in keyless_tables(matched)} if keyless == "full" else {}
+    notes: list[str] = []
     if publication:
-        steps += _publication(conn, report, facts, publication, selected, slot_name)
+        steps += _publication(conn, report, facts, publication, selected, slot_name,
+                              identities, notes)
+    elif identities:
+        notes.append(_unrecorded_identity(identities, "the kit manages no publication here"))
     if grant_to or create_role:
         steps += _grants(conn, report, facts, selected, grant_to, create_role, role_password)
-    notes: list[str] = []
     if slot_name and existing is None and create_slot:
         steps.append(_slot_step(slot_name, plugin, temporary, export_snapshot, slot_method))
     elif existing is not None:
@@ -305,6 +337,8 @@ def _object_names(patterns: Sequence[TablePattern], plugin: str, database: str,
                   manage_publication: bool) -> tuple[str | None, str | None]:
     """The slot and publication to use: those given, else the kit's names for the patterns."""
     default_slot, default_pub = default_names(patterns, plugin, database)
+    if publication is not None:
+        validate_publication_name(publication)
     if slot_name is not None:
         validate_slot_name(slot_name)
         if publication is None:
@@ -341,15 +375,26 @@ def _slot_step(slot_name: str, plugin: str, temporary: bool, export_snapshot: bo
 # --------------------------------------------------------------------------- the publication
 
 
+def _unrecorded_identity(identities: dict[str, Any], why: str) -> str:
+    names = ", ".join(".".join(r["table"]) for r in identities.values())
+    return (f"replica identity FULL on {names} is not recorded for teardown to restore ({why}): "
+            "undo it with ALTER TABLE ... REPLICA IDENTITY DEFAULT when capture ends")
+
+
 def _publication(conn: psycopg.Connection[Any], report: ValidationReport, facts: ServerFacts,
-                 name: str, tables: list[TableInfo], slot_name: str | None) -> list[Step]:
+                 name: str, tables: list[TableInfo], slot_name: str | None,
+                 identities: dict[str, Any] | None = None,
+                 notes: list[str] | None = None) -> list[Step]:
     """The publication's steps, and its checks into ``report``."""
     state = _publication_state(conn, name)
     if state is not None and state["marker"] is None:
         # someone else's publication: used as it is, if it covers the tables
         report.extend(check_foreign_publication(conn, name, state, tables))
+        if identities and notes is not None:
+            notes.append(_unrecorded_identity(identities, f"publication {name} is not the "
+                                              "kit's"))
         return []
-    steps = _publication_steps(conn, name, state, tables, slot_name)
+    steps = _publication_steps(conn, name, state, tables, slot_name, identities)
     report.extend(check_publication_rights(facts, name, state, tables, len(steps)))
     return steps
 
@@ -373,7 +418,8 @@ def _publication_state(conn: psycopg.Connection[Any], name: str) -> dict[str, An
 
 
 def _publication_steps(conn: psycopg.Connection[Any], name: str, state: dict[str, Any] | None,
-                       tables: list[TableInfo], slot_name: str | None) -> list[Step]:
+                       tables: list[TableInfo], slot_name: str | None,
+                       identities: dict[str, Any] | None = None) -> list[Step]:
     """Create the kit's publication with its marker, or bring an existing one up to date."""
     pub = sql.Identifier(name)
     table_list = sql.SQL(", ").join(t.sql_identifier() for t in tables)
@@ -382,6 +428,9 @@ def _publication_steps(conn: psycopg.Connection[Any], name: str, state: dict[str
     slots = set(state["marker"].get("slots", [])) if state else set()
     if slot_name:
         slots.add(slot_name)
+    recorded = dict(state["marker"].get("replica_identity") or {}) if state else {}
+    # the first original recorded wins: a table already FULL was not changed by this run
+    identity = {**(identities or {}), **recorded}
     if state is None:
         stmt = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, table_list)
         if via_root:
@@ -389,7 +438,7 @@ def _publication_steps(conn: psycopg.Connection[Any], name: str, state: dict[str
         steps.append(Step("publication", f"create publication {name} for {len(tables)} table(s)",
                           stmt.as_string(conn), stmt))
         comment = sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(pub, sql.Literal(
-            _marker(slots)))
+            _marker(slots, identity)))
         steps.append(Step("publication", f"mark publication {name} as the kit's",
                           comment.as_string(conn), comment))
         return steps
@@ -402,10 +451,13 @@ def _publication_steps(conn: psycopg.Connection[Any], name: str, state: dict[str
             pub, sql.SQL("true" if via_root else "false"))
         steps.append(Step("publication", f"publish partitions via their root: {via_root}",
                           stmt.as_string(conn), stmt))
-    if set(state["marker"].get("slots", [])) != slots:
+    if set(state["marker"].get("slots", [])) != slots or identity != recorded:
         comment = sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(pub, sql.Literal(
-            _marker(slots)))
-        steps.append(Step("publication", f"record slot {slot_name} on publication {name}",
+            _marker(slots, identity)))
+        what = " and ".join(w for w, changed in (
+            (f"slot {slot_name}", set(state["marker"].get("slots", [])) != slots),
+            ("the replica identity set-up changed", identity != recorded)) if changed)
+        steps.append(Step("publication", f"record {what} on publication {name}",
                           comment.as_string(conn), comment))
     return steps
 

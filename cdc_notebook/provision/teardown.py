@@ -5,6 +5,10 @@ writes (:func:`~cdc_notebook.provision.plan.parse_marker`: a publication's comme
 records its slots, a role's comment). :func:`plan_teardown` shows what it would drop, refuses
 anything else named (:class:`NotKitManaged`) and a slot in use by another process
 (:class:`SlotInUse`, unless ``force``); missing objects are skipped, so teardown is idempotent.
+
+What set-up changed on the user's tables is recorded on the kit's publication (the replica
+identity ``keyless="full"`` set to FULL, with the one it replaced): teardown of that publication
+reports it, and restores it with ``restore_replica_identity=True``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cdc_notebook.connection.quoting import quote_ident_if_needed
 from cdc_notebook.errors import NotKitManaged, SlotInUse
 from cdc_notebook.provision.patterns import catalog_cache
 from cdc_notebook.provision.plan import ROLE_MARKER, Step, parse_marker
@@ -47,9 +52,11 @@ class TeardownReport:
     actions: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     terminated_pids: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is left as set-up changed it
 
     def __str__(self) -> str:
         lines = [f"done: {a}" for a in self.actions] + [f"skipped: {s}" for s in self.skipped]
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines) or "nothing to do"
 
 
@@ -62,13 +69,14 @@ class TeardownPlan:
     force: bool
     skipped: list[str]
     steps: list[Step]
+    notes: list[str] = field(default_factory=list)  # what is left as set-up changed it
 
     @property
     def sql(self) -> list[str]:
         return [s.sql for s in self.steps]
 
     def apply(self, *, wait: float = 10.0) -> TeardownReport:
-        report = TeardownReport(skipped=list(self.skipped))
+        report = TeardownReport(skipped=list(self.skipped), notes=list(self.notes))
         for step in self.steps:
             if step.kind == "terminate":
                 pid = step.statement[1]
@@ -106,12 +114,15 @@ def wait_inactive(conn: psycopg.Connection[Any], slot: str, wait: float) -> None
 
 def plan_teardown(conn: psycopg.Connection[Any], *, slot_name: str | None = None,
                   publication: str | None = None, all_kit_objects: bool = False,
-                  drop_role: str | None = None, force: bool = False) -> TeardownPlan:
+                  drop_role: str | None = None, force: bool = False,
+                  restore_replica_identity: bool = False) -> TeardownPlan:
     """What teardown would drop: only kit-created slots, publications and roles.
 
     Raises :class:`NotKitManaged` for a named object the kit did not create, and
     :class:`SlotInUse` for a slot active in another process unless ``force`` (then that
-    process is terminated first).
+    process is terminated first). The replica identity set-up set to FULL on the tables of a
+    publication dropped here is restored with ``restore_replica_identity`` (after the drop),
+    and reported in ``notes`` otherwise.
     """
     pubs = kit_publications(conn)
     recorded = {s for m in pubs.values() for s in m.get("slots", [])}
@@ -180,11 +191,58 @@ def plan_teardown(conn: psycopg.Connection[Any], *, slot_name: str | None = None
         stmt = sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(p))
         steps.append(Step("drop_publication", f"drop publication {p}", stmt.as_string(conn),
                           stmt))
+    notes: list[str] = []
+    for p in want_pubs:
+        steps += _identity_steps(conn, p, pubs[p], set(want_pubs), restore_replica_identity,
+                                 notes)
     for r in roles:
         for stmt in (sql.SQL("DROP OWNED BY {}").format(sql.Identifier(r)),
                      sql.SQL("DROP ROLE {}").format(sql.Identifier(r))):
             steps.append(Step("drop_role", f"{stmt.as_string(conn)}", stmt.as_string(conn), stmt))
-    return TeardownPlan(conn, want_slots, want_pubs, roles, force, skipped, steps)
+    return TeardownPlan(conn, want_slots, want_pubs, roles, force, skipped, steps, notes)
+
+
+_IDENTITY = {"d": "DEFAULT", "n": "NOTHING"}
+
+
+def _identity_steps(conn: psycopg.Connection[Any], publication: str, marker: dict[str, Any],
+                    dropped: set[str], restore: bool, notes: list[str]) -> list[Step]:
+    """Restore (or report) the replica identity the publication's set-up changed to FULL,
+    on the tables that still exist and are still FULL."""
+    recorded = marker.get("replica_identity") or {}
+    if not recorded:
+        return []
+    rows = conn.execute(
+        """SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relreplident::text,
+                  ARRAY(SELECT pt.pubname::text FROM pg_publication_tables pt
+                         JOIN pg_publication p ON p.pubname = pt.pubname
+                        WHERE pt.schemaname = n.nspname AND pt.tablename = c.relname
+                          AND (p.pubupdate OR p.pubdelete))
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = ANY(%s::oid[])""", [[int(oid) for oid in recorded]]).fetchall()
+    steps: list[Step] = []
+    for oid, schema, name, current, publications in rows:
+        was = _IDENTITY.get(str(recorded.get(str(oid), {}).get("was")))
+        if current != "f" or was is None:
+            continue  # changed since, by someone else
+        table = sql.Identifier(schema, name)
+        shown = f"{quote_ident_if_needed(schema)}.{quote_ident_if_needed(name)}"
+        stmt = sql.SQL("ALTER TABLE {} REPLICA IDENTITY {}").format(table, sql.SQL(was))
+        others = sorted(set(publications) - dropped)
+        if others:
+            notes.append(f"{shown}: replica identity FULL (set by the kit; it was {was}) is "
+                         f"left in place: publication(s) {', '.join(others)} still publish its "
+                         "updates and deletes, which need it")
+        elif restore:
+            steps.append(Step("replica_identity", f"restore replica identity {was} on {shown} "
+                              f"(set to FULL for publication {publication})",
+                              stmt.as_string(conn), stmt, shown))
+        else:
+            notes.append(f"{shown}: replica identity FULL was set by the kit for publication "
+                         f"{publication} (it was {was}) and is left in place: pass "
+                         f"restore_replica_identity=True to restore it, or run "
+                         f"{stmt.as_string(conn)};")
+    return steps
 
 
 def teardown(conn: psycopg.Connection[Any], **options: Any) -> TeardownReport:

@@ -27,7 +27,14 @@ from psycopg import pq
 from cdc_notebook.connection.conninfo import connect
 from cdc_notebook.connection.lsn import format_lsn
 from cdc_notebook.connection.quoting import quote_ident, quote_literal
-from cdc_notebook.errors import CDCError, SlotDropped, SlotInUse, SlotInvalidated, StreamLost
+from cdc_notebook.errors import (
+    CDCError,
+    PublicationNotFound,
+    SlotDropped,
+    SlotInUse,
+    SlotInvalidated,
+    StreamLost,
+)
 
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
 _HDR_W = struct.Struct(">QQq")  # data start, WAL end, send time
@@ -45,6 +52,14 @@ def _raise_for(result: Any, slot: str) -> None:
         # No server error: the connection broke (shutdown, restart, network) — try again.
         detail = message or (result.error_message or b"").decode(errors="replace").strip()
         raise StreamLost(f"the replication connection broke while starting: {detail}")
+    if "publication" in message and "does not exist" in message:
+        # wal2arrow and pgoutput load the publications when they decode: the slot is fine.
+        raise PublicationNotFound(
+            f"the stream's publication does not exist: {message}",
+            hint="create it again (CREATE PUBLICATION ... FOR TABLE ...; a new CDCStream with "
+            "the same patterns does that) or stream with the publication the tables are in; "
+            "keep the slot: it resumes where it was once the publication exists",
+            sqlstate=state)
     if state == "42704" or "does not exist" in message:
         raise SlotDropped(f"replication slot {slot!r} does not exist (anymore): {message}",
                           hint="it was dropped or invalidated; create a new slot (and take a "
