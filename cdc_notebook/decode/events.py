@@ -137,6 +137,33 @@ class TableDropped:
 
 
 @dataclass(frozen=True)
+class TableRenamed:
+    """The router's event for a table whose schema or name changed (``ALTER TABLE ... RENAME``,
+    ``SET SCHEMA``): the reader follows the table (its OID), and ``reader.name`` becomes
+    ``new``. Names are as readers are keyed: ``schema.table``, each part quoted where needed."""
+
+    relid: int
+    old: str
+    new: str
+    lsn: int = field(default=0)
+
+
+@dataclass(frozen=True)
+class WatcherError:
+    """The catalog watcher (tables joining, renamed, dropped) failed: its connection is down
+    (``transient``: it reconnects and tries again), or a table that matches the patterns
+    cannot join (``table``: its name; ``hint``: the fix, e.g. the ``ALTER PUBLICATION`` to run
+    as the owner). Sent to every reader's ``events()`` once per distinct problem; the current
+    one is in ``stream.status().watcher_error``."""
+
+    message: str
+    transient: bool
+    hint: str | None = None
+    table: str | None = None
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Keepalive:
     """No event, only the server's position: a primary keepalive, or an XLogData message that
     decoded to nothing. ``reply_requested``: the server asks for a status update now (it drops

@@ -74,6 +74,7 @@ from cdc_notebook.decode.events import (
     StreamAbort,
     StreamCommit,
     TableDropped,
+    TableRenamed,
     Truncate,
 )
 from cdc_notebook.errors import MirrorUnavailable
@@ -804,6 +805,10 @@ class LiveFrames:
     def __getitem__(self, name: str) -> LiveTable:
         if name in self.tables:
             return self.tables[name]
+        # tables are named as their readers: schema.table quoted where needed ('public."Users"')
+        plain = [t for q, t in self.tables.items() if q.replace('"', "") == name]
+        if len(plain) == 1:
+            return plain[0]
         matches = [t for q, t in self.tables.items() if q.split(".", 1)[-1] == name]
         if len(matches) == 1:
             return matches[0]
@@ -835,6 +840,15 @@ class LiveFrames:
                 self._bump()
             return live
 
+    def rename(self, old: str, new: str) -> None:
+        """The table called ``old`` here is now ``new`` (its reader's table was renamed)."""
+        with self.lock:
+            live = self.tables.pop(old, None)
+            if live is not None:
+                live.name = new
+                self.tables[new] = live
+                self._bump()
+
     def attach(self, live: LiveTable) -> LiveTable:
         """Adopt a table (from :meth:`LiveTable.load`) so the stream continues it."""
         with self.lock:
@@ -844,18 +858,28 @@ class LiveFrames:
             self._bump()
             return live
 
-    def handle(self, event: object) -> None:
+    def handle(self, event: object, name: str | None = None) -> None:
+        """Apply one event. ``name``: the table's name in these frames when the event is one
+        table's and the frames follow a reader (a LiveReader passes the reader's name: quoted
+        where needed, following renames), instead of the decoder's ``schema.table``."""
+        if name is not None:
+            from dataclasses import replace
+
+            if isinstance(event, Truncate):
+                event = replace(event, tables=(name,))
+            elif isinstance(event, TableDropped):
+                event = replace(event, qualified_name=name)
         with self.lock:
             if isinstance(event, ChangeBatch):
-                live = self.tables.get(event.qualified_name)
+                live = self.tables.get(name or event.qualified_name)
                 if live is None:
-                    live = self.table(event.qualified_name, event.batch.schema, (),
+                    live = self.table(name or event.qualified_name, event.batch.schema, (),
                                       event.schema_version)
                 live.apply(event.batch, committed=event.xid not in self._open_xids)
             elif isinstance(event, RelationSchema):
-                live = self.tables.get(event.qualified_name)
+                live = self.tables.get(name or event.qualified_name)
                 if live is None:
-                    self.table(event.qualified_name, event.arrow_schema, event.key_columns,
+                    self.table(name or event.qualified_name, event.arrow_schema, event.key_columns,
                                event.schema_version)
                 elif live.arrow_schema != event.arrow_schema or \
                         live.key_columns != tuple(event.key_columns):
@@ -968,6 +992,8 @@ class LiveReader:
         self._run = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._adopted: set[int] = set()  # id() of the readers that have a thread (a
+        # renamed table keeps its reader: readers are told apart by identity, not name)
         self._synced: dict[str, int] = {}  # per table: stream position with nothing queued
         self._adopt_lock = threading.Lock()
         self._parked: set[str] = set()  # names of the threads waiting while paused
@@ -992,6 +1018,7 @@ class LiveReader:
             thread = threading.Thread(target=self._consume, args=(name, reader, key),
                                       name=f"cdc-live-{name}", daemon=True)
             self._threads.append(thread)
+            self._adopted.add(id(reader))
         if self.checkpoint_dir is not None:
             self._threads.append(threading.Thread(target=self._checkpoint_loop,
                                                   name="cdc-live-checkpoint", daemon=True))
@@ -1038,11 +1065,10 @@ class LiveReader:
         thread of their own."""
         readers = getattr(self.stream, "readers", {})
         with self._adopt_lock:
-            known = {t.name.removeprefix("cdc-live-") for t in self._threads
-                     if t.name != "cdc-live-checkpoint"}
             for name, reader in list(readers.items()):
-                if name in known or self._stop.is_set():
+                if id(reader) in self._adopted or self._stop.is_set():
                     continue
+                self._adopted.add(id(reader))
                 key = tuple(getattr(reader, "key_columns", ()))
                 thread = threading.Thread(target=self._consume, args=(name, reader, key),
                                           name=f"cdc-live-{name}", daemon=True)
@@ -1144,6 +1170,10 @@ class LiveReader:
                     return
                 try:
                     for event in reader.events(follow=True, timeout=self.poll):
+                        if isinstance(event, TableRenamed):  # the frames follow the table
+                            self.frames.rename(name, event.new)
+                            self._synced[event.new] = self._synced.pop(name, 0)
+                            name = event.new
                         self._apply(name, key, event)
                         if self._stop.is_set() or not self._run.is_set():
                             break
@@ -1168,8 +1198,8 @@ class LiveReader:
         this table is left to read, move its consistent LSN to the stream's position."""
         # Read the position first: a transaction's batches are queued before its commit moves
         # the position, so an empty queue afterwards means they were all applied.
-        consumers = sum(1 for th in self._threads if th.name != "cdc-live-checkpoint")
-        if len(getattr(self.stream, "readers", ())) > consumers:
+        readers = getattr(self.stream, "readers", {})
+        if any(id(r) not in self._adopted for r in list(readers.values())):
             self._adopt_new_readers()
         position = self.stream_position()
         if position is None:
@@ -1194,4 +1224,4 @@ class LiveReader:
                 live = frames.tables.get(name) or frames.table(name, event.schema, key)
                 live.apply(event, committed=committed)
         elif isinstance(event, (RelationSchema, Truncate, TableDropped)):
-            frames.handle(event)
+            frames.handle(event, name)

@@ -72,6 +72,9 @@ class SlotStatus:
     latency_p99_ms: float | None = None
     held_back_by_table: dict[str, int] = field(default_factory=dict)  # table -> WAL bytes
     spilled_by_table: dict[str, int] = field(default_factory=dict)  # table -> bytes on local disk
+    tables: dict[str, int] = field(default_factory=dict)  # the stream's tables: name now -> OID
+    watcher_error: str | None = None  # the catalog watcher's current problem, with its fix
+    watcher_failures: int = 0  # looks at the catalog that failed (connection down) so far
     advice: tuple[str, ...] = ()
 
     @property
@@ -113,6 +116,8 @@ class SlotStatus:
             parts.append(f"latency p50 {self.latency_p50_ms:.2f} ms"
                          + (f" / p99 {self.latency_p99_ms:.2f} ms"
                             if self.latency_p99_ms is not None else ""))
+        if self.watcher_error:
+            parts.append(f"catalog watcher: {self.watcher_error}")
         if self.spilled_by_table:
             parts.append(f"{_fmt_bytes(sum(self.spilled_by_table.values()))} spilled to disk by "
                          f"unread readers ({', '.join(sorted(self.spilled_by_table))})")

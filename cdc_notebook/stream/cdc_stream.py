@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -30,8 +30,12 @@ from cdc_notebook.connection.conninfo import (
     session_conninfo,
 )
 from cdc_notebook.connection.lsn import parse_lsn
+from cdc_notebook.decode.events import WatcherError
 from cdc_notebook.errors import (
     CDCError,
+    OwnershipRequired,
+    PublicationNotFound,
+    ServerUnreachable,
     SlotNotFound,
     SnapshotUnavailable,
     TemporarySlotLost,
@@ -47,10 +51,44 @@ from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.slots import DEFAULT_PLUGIN
 from cdc_notebook.provision.status import SlotStatus, fetch_slot_status
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
+from cdc_notebook.stream.names import ReaderMap
 from cdc_notebook.stream.reader import TableReader
 from cdc_notebook.stream.replication import ReplicationConnection
-from cdc_notebook.stream.router import ChangeRouter
+from cdc_notebook.stream.router import CatalogChanges, ChangeRouter
 from cdc_notebook.stream.source import ReplicationSource, plugin_decoders
+
+T = TypeVar("T")
+
+# A table that matches the patterns but could not join (its ALTER PUBLICATION failed) is tried
+# again this often; sooner when it turns up in the publication (someone ran the fix).
+JOIN_RETRY_SECONDS = 30.0
+
+
+class _Connections:
+    """The stream's ordinary connections, apart from the stream so its finalizer can close
+    them: ``catalog`` (status, WAL positions; opened again after a server restart) and
+    ``watch``, the catalog watcher's own (opened by the watcher thread, again after a failure).
+    """
+
+    def __init__(self, catalog: psycopg.Connection[Any]):
+        self.catalog = catalog
+        self.watch: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        for conn in (self.catalog, self.watch):
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+
+
+def _broken(conn: psycopg.Connection[Any]) -> bool:
+    return bool(conn.closed or conn.broken)
+
+
+def _wal_lsn(conn: psycopg.Connection[Any]) -> int:
+    return parse_lsn(str(conn.execute("SELECT pg_current_wal_lsn()::text").fetchall()[0][0]))
 
 
 class CDCStream:
@@ -73,7 +111,7 @@ class CDCStream:
                  status_interval: float = 1.0, acknowledge: str = "consumed",
                  **provision_options: Any):
         self._source: ReplicationSource | None = None
-        self.catalog = connect(conninfo)
+        self._conns = _Connections(connect(conninfo))
         try:
             self._catalog_lock = threading.Lock()
             self.conninfo = conninfo_of(self.catalog)
@@ -135,16 +173,44 @@ class CDCStream:
                                        status_interval=status_interval,
                                        table_changes=self._table_changes)
             self.router.acks.durable_only = acknowledge == "durable"
-            self.readers: dict[str, TableReader] = {}
-            self._oids = {info.qualified_name: info.oid for info in self.tables}
+            self._join_failures: dict[int, tuple[WatcherError, float]] = {}
+            # The names read now label the tables from this WAL position on: a rename the
+            # stream meets later relabels a reader, an older change does not.
+            seen_at = self.current_wal_lsn()
             for info in self.tables:
-                self.readers[info.qualified_name] = self.router.add_reader(
-                    info.qualified_name, info.change_key)
+                self.router.add_reader(info.oid, info.schema, info.name, info.change_key,
+                                       label_lsn=seen_at)
+            # Readers by table identity (OID), looked up by name: names.ReaderMap.
+            self.readers = ReaderMap(self.router.readers)
         except BaseException:
             self.catalog.close()  # nothing else was opened, or it closed itself
             raise
-        self._finalizer = weakref.finalize(self, CDCStream._cleanup, self.router, self.catalog,
+        self._finalizer = weakref.finalize(self, CDCStream._cleanup, self.router, self._conns,
                                            self.slot)
+
+    @property
+    def catalog(self) -> psycopg.Connection[Any]:
+        """The stream's ordinary connection (status, positions), opened again after a server
+        restart."""
+        return self._conns.catalog
+
+    def _on_catalog(self, query: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """``query`` on the catalog connection; a connection the server dropped (a restart) is
+        opened again first (a server still down raises :class:`ServerUnreachable`)."""
+        with self._catalog_lock:
+            conn = self._conns.catalog
+            if not _broken(conn):
+                try:
+                    return query(conn)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    if not _broken(conn):
+                        raise
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+            self._conns.catalog = connect(self.conninfo)
+            return query(self._conns.catalog)
 
     # ---- the stream
 
@@ -201,49 +267,133 @@ class CDCStream:
                                         workers=self.snapshot_workers,
                                         publication=self.publication,
                                         progress=self.snapshot_progress):
-                self.router.put_snapshot(info.qualified_name, batch)
+                self.router.put_snapshot(info.oid, batch)
 
-    def _table_changes(self) -> tuple[list[str], int]:
-        """Readers whose table no longer exists (and the WAL position when that was seen);
-        tables that started matching the patterns join the stream."""
-        with self._catalog_lock:
-            # Any cached answer is checked against the catalog fingerprint (max_age of a
-            # microsecond); the whole catalog is read again only when that changed.
-            catalog = (self._catalog_cache.tables(self.catalog, max_age=1e-6)
-                       if self.watch else None)
-            present_oids, lsn = one_row(self.catalog.execute(
-                "SELECT array(SELECT oid::bigint FROM pg_class WHERE oid = ANY(%s::oid[])), "
-                "pg_current_wal_lsn()::text", (list(self._oids.values()),)))
-        present = set(present_oids)
-        gone = [name for name, oid in self._oids.items() if oid not in present]
-        for name in gone:
-            del self._oids[name]
-        if catalog is not None:
-            known = set(self.readers)
-            for info in select_tables(catalog, self.patterns).tables:
-                if info.qualified_name not in known and info.has_replica_identity:
-                    self._join(info)
-        return gone, parse_lsn(lsn)
+    # ---- the catalog watcher (docs/reader.md)
 
-    def _join(self, info: TableInfo) -> None:
+    def _table_changes(self) -> CatalogChanges:
+        """One look at the catalog, on the watcher's own connection (opened again after a
+        failure): the stream's tables that were dropped or renamed (by OID, with the WAL
+        position they were seen at), and tables that started matching the patterns, which
+        join. Raises when the catalog cannot be read: the router reports it and tries again."""
+        conns = self._conns
+        try:
+            if conns.watch is None or _broken(conns.watch):
+                if conns.watch is not None:
+                    conns.watch.close()
+                conns.watch = None
+                conns.watch = connect(self.conninfo)
+            return self._look_at_catalog(conns.watch)
+        except psycopg.Error as exc:
+            if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+                raise ServerUnreachable(
+                    f"the catalog watcher lost its connection: {exc}",
+                    hint="it connects again by itself once the server answers; meanwhile "
+                    "tables do not join and renames and drops are not seen") from None
+            raise CDCError(f"the catalog watcher's query failed: "
+                           f"{exc.diag.message_primary or exc}", sqlstate=exc.sqlstate) from None
+
+    def _look_at_catalog(self, conn: psycopg.Connection[Any]) -> CatalogChanges:
+        readers = {relid: r for relid, r in list(self.router.readers.items())
+                   if not r.table_dropped}
+        # Any cached answer is checked against the catalog fingerprint (max_age of a
+        # microsecond); the whole catalog is read again only when that changed.
+        catalog = self._catalog_cache.tables(conn, max_age=1e-6) if self.watch else None
+        rows = conn.execute(
+            "SELECT c.oid::int8, n.nspname::text, c.relname::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s::oid[])",
+            (list(readers),)).fetchall()
+        # Read after the catalog: every change made before the drops and renames it shows
+        # is before this position.
+        changes = CatalogChanges(_wal_lsn(conn))
+        present = {int(oid): (schema, table) for oid, schema, table in rows}
+        for relid, reader in readers.items():
+            where = present.get(relid)
+            if where is None:
+                changes.gone.append(relid)
+            elif where != (reader.schema_name, reader.table_name):
+                changes.renamed.append((relid, where[0], where[1]))
+        if self.publication is not None and not conn.execute(
+                "SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,)).fetchall():
+            # wal2arrow (and pgoutput before PostgreSQL 18) fail when they decode a change;
+            # pgoutput on 18 skips a missing publication silently: its changes never arrive.
+            changes.fatal = PublicationNotFound(
+                f"the stream's publication {self.publication} does not exist (it was dropped "
+                "while streaming): the server no longer sends the changes of its tables",
+                hint="create it again (CREATE PUBLICATION ... FOR TABLE ...; a new CDCStream "
+                "with the same patterns does that) and resume from the slot, which is fine; on "
+                "PostgreSQL 18 pgoutput skips the changes made while it was missing")
+        elif catalog is not None:
+            changes.problems = self._join_new_tables(conn, catalog, set(readers), changes.lsn)
+        return changes
+
+    def _join_new_tables(self, conn: psycopg.Connection[Any], catalog: list[TableInfo],
+                         known: set[int], lsn: int) -> list[WatcherError]:
+        """Tables (OIDs) the stream has no reader for that match the patterns join it; those
+        that cannot are the watcher's problems (tried again every JOIN_RETRY_SECONDS)."""
+        problems: list[WatcherError] = []
+        failing: dict[int, tuple[WatcherError, float]] = {}
+        for info in select_tables(catalog, self.patterns).tables:
+            if info.oid in known or not info.has_replica_identity:
+                continue
+            earlier = self._join_failures.get(info.oid)
+            if earlier is not None and time.monotonic() < earlier[1] \
+                    and not self._in_publication(conn, info.oid):
+                failing[info.oid] = earlier
+                problems.append(earlier[0])
+                continue
+            try:
+                self._join(conn, info, lsn)
+            except CDCError as exc:
+                problem = WatcherError(
+                    f"table {info.quoted_name} matches the patterns but cannot join the "
+                    f"stream: {exc.message}", exc.transient, exc.hint, info.quoted_name, exc)
+                failing[info.oid] = (problem, time.monotonic() + JOIN_RETRY_SECONDS)
+                problems.append(problem)
+        self._join_failures = failing
+        return problems
+
+    def _in_publication(self, conn: psycopg.Connection[Any], relid: int) -> bool:
+        return bool(conn.execute(
+            "SELECT 1 FROM pg_get_publication_tables(%s::text) t WHERE t.relid = %s::oid",
+            (self.publication, relid)).fetchall())
+
+    def _join(self, conn: psycopg.Connection[Any], info: TableInfo, lsn: int) -> None:
         """Add a table to the running stream: publication, reader, watermarked snapshot."""
-        name = info.qualified_name
         keys = info.change_key
         if self.publication is None:  # watch is off without a publication: nothing joins
-            raise RuntimeError(f"internal error: {name} joins a stream without a publication")
-        with self._catalog_lock:
-            self.catalog.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                sql.Identifier(self.publication), sql.Identifier(info.schema, info.name)))
-        join = TableJoin(f"{self.slot.slot_name}:{info.oid}:{time.monotonic_ns()}", name, keys)
+            raise RuntimeError(f"internal error: {info.quoted_name} joins a stream without a "
+                               "publication")
+        if not self._in_publication(conn, info.oid):
+            statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(self.publication), sql.Identifier(info.schema, info.name))
+            try:
+                conn.execute(statement)
+            except psycopg.errors.DuplicateObject:
+                pass  # added meanwhile
+            except psycopg.errors.UndefinedTable:
+                return  # dropped meanwhile
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise OwnershipRequired(
+                    str(exc.diag.message_primary or exc),
+                    hint=f"as the owner of table {info.quoted_name} and of publication "
+                    f"{self.publication} (or a superuser) run: {statement.as_string(conn)}; "
+                    "the table then joins by itself", sqlstate=exc.sqlstate) from None
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except psycopg.Error as exc:
+                raise CDCError(str(exc.diag.message_primary or exc),
+                               sqlstate=exc.sqlstate) from None
+        join = TableJoin(f"{self.slot.slot_name}:{info.oid}:{time.monotonic_ns()}",
+                         info.quoted_name, keys, relid=info.oid)
         self.router.joins[join.id] = join  # before the reader appears: wait_for_joins sees it
-        self.readers[name] = self.router.add_reader(name, keys)
-        self._oids[name] = info.oid
+        reader = self.router.add_reader(info.oid, info.schema, info.name, keys, label_lsn=lsn)
         self.tables.append(info)
         threading.Thread(target=self._snapshot_joining_table, args=(info, join),
-                         name=f"cdc-join-{name}", daemon=True).start()
-        self.joined.append(name)
+                         name=f"cdc-join-{reader.name}", daemon=True).start()
+        self.joined.append(reader.name)
         if self.on_table_added is not None:
-            self.on_table_added(name)
+            self.on_table_added(reader.name)
 
     def wait_for_joins(self, timeout: float = 60.0) -> bool:
         """Wait until every table that joined the stream has had its snapshot delivered (its
@@ -276,13 +426,7 @@ class CDCStream:
             join.ready.set()
 
     def current_wal_lsn(self) -> int:
-        with self._catalog_lock:
-            try:
-                text = one_row(self.catalog.execute("SELECT pg_current_wal_lsn()::text"))[0]
-            except psycopg.OperationalError:
-                self.catalog = connect(self.conninfo)
-                text = one_row(self.catalog.execute("SELECT pg_current_wal_lsn()::text"))[0]
-        return parse_lsn(text)
+        return self._on_catalog(_wal_lsn)
 
     # ---- acknowledgement (docs/delivery.md)
 
@@ -316,29 +460,36 @@ class CDCStream:
         self.router.ensure_started()
         return self
 
-    def __getitem__(self, name: str) -> TableReader:
-        return self.readers[name]
+    def __getitem__(self, key: str | int) -> TableReader:
+        """A table's reader, by name (``'public.users'``, a quoted spelling, a name the table
+        had before a rename) or OID: :class:`~cdc_notebook.stream.names.ReaderMap`."""
+        return self.readers[key]
 
     # ---- status
 
     def status(self) -> SlotStatus:
-        """The slot as the server reports it plus the reader's throughput, latency and the WAL
-        each unread reader holds back."""
-        with self._catalog_lock:
-            status = fetch_slot_status(self.catalog, self.slot.slot_name)
+        """The slot as the server reports it plus the reader's throughput, latency, the WAL
+        each unread reader holds back, the tables by their current names, and the catalog
+        watcher's current problem."""
+        status = self._on_catalog(lambda conn: fetch_slot_status(conn, self.slot.slot_name))
         stats = self.router.stats
         p50, p99 = stats.latency_percentiles()
         elapsed = max(1e-9, time.monotonic() - stats.started_at)
-        held = {name: max(0, status.current_lsn - lsn) for name, r in self.readers.items()
+        readers = list(self.readers.values())
+        held = {r.name: max(0, status.current_lsn - lsn) for r in readers
                 if (lsn := r.held_back_lsn) is not None}
         oldest = self.router.acks.oldest_unacknowledged_commit_ts
+        problem = self.router.watcher_error
         return status.with_reader(
             events_per_second=stats.rows / elapsed, bytes_per_second=stats.bytes / elapsed,
             latency_p50_ms=p50, latency_p99_ms=p99, held_back_by_table=held,
-            spilled_by_table={name: r.spilled_bytes for name, r in self.readers.items()
-                              if r.spilled_bytes},
+            spilled_by_table={r.name: r.spilled_bytes for r in readers if r.spilled_bytes},
             oldest_unacked_commit_ts=(None if oldest is None else
-                                      datetime.fromtimestamp(oldest / 1e6, timezone.utc)))
+                                      datetime.fromtimestamp(oldest / 1e6, timezone.utc)),
+            tables={r.name: r.relid for r in readers if not r.table_dropped},
+            watcher_error=(None if problem is None else problem.message
+                           + (f" (fix: {problem.hint})" if problem.hint else "")),
+            watcher_failures=self.router.watcher_failures)
 
     def close(self) -> None:
         self._finalizer()
@@ -350,23 +501,20 @@ class CDCStream:
         self.close()
 
     @staticmethod
-    def _cleanup(router: ChangeRouter, catalog: psycopg.Connection[Any], slot: Any) -> None:
+    def _cleanup(router: ChangeRouter, conns: _Connections, slot: Any) -> None:
         router.close()
         slot.close()
         try:
             # The walsender exits just after its connection closes: return once the server has
             # let go of the slot, so a teardown right after close() does not find it in use.
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and catalog.execute(
+            while time.monotonic() < deadline and conns.catalog.execute(
                     "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
                     (slot.slot_name,)).fetchone():
                 time.sleep(0.02)
         except psycopg.Error:
-            pass  # the server is gone: nothing holds the slot
-        try:
-            catalog.close()
-        except Exception:  # noqa: BLE001
-            pass
+            pass  # the server is gone (or restarted): nothing holds the slot
+        conns.close()
 
 
 class ArrowCDCReaderConfig:

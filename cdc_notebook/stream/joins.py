@@ -38,11 +38,15 @@ class TableJoin:
     reader sees the table's rows exactly once as of the high watermark, then its changes.
     """
 
-    def __init__(self, join_id: str, qualified_name: str, key_columns: tuple[str, ...]):
+    def __init__(self, join_id: str, qualified_name: str, key_columns: tuple[str, ...],
+                 relid: int = 0):
         self.id = join_id
         self.name = qualified_name
+        self.relid = relid  # the table's OID: what its changes are routed by
         self.key_columns = key_columns
         self.window_open = False
+        self.low_seen = False  # the stream read the low watermark (changes before it are in
+        # the snapshot: they are not delivered as changes)
         self.changed: set[tuple[Any, ...]] = set()
         self.batches: list[pa.RecordBatch] = []
         self.ready = threading.Event()

@@ -46,14 +46,25 @@ class TableReader:
     ``read_batches()`` (async) and ``batches()`` (sync) end at the WAL position that was current
     when the iteration began, unless ``follow=True``: then they go on until the reader or the
     stream is closed. Schema changes arrive as batches with the new schema; ``events()`` also
-    yields :class:`~cdc_notebook.decode.events.Truncate`, :class:`RelationSchema` and
+    yields :class:`~cdc_notebook.decode.events.Truncate`, :class:`RelationSchema`,
+    :class:`TableRenamed` (``name`` follows the table), :class:`WatcherError` and
     :class:`TableDropped` (which ends the reader).
     """
 
     def __init__(self, router: ChangeRouter, qualified_name: str, key_columns: tuple[str, ...],
-                 memory_limit: int):
+                 memory_limit: int, *, relid: int = 0, schema_name: str | None = None,
+                 table_name: str | None = None, label_lsn: int = 0):
         self.router = router
+        # The table is its OID (``relid``); ``name`` is a label that follows renames: the
+        # reader's key in ``stream.readers``, ``schema.table`` quoted where needed.
+        self.relid = relid
         self.name = qualified_name
+        self.schema_name = schema_name if schema_name is not None else qualified_name
+        self.table_name = table_name if table_name is not None else ""
+        self.former_names: list[str] = []
+        self.label_lsn = label_lsn  # the WAL position the current name was seen at
+        self.table_dropped = False  # the router queued TableDropped (the table is gone)
+        self.table_gone = False  # the catalog watcher saw the table gone (TableDropped follows)
         self.key_columns = key_columns
         self.memory_limit = memory_limit
         self.schema: pa.Schema | None = None
@@ -72,6 +83,16 @@ class TableReader:
         self._current: QueuedItem | None = None
 
     # ---- the stream side
+
+    def _relabel(self, schema_name: str, table_name: str, label: str, lsn: int) -> str:
+        """The table was renamed (or moved to another schema): take its new name; returns
+        the old one."""
+        old = self.name
+        if label != old:
+            self.former_names = [n for n in self.former_names if n != label] + [old]
+        self.schema_name, self.table_name, self.name = schema_name, table_name, label
+        self.label_lsn = max(self.label_lsn, lsn)
+        return old
 
     def _put(self, item: QueuedItem, stop: threading.Event) -> None:
         with self._cond:
@@ -214,7 +235,8 @@ class TableReader:
         return self._iterate(follow, False, timeout, partition)
 
     def events(self, *, follow: bool = False, timeout: float | None = None) -> Iterator[Any]:
-        """Batches plus Truncate / RelationSchema / TableDropped events, in stream order."""
+        """Batches plus Truncate / RelationSchema / TableRenamed / WatcherError / TableDropped
+        events, in stream order."""
         return self._iterate(follow, True, timeout, None)
 
     async def read_batches(self, *, follow: bool = False, timeout: float | None = None,
@@ -278,5 +300,5 @@ class TableReader:
         return self._spill_bytes
 
     def __repr__(self) -> str:
-        return (f"<TableReader {self.name} queued={self.queued_batches} "
+        return (f"<TableReader {self.name} relid={self.relid} queued={self.queued_batches} "
                 f"high_water={self.high_water}>")

@@ -22,6 +22,7 @@ reader drops changes at or below its high-water mark ``(end_lsn, ordinal)``.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -37,12 +38,29 @@ from cdc_notebook.decode.events import (
     LogicalMessage,
     RelationSchema,
     TableDropped,
+    TableRenamed,
     Truncate,
+    WatcherError,
 )
-from cdc_notebook.errors import is_transient
+from cdc_notebook.errors import CDCError, is_transient
 from cdc_notebook.stream.acks import AckTracker, Transaction
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin, stamp_at_watermark
+from cdc_notebook.stream.names import table_label
 from cdc_notebook.stream.reader import QueuedItem, TableReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CatalogChanges:
+    """What one look at the catalog found about the stream's tables (by OID), and the WAL
+    position it was seen at: every change before it was written before the look."""
+
+    lsn: int
+    gone: list[int] = field(default_factory=list)  # tables dropped
+    renamed: list[tuple[int, str, str]] = field(default_factory=list)  # (relid, schema, table)
+    problems: list[WatcherError] = field(default_factory=list)  # tables that cannot join
+    fatal: CDCError | None = None  # ends the stream (its publication is gone)
 
 
 @dataclass
@@ -76,7 +94,7 @@ class ChangeRouter:
                  current_wal_lsn: Callable[[], int], memory_limit: int = 64 << 20,
                  spill_dir: str | None = None, reconnect: bool = True,
                  max_backoff: float = 10.0, status_interval: float = 1.0,
-                 table_changes: Callable[[], tuple[list[str], int]] | None = None,
+                 table_changes: Callable[[], CatalogChanges] | None = None,
                  table_check_interval: float = 2.0):
         self._source_factory = source_factory
         self._current_wal_lsn = current_wal_lsn
@@ -85,8 +103,9 @@ class ChangeRouter:
         self.reconnect = reconnect
         self.max_backoff = max_backoff
         self.status_interval = status_interval
-        self.readers: dict[str, TableReader] = {}
-        self._by_relid: dict[int, TableReader] = {}
+        # Readers by their table's OID: a table is its identity, its name a label that
+        # follows renames (``stream.readers`` looks them up by name: names.ReaderMap).
+        self.readers: dict[int, TableReader] = {}
         self.acks = AckTracker()
         self.stats = StreamStats()
         self.failed: BaseException | None = None
@@ -101,21 +120,38 @@ class ChangeRouter:
         self._txn: Transaction | None = None
         self._last_status = 0.0
         self._sent_flush = -1
-        self._table_changes = table_changes  # dropped tables (and, in the reader, joining ones)
+        self._table_changes = table_changes  # dropped and renamed tables (and joining ones)
         self._table_check_interval = table_check_interval
         self._watcher: threading.Thread | None = None
         self._drops_lock = threading.Lock()
-        self._pending_drops: list[tuple[str, int]] = []
+        self._pending_drops: list[tuple[int, int]] = []  # (relid, seen at LSN)
+        self._pending_renames: list[tuple[int, str, str, int]] = []  # (relid, schema, table, LSN)
+        self._pending_problems: list[WatcherError] = []  # to post to the readers
+        self._pending_fatal: CDCError | None = None  # raised in the stream thread
+        # The watcher's problems: the current ones (by message) and failed checks so far.
+        self.watcher_problems: dict[str, WatcherError] = {}
+        self.watcher_failures = 0
         self.joins: dict[str, TableJoin] = {}
         self._joins_at_commit: list[TableJoin] = []
 
     # ---- set-up
 
-    def add_reader(self, qualified_name: str, key_columns: tuple[str, ...] = ()) -> TableReader:
-        reader = TableReader(self, qualified_name, key_columns,
-                             memory_limit=max(1 << 20, self.memory_limit // 4))
-        self.readers[qualified_name] = reader
+    def add_reader(self, relid: int, schema: str, table: str, key_columns: tuple[str, ...] = (),
+                   *, label_lsn: int = 0) -> TableReader:
+        """A reader for the table with OID ``relid`` (now called ``schema.table``, seen so at
+        WAL position ``label_lsn``)."""
+        reader = TableReader(self, table_label(schema, table), key_columns,
+                             memory_limit=max(1 << 20, self.memory_limit // 4), relid=relid,
+                             schema_name=schema, table_name=table, label_lsn=label_lsn)
+        self.readers[relid] = reader
         return reader
+
+    @property
+    def watcher_error(self) -> WatcherError | None:
+        """The catalog watcher's newest current problem (None when its last look succeeded
+        and every matching table could join)."""
+        problems = list(self.watcher_problems.values())
+        return problems[-1] if problems else None
 
     @property
     def started(self) -> bool:
@@ -212,7 +248,7 @@ class ChangeRouter:
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = exc
-        for reader in self.readers.values():
+        for reader in list(self.readers.values()):
             reader._finish()
 
     def _pump(self) -> None:
@@ -242,14 +278,18 @@ class ChangeRouter:
                 elif isinstance(event, ChangeBatch):
                     self._route_batch(event)
                 elif isinstance(event, RelationSchema):
-                    reader = self.readers.get(event.qualified_name)
+                    reader = self.readers.get(event.relid)
                     if reader is not None:
-                        self._by_relid[event.relid] = reader
+                        # The schema carries the table's name as of this change: a rename
+                        # the stream meets (the watcher may have reported it already).
+                        lsn = self._txn.end_lsn if self._txn is not None else 0
+                        if lsn > reader.label_lsn:
+                            self._rename(reader, event.namespace, event.name, lsn)
                         reader.schema = event.arrow_schema
                         reader._put(QueuedItem(event, None), self._stop)
                 elif isinstance(event, Truncate):
-                    for name in event.tables:
-                        reader = self.readers.get(name)
+                    for relid in event.relids:
+                        reader = self.readers.get(relid)
                         if reader is not None:
                             if self._txn is not None:
                                 self.acks.add(self._txn)
@@ -258,39 +298,103 @@ class ChangeRouter:
                     if event.prefix == WATERMARK_PREFIX:
                         self._watermark(event.content.decode())
                 elif isinstance(event, TableDropped):
-                    reader = self.readers.get(event.qualified_name)
+                    reader = self.readers.get(event.relid)
                     if reader is not None:
+                        reader.table_dropped = True
                         reader._put(QueuedItem(event, None), self._stop)
                 self.stats.events += 1
 
     def _watch_tables(self) -> None:
         """The watcher thread: asks the catalog about the stream's tables every
         ``table_check_interval`` seconds. Its round trips stay off the stream thread, which
-        would otherwise stop reading (and delay every change) while they run."""
+        would otherwise stop reading (and delay every change) while they run. Its failures are
+        never swallowed: each distinct problem goes to every reader's ``events()`` (posted by
+        the stream thread) and stays in ``watcher_problems`` (the status) while it lasts."""
+        assert self._table_changes is not None
         while not self._stop.wait(self._table_check_interval) and self.failed is None:
             try:
-                gone, seen_at = self._table_changes()  # type: ignore[misc]
-            except Exception:  # noqa: BLE001 - the catalog connection is down: try next time
+                changes = self._table_changes()
+            except Exception as exc:  # noqa: BLE001 - reported; the next look tries again
+                if self._stop.is_set():
+                    return
+                self.watcher_failures += 1
+                self._watcher_state([_watcher_error(exc)])
                 continue
-            if gone:
-                with self._drops_lock:
-                    self._pending_drops += [(name, seen_at) for name in gone]
+            self._watcher_state(changes.problems)
+            if changes.fatal is not None:
+                self._pending_fatal = changes.fatal
+                return
+            for relid in changes.gone:  # lookups by name prefer a table that exists
+                gone = self.readers.get(relid)
+                if gone is not None:
+                    gone.table_gone = True
+            with self._drops_lock:
+                dropping = {relid for relid, _ in self._pending_drops}
+                self._pending_drops += [(relid, changes.lsn) for relid in changes.gone
+                                        if relid not in dropping]
+                for relid, schema, table in changes.renamed:
+                    pending = [r for r in self._pending_renames if r[0] == relid]
+                    if not pending or pending[-1][1:3] != (schema, table):
+                        self._pending_renames.append((relid, schema, table, changes.lsn))
+
+    def _watcher_state(self, problems: list[WatcherError]) -> None:
+        """The watcher's current problems; the new ones are logged and posted to the readers."""
+        current = {p.message: p for p in problems}
+        new = [p for m, p in current.items() if m not in self.watcher_problems]
+        self.watcher_problems = current
+        for problem in new:
+            log.warning("catalog watcher: %s%s", problem.message,
+                        f" (fix: {problem.hint})" if problem.hint else "")
+        if new:
+            with self._drops_lock:
+                self._pending_problems += new
 
     def _check_tables(self) -> None:
-        """End the readers of dropped tables, after every change before the drop arrived."""
-        if not self._pending_drops:
+        """What the watcher found, applied in the stream thread: a renamed table's reader
+        takes the new name, a dropped table's reader ends, each after every change before the
+        watcher saw it arrived; its problems are posted to every reader."""
+        if self._pending_fatal is not None:
+            raise self._pending_fatal
+        if not (self._pending_drops or self._pending_renames or self._pending_problems):
             return
         with self._drops_lock:
-            pending, self._pending_drops = self._pending_drops, []
+            drops, self._pending_drops = self._pending_drops, []
+            renames, self._pending_renames = self._pending_renames, []
+            problems, self._pending_problems = self._pending_problems, []
+        for problem in problems:
+            for receiver in list(self.readers.values()):
+                if not receiver.table_dropped:
+                    receiver._put(QueuedItem(problem, None), self._stop)
         self.request_position()
-        still = []
-        for name, lsn in pending:
+        still_renames = []
+        for relid, schema, table, lsn in renames:
+            reader = self.readers.get(relid)
+            if reader is None or reader.table_dropped:
+                continue
             if self.caught_up(lsn):
-                self.drop_table(name)
+                self._rename(reader, schema, table, lsn)
             else:
-                still.append((name, lsn))
+                still_renames.append((relid, schema, table, lsn))
+        still_drops = []
+        for relid, lsn in drops:
+            if self.caught_up(lsn):
+                self.drop_table(relid, lsn)
+            else:
+                still_drops.append((relid, lsn))
         with self._drops_lock:
-            self._pending_drops[:0] = still
+            self._pending_drops[:0] = still_drops
+            self._pending_renames[:0] = still_renames
+
+    def _rename(self, reader: TableReader, schema: str, table: str, lsn: int) -> None:
+        """The table of ``reader`` is called ``schema.table`` from ``lsn`` on: its reader
+        follows it and says so (a :class:`TableRenamed` event)."""
+        if (schema, table) == (reader.schema_name, reader.table_name):
+            reader.label_lsn = max(reader.label_lsn, lsn)
+            return
+        label = table_label(schema, table)
+        old = reader._relabel(schema, table, label, lsn)
+        log.info("table %s (OID %d) is now called %s", old, reader.relid, label)
+        reader._put(QueuedItem(TableRenamed(reader.relid, old, label, lsn), None), self._stop)
 
     def _watermark(self, content: str) -> None:
         kind, _, join_id = content.partition(" ")
@@ -298,7 +402,7 @@ class ChangeRouter:
         if join is None:
             return  # another stream's (or an earlier run's) watermark
         if kind == "low":
-            join.window_open = True
+            join.window_open = join.low_seen = True
         elif kind == "high":
             join.window_open = False
             # Delivered at the watermark's commit, stamped with its end LSN: after every change
@@ -311,13 +415,13 @@ class ChangeRouter:
             if not join.ready.wait(60) or join.error is not None:
                 join.error = join.error or TimeoutError(
                     f"snapshot of {join.name} not ready at its watermark")
-                reader = self.readers.get(join.name)
+                reader = self.readers.get(join.relid)
                 if reader is not None:  # that reader fails; the others go on
                     reader._put(QueuedItem(join.error, None), self._stop)
             else:
                 ordinal = 0
                 for batch in join.surviving():
-                    self.put_snapshot(join.name, stamp_at_watermark(batch, end_lsn, ordinal))
+                    self.put_snapshot(join.relid, stamp_at_watermark(batch, end_lsn, ordinal))
                     ordinal += batch.num_rows
             join.batches = []
             self.joins.pop(join.id, None)
@@ -325,10 +429,16 @@ class ChangeRouter:
         self._joins_at_commit = []
 
     def _route_batch(self, event: ChangeBatch) -> None:
+        before_snapshot = False
         for join in list(self.joins.values()):  # the watcher thread adds joins
-            if join.window_open and join.name == event.qualified_name:
-                join.record(event.batch)
-        reader = self.readers.get(event.qualified_name)
+            if join.relid == event.relid:
+                if join.window_open:
+                    join.record(event.batch)
+                elif not join.low_seen:
+                    # Committed before the joining table's low watermark: its snapshot (read
+                    # after that) holds this change, delivered at the high watermark.
+                    before_snapshot = True
+        reader = self.readers.get(event.relid)
         batch = event.batch
         self.stats.rows += batch.num_rows
         # What the batch holds in memory: the message it was read from (wal2arrow), or its
@@ -336,7 +446,7 @@ class ChangeRouter:
         message = event.ipc_message
         nbytes = message.size if message is not None else batch.get_total_buffer_size()
         self.stats.bytes += nbytes
-        if reader is None or reader.closed:
+        if reader is None or reader.closed or before_snapshot:
             return
         txn = self._txn
         if txn is not None:
@@ -344,24 +454,25 @@ class ChangeRouter:
         end_lsn = txn.end_lsn if txn is not None else 0
         reader._put(QueuedItem(batch, txn, nbytes, end_lsn, ipc=message), self._stop)
 
-    def put_snapshot(self, qualified_name: str, batch: pa.RecordBatch) -> None:
+    def put_snapshot(self, relid: int, batch: pa.RecordBatch) -> None:
         """Deliver a batch of the initial snapshot (before the stream starts)."""
-        reader = self.readers.get(qualified_name)
+        reader = self.readers.get(relid)
         if reader is not None and batch.num_rows:
             self.stats.rows += batch.num_rows
             nbytes = batch.get_total_buffer_size()
             self.stats.bytes += nbytes
             reader._put(QueuedItem(batch, None, nbytes, snapshot=True), self._stop)
 
-    def drop_table(self, qualified_name: str, relid: int = 0) -> None:
+    def drop_table(self, relid: int, lsn: int = 0) -> None:
         """End one reader with a TableDropped event (the table went away); the others go on."""
-        reader = self.readers.get(qualified_name)
-        if reader is not None:
-            reader._put(QueuedItem(TableDropped(qualified_name, relid), None), self._stop)
+        reader = self.readers.get(relid)
+        if reader is not None and not reader.table_dropped:
+            reader.table_dropped = True
+            reader._put(QueuedItem(TableDropped(reader.name, relid, lsn), None), self._stop)
 
     def close(self) -> None:
         self._stop.set()
-        for reader in self.readers.values():
+        for reader in list(self.readers.values()):
             with reader._cond:
                 reader._cond.notify_all()
         if self._thread is not None:
@@ -375,6 +486,17 @@ class ChangeRouter:
                 pass
             self._source.close()
             self._source = None
-        for reader in self.readers.values():
+        for reader in list(self.readers.values()):
             reader._finish()
             reader._drop_spill()
+
+
+def _watcher_error(exc: BaseException) -> WatcherError:
+    """A failed look at the catalog as the event the readers get."""
+    if isinstance(exc, CDCError):
+        return WatcherError(f"the catalog watcher failed: {exc.message}", exc.transient,
+                            exc.hint, error=exc)
+    return WatcherError(f"the catalog watcher failed: {type(exc).__name__}: {exc}", False,
+                        "this is a bug in the kit's watcher: tables that start matching the "
+                        "patterns do not join, renames and drops are seen only by the stream",
+                        error=exc)
