@@ -21,7 +21,7 @@ everything else             no         (``AuthenticationFailed``, ``ConnectionRe
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class CDCError(Exception):
@@ -273,6 +273,17 @@ class BinaryModeUnsupported(DecodeError):
 
 class TypeMappingError(DecodeError):
     """The type-mapping spec or the catalog could not be read."""
+
+
+class ChangeNotDecodable(DecodeError):
+    """A change of one table could not be decoded: raised by that table's reader where the
+    change was (``event``, a :class:`~cdc_notebook.decode.events.DecodeFailed`, says which
+    table, LSN and transaction); the stream and the other tables go on. Iterating the reader
+    again continues after it."""
+
+    def __init__(self, message: str, *, hint: str | None = None, event: Any = None):
+        super().__init__(message, hint=hint)
+        self.event = event
 
 
 # --------------------------------------------------------------------------- the snapshot

@@ -325,6 +325,50 @@ void col_reset(Col *c) {
     col_init_buffers(c);
 }
 
+static void clear_bits_from(Buf *b, int64_t nbits) {
+    int64_t keep = (nbits + 7) / 8;
+    if (b->len > keep)
+        b->len = keep;
+    if ((nbits & 7) && (nbits >> 3) < b->len)
+        b->data[nbits >> 3] &= (uint8_t)((1u << (nbits & 7)) - 1);
+}
+
+void col_truncate(Col *c, int64_t len) {
+    if (len > c->length)
+        len = c->length;
+    if (c->layout == LAYOUT_NULL) {
+        c->null_count -= c->length - len;
+    } else {
+        for (int64_t i = len; i < c->length; i++)
+            if ((i >> 3) >= c->validity.len || !((c->validity.data[i >> 3] >> (i & 7)) & 1))
+                c->null_count--;
+        clear_bits_from(&c->validity, len);
+    }
+    switch (c->layout) {
+    case LAYOUT_NULL:
+        break;
+    case LAYOUT_BOOL:
+        clear_bits_from(&c->data, len);
+        break;
+    case LAYOUT_FIXED:
+        c->data.len = len * c->width;
+        break;
+    case LAYOUT_VARBIN:
+        c->offsets.len = (len + 1) * 4;
+        c->data.len = ((int32_t *)c->offsets.data)[len];
+        break;
+    case LAYOUT_LIST:
+        c->offsets.len = (len + 1) * 4;
+        col_truncate(c->children[0], ((int32_t *)c->offsets.data)[len]);
+        break;
+    case LAYOUT_STRUCT:
+        for (int i = 0; i < c->nchildren; i++)
+            col_truncate(c->children[i], len);
+        break;
+    }
+    c->length = len;
+}
+
 /* ------------------------------------------------------------------ export: arrays */
 
 typedef struct {

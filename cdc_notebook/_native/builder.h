@@ -141,6 +141,9 @@ int col_export_array(Col *c, struct ArrowArray *out);
 int col_export_schema(const Col *c, struct ArrowSchema *out);
 /* Drop what was appended since the last export (used when a transaction's rows are dropped). */
 void col_reset(Col *c);
+/* Keep the first `len` values and drop the rest, including values of children appended for a
+ * value that was never finished (a row whose decoding failed half-way). */
+void col_truncate(Col *c, int64_t len);
 
 /* An ArrowArray owning nothing but its children: a struct array assembled from columns. */
 int make_struct_array(int64_t length, int64_t nchildren, struct ArrowArray **children_moved,

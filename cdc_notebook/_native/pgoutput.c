@@ -16,9 +16,12 @@
 
 typedef struct {
     uint32_t relid;
-    TablePlanObject *plan;
+    TablePlanObject *plan;   /* NULL when the relation's plan could not be built (error) */
     int ncols;
     int dirty;
+    PyObject *label;         /* (namespace, name) as of the last Relation message */
+    PyObject *error;         /* why there is no plan (str), when plan is NULL */
+    uint64_t failed_seq;     /* the transaction (txn_seq) in which a change failed to decode */
 } Rel;
 
 typedef struct StreamTxn {
@@ -43,6 +46,7 @@ typedef struct {
     int in_txn;
     TxnInfo txn;
     uint64_t ordinal;
+    uint64_t txn_seq;      /* counts transactions (from 1), for Rel.failed_seq */
     PyObject *held;        /* items of the current plain transaction, until its commit */
     /* streaming */
     int in_stream;
@@ -183,11 +187,19 @@ static int handle_relation(DecObject *d, Rd *r, PyObject *out) {
     if (!res)
         return -1;
     PyObject *plan, *event;
-    if (!PyArg_ParseTuple(res, "O!O", &TablePlanType, &plan, &event)) {
+    if (!PyArg_ParseTuple(res, "OO", &plan, &event)) {
         Py_DECREF(res);
         return -1;
     }
-    if (((TablePlanObject *)plan)->tab->ntable != ncols) {
+    /* (None, message): no plan can be built for the relation; its changes become errors */
+    int failed = plan == Py_None;
+    if (failed ? !PyUnicode_Check(event) : !PyObject_TypeCheck(plan, &TablePlanType)) {
+        Py_DECREF(res);
+        PyErr_SetString(PyExc_TypeError,
+                        "on_relation must return (TablePlan, event or None) or (None, message)");
+        return -1;
+    }
+    if (!failed && ((TablePlanObject *)plan)->tab->ntable != ncols) {
         Py_DECREF(res);
         PyErr_Format(PyExc_ValueError, "the plan of relation %u has %d columns, the server sent %d",
                      relid, ((TablePlanObject *)plan)->tab->ntable, (int)ncols);
@@ -214,6 +226,22 @@ static int handle_relation(DecObject *d, Rd *r, PyObject *out) {
         memset(rel, 0, sizeof *rel);
         rel->relid = relid;
     }
+    PyObject *label = Py_BuildValue("(s#s#)", nsp, (Py_ssize_t)nsplen, name, (Py_ssize_t)namelen);
+    if (!label) {
+        Py_DECREF(res);
+        return -1;
+    }
+    Py_XSETREF(rel->label, label);
+    if (failed) {
+        Py_CLEAR(rel->plan);
+        Py_INCREF(event);
+        Py_XSETREF(rel->error, event);
+        rel->ncols = ncols;
+        rel->dirty = 0;
+        Py_DECREF(res);
+        return 0;
+    }
+    Py_CLEAR(rel->error);
     Py_INCREF(plan);
     Py_XSETREF(rel->plan, (TablePlanObject *)plan);
     tab_discard(rel->plan->tab);
@@ -302,6 +330,25 @@ static int fill_nulls(Col **cols, int n) {
     return 0;
 }
 
+/* A change of `rel` could not be decoded: its rows so far go out as a batch, then an error item
+ * (relid, lsn, xid, message, (namespace, name)); the table's later changes in this transaction
+ * are skipped. Steals `msg`. */
+static int change_failed(DecObject *d, Rel *rel, uint64_t lsn, PyObject *msg, PyObject *out) {
+    if (!msg)
+        return -1;
+    rel->failed_seq = d->txn_seq;
+    if (rel->dirty && seal(d, rel, out) < 0) {
+        Py_DECREF(msg);
+        return -1;
+    }
+    return append_item(d, out, Py_BuildValue("(sIKINO)", "error", rel->relid,
+                                             (unsigned long long)lsn, d->txn.xid, msg,
+                                             rel->label ? rel->label : Py_None));
+}
+
+static int decode_change(DecObject *d, uint8_t type, Rd *r, Rel *rel, uint64_t lsn,
+                         uint64_t ordinal);
+
 static int handle_change(DecObject *d, uint8_t type, Rd *r, uint64_t lsn, PyObject *out) {
     uint32_t relid;
     if (rd_u32(r, &relid) < 0)
@@ -311,6 +358,31 @@ static int handle_change(DecObject *d, uint8_t type, Rd *r, uint64_t lsn, PyObje
         return cdc_fail("a change of relation %u arrived before its Relation message", relid);
     if (!d->in_txn)
         return cdc_fail("a change of relation %u arrived outside a transaction", relid);
+    uint64_t ordinal = ++d->ordinal;
+    if (rel->failed_seq == d->txn_seq)
+        return 0;  /* an earlier change of this table in this transaction failed */
+    if (!rel->plan) {
+        Py_INCREF(rel->error);
+        return change_failed(d, rel, lsn, rel->error, out);
+    }
+    Tab *t = rel->plan->tab;
+    TabMark mark = tab_mark(t);
+    if (decode_change(d, type, r, rel, lsn, ordinal) < 0) {
+        if (PyErr_Occurred())
+            return -1;
+        tab_rollback(t, mark);
+        return change_failed(d, rel, lsn, PyUnicode_FromString(cdc_errbuf), out);
+    }
+    d->n_rows++;
+    rel->dirty = 1;
+    int64_t rows = tab_rows(t);
+    if (rows >= d->max_rows || ((rows & 63) == 0 && tab_nbytes(t) >= d->max_bytes))
+        return seal(d, rel, out) < 0 ? -2 : 1;
+    return 0;
+}
+
+static int decode_change(DecObject *d, uint8_t type, Rd *r, Rel *rel, uint64_t lsn,
+                         uint64_t ordinal) {
     Tab *t = rel->plan->tab;
     uint8_t marker;
     char op;
@@ -343,14 +415,7 @@ static int handle_change(DecObject *d, uint8_t type, Rd *r, uint64_t lsn, PyObje
             return -1;
         op = 'd';
     }
-    if (tab_finish_row(t, op, lsn, ++d->ordinal) < 0)
-        return -1;
-    d->n_rows++;
-    rel->dirty = 1;
-    int64_t rows = tab_rows(t);
-    if (rows >= d->max_rows || ((rows & 63) == 0 && tab_nbytes(t) >= d->max_bytes))
-        return seal(d, rel, out) < 0 ? -2 : 1;
-    return 0;
+    return tab_finish_row(t, op, lsn, ordinal);
 }
 
 /* ------------------------------------------------------------------ streamed transactions */
@@ -494,6 +559,7 @@ static int handle(DecObject *d, const uint8_t *msg, int64_t len, uint64_t lsn, i
             return cdc_fail("BEGIN of %u inside transaction %u", bxid, d->txn.xid);
         d->in_txn = 1;
         d->ordinal = 0;
+        d->txn_seq++;
         d->txn = (TxnInfo){.has_commit_lsn = 1, .commit_lsn = final_lsn, .has_end_lsn = 1,
                            .end_lsn = 0, .has_commit_ts = 1,
                            .commit_ts = (int64_t)ts + PG_EPOCH_US, .xid = bxid};
@@ -574,6 +640,7 @@ static int handle(DecObject *d, const uint8_t *msg, int64_t len, uint64_t lsn, i
         d->replay_in_file = s->spill != NULL;
         d->in_txn = 1;
         d->ordinal = 0;
+        d->txn_seq++;
         d->txn = (TxnInfo){.has_commit_lsn = 1, .commit_lsn = commit_lsn, .has_end_lsn = 1,
                            .end_lsn = end_lsn, .has_commit_ts = 1,
                            .commit_ts = (int64_t)ts + PG_EPOCH_US, .xid = xid};
@@ -638,22 +705,35 @@ static int handle(DecObject *d, const uint8_t *msg, int64_t len, uint64_t lsn, i
         if (!d->in_txn)
             return cdc_fail("TRUNCATE outside a transaction");
         PyObject *relids = PyTuple_New(nrels);
-        if (!relids)
+        PyObject *labels = PyTuple_New(nrels);
+        if (!relids || !labels) {
+            Py_XDECREF(relids);
+            Py_XDECREF(labels);
             return -1;
+        }
         for (uint32_t i = 0; i < nrels; i++) {
             uint32_t relid;
             if (rd_u32(&r, &relid) < 0) {
                 Py_DECREF(relids);
+                Py_DECREF(labels);
                 return -1;
             }
             PyTuple_SET_ITEM(relids, i, PyLong_FromUnsignedLong(relid));
+            /* the names in force at the TRUNCATE (pgoutput sends each relation first) */
+            Rel *rel = find_rel(d, relid);
+            PyObject *label = rel && rel->label ? rel->label : Py_None;
+            Py_INCREF(label);
+            PyTuple_SET_ITEM(labels, i, label);
         }
         if (seal_all(d, out) < 0) {
             Py_DECREF(relids);
+            Py_DECREF(labels);
             return -1;
         }
-        return append_item(d, out, Py_BuildValue("(sIKNi)", "truncate", d->txn.xid,
-                                                 (unsigned long long)lsn, relids, (int)options));
+        /* a TRUNCATE takes an ordinal of its own, as in wal2arrow (docs/protocol.md) */
+        return append_item(d, out, Py_BuildValue("(sIKNiNK)", "truncate", d->txn.xid,
+                                                 (unsigned long long)lsn, relids, (int)options,
+                                                 labels, (unsigned long long)++d->ordinal));
     }
     }
     return 0;
@@ -801,8 +881,10 @@ static PyObject *Dec_reset(DecObject *d, PyObject *unused) {
     while (d->streams)
         free_stream(d, d->streams);
     for (int i = 0; i < d->nrels; i++) {
-        tab_discard(d->rels[i].plan->tab);
+        if (d->rels[i].plan)
+            tab_discard(d->rels[i].plan->tab);
         d->rels[i].dirty = 0;
+        d->rels[i].failed_seq = 0;
     }
     d->in_txn = d->in_stream = 0;
     d->replay = NULL;
@@ -842,8 +924,11 @@ static int Dec_init(DecObject *d, PyObject *args, PyObject *kw) {
 static void Dec_dealloc(DecObject *d) {
     while (d->streams)
         free_stream(d, d->streams);
-    for (int i = 0; i < d->nrels; i++)
+    for (int i = 0; i < d->nrels; i++) {
         Py_XDECREF(d->rels[i].plan);
+        Py_XDECREF(d->rels[i].label);
+        Py_XDECREF(d->rels[i].error);
+    }
     PyMem_Free(d->rels);
     Py_XDECREF(d->on_relation);
     Py_XDECREF(d->held);

@@ -190,6 +190,26 @@ out:
     return rc;
 }
 
+TabMark tab_mark(const Tab *t) {
+    TabMark m = {tab_rows(t), t->before->length, t->before_nulls, t->nunreps};
+    return m;
+}
+
+void tab_rollback(Tab *t, TabMark m) {
+    int n = t->ntable;
+    for (int i = 0; i < t->root->nchildren; i++)
+        if (i != n + 7 && i != n + 9)
+            col_truncate(t->root->children[i], m.rows);
+    col_truncate(t->before, m.before_len);
+    t->before_nulls = m.before_nulls;
+    for (int64_t i = m.nunreps; i < t->nunreps; i++) {
+        free(t->unreps[i].key);
+        free(t->unreps[i].text);
+    }
+    if (t->nunreps > m.nunreps)
+        t->nunreps = m.nunreps;
+}
+
 void tab_discard(Tab *t) {
     t->before_nulls = 0;
     free_unreps(t);

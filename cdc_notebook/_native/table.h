@@ -67,6 +67,13 @@ typedef struct {
 int tab_export(Tab *t, const TxnInfo *info, struct ArrowArray *out);
 void tab_discard(Tab *t);
 
+/* Where a row starts, so that a row whose decoding failed half-way can be taken back. */
+typedef struct {
+    int64_t rows, before_len, before_nulls, nunreps;
+} TabMark;
+TabMark tab_mark(const Tab *t);
+void tab_rollback(Tab *t, TabMark m);
+
 /* Index of the _cdc_end_lsn child in an exported batch. */
 static inline int tab_end_lsn_index(const Tab *t) { return t->ntable + 3; }
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from cdc_notebook.errors import ChangeNotDecodable
+
 METADATA_COLUMNS = (
     "_cdc_op",
     "_cdc_lsn",
@@ -57,6 +59,10 @@ class RelationSchema:
     replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
     key_columns: tuple[str, ...]
     arrow_schema: pa.Schema  # the full batch schema, metadata columns included
+    # Column identity: the attnum of each table column, in the schema's order (0 where it is
+    # not known: pgoutput derives them, docs/pgoutput.md). A column that keeps its attnum and
+    # changes its name was renamed; a new attnum is a new column, whatever its name.
+    column_ids: tuple[int, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -87,10 +93,46 @@ class ChangeBatch:
 class Truncate:
     xid: int
     lsn: int
-    tables: tuple[str, ...]  # qualified names
+    tables: tuple[str, ...]  # qualified names, as of the TRUNCATE
     relids: tuple[int, ...]
     cascade: bool = False
     restart_identity: bool = False
+    # Its place among the transaction's changes (a TRUNCATE takes an ordinal, docs/protocol.md)
+    # and the transaction's commit (0 where not known): what a batch's marker row carries.
+    ordinal: int = 0
+    commit_lsn: int = 0
+    end_lsn: int = 0
+    commit_ts: int = 0
+
+
+@dataclass(frozen=True)
+class DecodeFailed:
+    """A change of one table that the kit could not decode (a pgoutput value or relation it
+    cannot read: docs/pgoutput.md). It goes to that table's reader, in stream order, where
+    ``batches()`` raises it as :class:`~cdc_notebook.errors.ChangeNotDecodable` (``events()``
+    yields it); the other tables go on. The table's later changes in the same transaction are
+    not decoded either; its changes in later transactions are."""
+
+    relid: int
+    namespace: str
+    name: str
+    xid: int
+    lsn: int  # the change's LSN
+    message: str
+    hint: str
+    end_lsn: int = 0  # the transaction's
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    def error(self) -> ChangeNotDecodable:
+        from cdc_notebook.connection.lsn import format_lsn
+        from cdc_notebook.errors import ChangeNotDecodable
+
+        return ChangeNotDecodable(
+            f"a change of {self.qualified_name} at LSN {format_lsn(self.lsn)} (transaction "
+            f"{self.xid}) could not be decoded: {self.message}", hint=self.hint, event=self)
 
 
 @dataclass(frozen=True)
@@ -174,4 +216,4 @@ class Keepalive:
 
 
 Event = (Begin | Commit | RelationSchema | ChangeBatch | Truncate | LogicalMessage
-         | StreamStart | StreamStop | StreamCommit | StreamAbort | TableDropped)
+         | StreamStart | StreamStop | StreamCommit | StreamAbort | TableDropped | DecodeFailed)

@@ -25,6 +25,8 @@ See docs/pgoutput.md for the message-by-message mapping.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,13 +43,14 @@ from cdc_notebook.decode.events import (
     Begin,
     ChangeBatch,
     Commit,
+    DecodeFailed,
     Event,
     Keepalive,
     LogicalMessage,
     RelationSchema,
     Truncate,
 )
-from cdc_notebook.errors import BinaryModeUnsupported, PgoutputError
+from cdc_notebook.errors import BinaryModeUnsupported, PgoutputError, TypeMappingError
 
 DEFAULT_MAX_ROWS = 65_536
 DEFAULT_MAX_BYTES = 64 << 20
@@ -127,6 +130,60 @@ def start_options(publications: Iterable[str], *, protocol_version: int, binary:
     return opts
 
 
+_ATTRIBUTES = """
+SELECT attnum::int, attname::text, atttypid::int8, attisdropped
+FROM pg_catalog.pg_attribute
+WHERE attrelid = %s AND attnum > 0 AND attgenerated = ''
+ORDER BY attnum
+"""
+
+
+def derive_column_ids(columns: Sequence[tuple[str, int]],
+                      attributes: Sequence[tuple[int, str, int, bool]]) -> tuple[int, ...]:
+    """Column identity (attnum) for the columns of a pgoutput Relation message.
+
+    ``columns`` are the message's ``(name, type OID)`` in its order, which is attnum order;
+    ``attributes`` are pg_attribute's ``(attnum, name, type OID, dropped)`` of the relation
+    *now* (the reader may be behind later DDL; generated columns left out). Attnums are never
+    reused and a dropped column stays in pg_attribute, so the message's columns are: every
+    attribute live now up to the message's highest attnum, plus some attributes dropped since
+    (docs/pgoutput.md). Each way of choosing them is scored by what the live attributes say
+    (the same type +1, another type -2; the same name +1, another name -1); the best choice gives the ids, and
+    where equally good choices disagree the id is 0 (not known).
+    """
+    k = len(columns)
+    if k == 0:
+        return ()
+    now = {a: (name, typ) for a, name, typ, dropped in attributes if not dropped}
+    dropped = sorted(a for a, _n, _t, d in attributes if d)
+    best_score: int | None = None
+    best: list[list[int]] = []
+    for top in sorted(a for a, *_rest in attributes):
+        required = [a for a in now if a <= top]
+        if len(required) > k:
+            break
+        forced = [] if top in now else [top]
+        optional = [a for a in dropped if a < top]
+        need = k - len(required) - len(forced)
+        if need < 0 or need > len(optional) or math.comb(len(optional), need) > 256:
+            continue
+        for chosen in itertools.combinations(optional, need):
+            attnums = sorted(required + forced + list(chosen))
+            score = 0
+            for (name, typ), attnum in zip(columns, attnums, strict=True):
+                if attnum in now:
+                    now_name, now_typ = now[attnum]
+                    score += (1 if now_typ == typ else -2) + (1 if now_name == name else -1)
+            if best_score is None or score > best_score:
+                best_score, best = score, [attnums]
+            elif score == best_score:
+                best.append(attnums)
+    if not best:
+        return (0,) * k
+    return tuple(ids[0] if all(i == ids[0] for i in ids) else 0 for ids in zip(*best,
+                                                                                 strict=True))
+
+
 # --------------------------------------------------------------------------- the decoder
 
 
@@ -161,6 +218,9 @@ class PgoutputEventDecoder:
         self.binary = binary
         self.mode_reason = mode_reason or ("binary" if binary else "text")
         self.relations: dict[int, _RelationState] = {}
+        self._begin = Begin(0, 0, 0, 0)  # the transaction being converted
+        self._relation_failures: set[str] = set()  # why plans could not be built
+        self._versions: dict[int, int] = {}  # the last schema version of each relation
         self._by_plan: dict[int, _RelationState] = {}  # id(TablePlan) -> its relation state
         self._native = _NativeDecoder(self._on_relation, max_rows=max_rows, max_bytes=max_bytes,
                                       spill_bytes=spill_bytes, abort_info=abort_info)
@@ -168,13 +228,25 @@ class PgoutputEventDecoder:
     # ---- relations
 
     def _on_relation(self, relid: int, namespace: str, name: str, identity: str,
-                     columns: tuple[tuple[str, int, int, int], ...]) -> tuple[TablePlan, Any]:
+                     columns: tuple[tuple[str, int, int, int], ...]
+                     ) -> tuple[TablePlan | None, Any]:
+        """The plan and RelationSchema event of a Relation message; ``(None, why)`` when no
+        plan can be built (a type the catalog no longer has): the relation's changes then
+        become :class:`DecodeFailed` events until its next Relation message."""
         namespace = namespace or "pg_catalog"
         signature = (namespace, name, identity, columns)
         state = self.relations.get(relid)
         if state is not None and state.signature == signature:
             return state.plan, None
-        mapped = [(col, self.catalog.map_type(typoid, typmod)) for col, _f, typoid, typmod in columns]
+        mapped = []
+        for col, _f, typoid, typmod in columns:
+            try:
+                mapped.append((col, self.catalog.map_type(typoid, typmod)))
+            except TypeMappingError as exc:
+                self.relations.pop(relid, None)
+                why = f"column {col!r} (type OID {typoid}): {exc.message}"
+                self._relation_failures.add(why)
+                return None, why
         if self.binary:
             text_only = [f"{col} ({m.metadata.get('pg.type', '?')})" for col, m in mapped
                          if not _binary_capable(m)]
@@ -184,7 +256,7 @@ class PgoutputEventDecoder:
                     f"stream: {', '.join(text_only)}",
                     hint="restart the stream with binary=false (PgoutputStream does this itself)")
         plan = make_plan(mapped)
-        version = state.version + 1 if state is not None else 1
+        version = self._versions[relid] = self._versions.get(relid, 0) + 1
         schema = plan.schema
         state = _RelationState(signature, version, plan, schema, namespace, name)
         self.relations[relid] = state
@@ -193,8 +265,19 @@ class PgoutputEventDecoder:
         # the same transaction or the same read).
         self._by_plan[id(plan)] = state
         keys = tuple(col for col, flags, _t, _m in columns if flags & 1)
-        event = RelationSchema(relid, version, namespace, name, identity, keys, schema)
+        ids = self._column_ids(relid, [(col, typoid) for col, _f, typoid, _m in columns])
+        event = RelationSchema(relid, version, namespace, name, identity, keys, schema, ids)
         return plan, event
+
+    def _column_ids(self, relid: int, columns: list[tuple[str, int]]) -> tuple[int, ...]:
+        """The attnums of a Relation message's columns, derived from pg_attribute as it is now
+        (pgoutput does not send them): :func:`derive_column_ids`."""
+        conn = getattr(self.catalog, "_conn", None)
+        if conn is None:
+            return (0,) * len(columns)
+        attributes = conn.execute(_ATTRIBUTES, (relid,)).fetchall()
+        return derive_column_ids(columns, [(int(a), n, int(t), bool(d))
+                                           for a, n, t, d in attributes])
 
     # ---- messages
 
@@ -206,23 +289,47 @@ class PgoutputEventDecoder:
                 yield ChangeBatch(item[1], state.version, state.namespace, state.name, item[2],
                                   import_batch(state.schema, item[3]))
             elif tag == "begin":
-                yield Begin(item[1], item[2], item[3], item[4])
+                self._begin = Begin(item[1], item[2], item[3], item[4])
+                yield self._begin
             elif tag == "commit":
                 yield Commit(item[1], item[2], item[3], item[4])
             elif tag == "relation":
                 yield item[2]
             elif tag == "truncate":
+                # the names in force at the TRUNCATE (a later Relation message may rename)
                 relids = tuple(int(r) for r in item[3])
-                names = tuple(f"{self.relations[r].namespace}.{self.relations[r].name}"
-                              for r in relids)
+                names = tuple(f"{label[0]}.{label[1]}" if label else str(relid)
+                              for relid, label in zip(relids, item[5], strict=True))
+                b = self._begin
                 yield Truncate(item[1], item[2], names, relids, bool(item[4] & 1),
-                               bool(item[4] & 2))
+                               bool(item[4] & 2), item[6], b.commit_lsn, b.end_lsn, b.commit_ts)
+            elif tag == "error":
+                _tag, relid, lsn, xid, message, label = item
+                if self.binary and message not in self._relation_failures:
+                    # binary values the kit could not read: the stream starts again in text
+                    raise BinaryModeUnsupported(
+                        f"a change of {label[0]}.{label[1]} could not be decoded from binary: "
+                        f"{message}", hint="restart the stream in text mode (CDCStream does "
+                        "this itself)")
+                yield DecodeFailed(relid, label[0], label[1], xid, lsn, message,
+                                   self._failure_hint(message), self._begin.end_lsn)
             elif tag == "message":
                 yield LogicalMessage(item[1], item[2], item[3], item[4], item[5])
             elif tag == "keepalive":
                 yield Keepalive(item[1], item[2])
             else:
                 raise PgoutputError(f"unknown native event {tag!r}")
+
+    @staticmethod
+    def _failure_hint(message: str) -> str:
+        repair = ("the table's changes from this one to the end of its transaction are not in "
+                  "its reader: rebuild what was built from them from a snapshot of the table")
+        if "is not in pg_type" in message:
+            return ("the column's type was dropped before the stream read this change (the "
+                    "pgoutput decoder maps types with the catalog as it is now; wal2arrow "
+                    "decodes in the server with the catalog of the change's time): " + repair)
+        return (repair + "; if PostgreSQL accepts the value, report its type to the kit's "
+                "maintainers")
 
     def feed(self, messages: Sequence[Any]) -> Iterator[Event | Keepalive]:
         """Decode CopyData messages (XLogData 'w' with its 25-byte header, keepalives 'k').

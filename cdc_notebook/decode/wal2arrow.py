@@ -38,7 +38,9 @@ from cdc_notebook.errors import FrameError
 if TYPE_CHECKING:
     import psycopg
 
-FORMAT_VERSIONS = (1,)
+# 2: schema frames carry each column's attnum; a TRUNCATE frame carries its ordinal and follows
+# the schema frames of its relations (docs/protocol.md).
+FORMAT_VERSIONS = (1, 2)
 FORMAT_VERSION = max(FORMAT_VERSIONS)
 
 
@@ -54,6 +56,7 @@ _STREAM_START = struct.Struct("<IB")  # xid, first segment
 _STREAM_ABORT = struct.Struct("<IIQ")  # xid, subxid, abort lsn
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 TAGS = {
     ord("B"): "begin", ord("C"): "commit", ord("R"): "schema", ord("D"): "batch",
@@ -147,6 +150,8 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._schemas: dict[tuple[int, int], RelationSchema] = {}
         self.copied_bodies = 0  # Arrow bodies that were not 8-byte aligned and had to be copied
+        self._version = FORMAT_VERSION  # of the frame being decoded
+        self._txn = (0, 0, 0)  # commit LSN, end LSN, commit time of the transaction (BEGIN)
 
     def feed(self, messages: Sequence[Any]) -> Iterator[Event | Keepalive]:
         """The events of raw CopyData messages (the :class:`~cdc_notebook.decode.decoder.Decoder`
@@ -179,6 +184,7 @@ class FrameDecoder:
         """Decode the frame at ``frame[offset:]`` (offset 25 for a raw XLogData message)."""
         view = _byte_view(frame)
         kind, body_offset = _frame_kind(view, offset)
+        self._version = view[offset + 1]
         reader = _Reader(view, offset + _PREFIX.size)
         decode: Callable[[_Reader, memoryview, int, int], Event] = getattr(self, f"_decode_{kind}")
         return decode(reader, view, offset, body_offset)
@@ -196,7 +202,9 @@ class FrameDecoder:
     # -- mirror of wal2arrow/src/frame.c
 
     def _decode_begin(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
-        return Begin(*r.unpack(_TXN))
+        begin = Begin(*r.unpack(_TXN))
+        self._txn = (begin.commit_lsn, begin.end_lsn, begin.commit_ts)
+        return begin
 
     def _decode_commit(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
         return Commit(*r.unpack(_TXN))
@@ -210,10 +218,15 @@ class FrameDecoder:
         name = r.string()
         (nkeys,) = r.unpack(_U16)
         keys = tuple(r.string() for _ in range(nkeys))
+        ids: tuple[int, ...] = ()
+        if self._version >= 2:
+            (ncols,) = r.unpack(_U16)
+            ids = tuple(r.unpack(_U16)[0] for _ in range(ncols))
         if body == 0 or start + body > len(view):
             raise FrameError("schema frame without an Arrow body", hint="corrupt stream")
         schema = pa.ipc.read_schema(self._body(view[start + body:]))
-        event = RelationSchema(relid, version, namespace, name, chr(replident), keys, schema)
+        event = RelationSchema(relid, version, namespace, name, chr(replident), keys, schema,
+                               ids)
         self._schemas[(relid, version)] = event
         return event
 
@@ -231,14 +244,17 @@ class FrameDecoder:
 
     def _decode_truncate(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
         xid, lsn, flags, count = r.unpack(_TRUNCATE)
+        ordinal = r.unpack(_U64)[0] if self._version >= 2 else 0
         relids, names = [], []
         for _ in range(count):
             (relid,) = r.unpack(_U32)
             namespace = r.string()
             relids.append(relid)
             names.append(f"{namespace}.{r.string()}")
+        commit_lsn, end_lsn, commit_ts = self._txn
         return Truncate(xid, lsn, tuple(names), tuple(relids), cascade=bool(flags & 1),
-                        restart_identity=bool(flags & 2))
+                        restart_identity=bool(flags & 2), ordinal=ordinal,
+                        commit_lsn=commit_lsn, end_lsn=end_lsn, commit_ts=commit_ts)
 
     def _decode_message(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
         xid, lsn, transactional = r.unpack(_MESSAGE)
@@ -248,6 +264,7 @@ class FrameDecoder:
 
     def _decode_stream_start(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:
         xid, first = r.unpack(_STREAM_START)
+        self._txn = (0, 0, 0)  # in progress: no commit yet
         return StreamStart(xid, bool(first))
 
     def _decode_stream_stop(self, r: _Reader, view: memoryview, start: int, body: int) -> Event:

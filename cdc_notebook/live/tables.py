@@ -70,6 +70,7 @@ from cdc_notebook.decode.events import (
     Begin,
     ChangeBatch,
     Commit,
+    DecodeFailed,
     RelationSchema,
     StreamAbort,
     StreamCommit,
@@ -80,6 +81,7 @@ from cdc_notebook.decode.events import (
 from cdc_notebook.errors import MirrorUnavailable
 from cdc_notebook.live.polars_types import arrow_to_polars, polars_dtype, to_arrow
 from cdc_notebook.stream.delivery import drop_redelivered
+from cdc_notebook.stream.markers import TRUNCATE_OP
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -125,9 +127,12 @@ class SchemaChange:
     cast: tuple[str, ...] = ()  # retyped columns whose values were cast
     rebuild: tuple[str, ...] = ()  # retyped columns whose values did not cast: rebuild needed
     key_columns: tuple[str, ...] | None = None  # the new key, when it changed
+    renamed: tuple[tuple[str, str], ...] = ()  # (old name, new name): values kept
 
     def describe(self) -> str:
         parts = []
+        if self.renamed:
+            parts.append("renamed " + ", ".join(f"{a} to {b}" for a, b in self.renamed))
         if self.added:
             parts.append("added " + ", ".join(self.added) + " (null for older rows)")
         if self.dropped:
@@ -164,6 +169,7 @@ class _Pending:
     schema: pa.Schema | None = None
     schema_version: int = 0
     key_columns: tuple[str, ...] | None = None
+    column_ids: tuple[int, ...] = ()
 
 
 def table_columns(schema: pa.Schema) -> list[str]:
@@ -323,11 +329,15 @@ class LiveTable:
                  fold_interval: float = 0.25, max_pending_rows: int = 500_000,
                  clock: Callable[[], float] = time.monotonic,
                  lock: threading.RLock | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 column_ids: Sequence[int] = ()) -> None:
         self.name = name
         self.arrow_schema = arrow_schema  # the batch schema, metadata columns and field metadata
         self.schema_version = schema_version
         self.key_columns = tuple(key_columns)
+        # each table column's identity (attnum; RelationSchema.column_ids), () or 0 if unknown
+        self.column_ids = tuple(column_ids)
+        self.decode_failures: list[Any] = []  # DecodeFailed events: the mirror misses changes
         self.changelog_rows = changelog_rows
         self.fold_interval = fold_interval
         self.max_pending_rows = max_pending_rows
@@ -339,6 +349,7 @@ class LiveTable:
         self._on_change = on_change
         self._mirror = empty_frame(arrow_schema)
         self._mirror_schema = arrow_schema  # the schema the mirror has (pending ones may differ)
+        self._mirror_ids = self.column_ids  # and its column identities
         self._fold_keys = self.key_columns  # the key the mirror is folded by
         self._pending: list[_Pending] = []
         self._pending_rows = 0
@@ -395,13 +406,13 @@ class LiveTable:
         """
         if batch.num_rows == 0:
             return 0
+        if pc.any(pc.equal(batch.column(OP), TRUNCATE_OP)).as_py():
+            return self._apply_with_truncates(batch, committed)
         fresh_parts: list[pa.RecordBatch] = []
         if batch.column(END_LSN).null_count:
             raise ValueError(f"{self.name}: a batch without _cdc_end_lsn cannot be applied "
                              "(hold a streamed transaction's rows until it commits)")
         with self._lock:
-            if not batch.schema.equals(self.arrow_schema):
-                self.change_schema(batch.schema, schema_version=self.schema_version + 1)
             self.stats.rows_received += batch.num_rows
             self.stats.bytes_received += batch.get_total_buffer_size()
             for part in (batch.to_batches() if isinstance(batch, pa.Table) else [batch]):
@@ -411,7 +422,9 @@ class LiveTable:
             fresh_rows = sum(p.num_rows for p in fresh_parts)
             self.stats.rows_skipped += batch.num_rows - fresh_rows
             if fresh_rows == 0:
-                return 0
+                return 0  # a redelivery: its (older) schema changes nothing either
+            if not batch.schema.equals(self.arrow_schema):
+                self.change_schema(batch.schema, schema_version=self.schema_version + 1)
             fresh = arrow_to_polars(pa.Table.from_batches(fresh_parts) if len(fresh_parts) > 1
                                     else fresh_parts[0])
             newest = pl.col(END_LSN).max()
@@ -434,6 +447,31 @@ class LiveTable:
                 self._horizon = max(self._horizon, last_end)
             self._maybe_fold()
             return fresh.height
+
+    def _apply_with_truncates(self, batch: pa.RecordBatch | pa.Table, committed: bool) -> int:
+        """A batch with TRUNCATE marker rows (``_cdc_op = 't'``, what ``reader.batches()``
+        yields for a TRUNCATE): the rows before a marker, the TRUNCATE, the rows after."""
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        markers = pc.indices_nonzero(pc.equal(table.column(OP), TRUNCATE_OP)).to_pylist()
+        fresh = 0
+        with self._lock:
+            start = 0
+            for i in markers:
+                if i > start:
+                    fresh += self.apply(table.slice(start, i - start), committed=committed)
+                start = i + 1
+                position = (int(table.column(END_LSN)[i].as_py() or 0),
+                            int(table.column(ORDINAL)[i].as_py()))
+                if position <= self._accepted:
+                    self.stats.truncates_skipped += 1
+                    continue
+                self._accepted = position
+                if not table.schema.equals(self.arrow_schema):
+                    self.change_schema(table.schema, schema_version=self.schema_version + 1)
+                self.truncate(int(table.column(LSN)[i].as_py()), committed=committed)
+            if start < table.num_rows:
+                fresh += self.apply(table.slice(start), committed=committed)
+        return fresh
 
     def commit(self, end_lsn: int, *, complete: bool = True) -> None:
         """The transactions ending at or before ``end_lsn`` committed: their queued rows may be
@@ -482,20 +520,35 @@ class LiveTable:
             self._maybe_fold()
             return True
 
+    def decode_failed(self, event: DecodeFailed) -> None:
+        """A change of this table could not be decoded (``DecodeFailed``): the mirror misses
+        it, so it needs a rebuild from a snapshot (:meth:`rebuild`)."""
+        with self._lock:
+            self.decode_failures.append(event)
+            self.needs_rebuild = tuple(table_columns(self.arrow_schema))
+            self._touch()
+
     def change_schema(self, arrow_schema: pa.Schema, key_columns: Sequence[str] | None = None,
-                      *, schema_version: int | None = None) -> SchemaChange:
-        """A new schema for the table's batches (from a ``RelationSchema``)."""
+                      *, schema_version: int | None = None,
+                      column_ids: Sequence[int] = ()) -> SchemaChange:
+        """A new schema for the table's batches (from a ``RelationSchema``). With
+        ``column_ids`` (attnums), a column that keeps its id under a new name is renamed in
+        place: the mirror keeps its values (key columns included)."""
         with self._lock:
             old = self.arrow_schema
             new_keys = tuple(key_columns) if key_columns is not None else self.key_columns
             version = schema_version if schema_version is not None else self.schema_version + 1
+            ids = tuple(column_ids)
             change = _describe_change(self.name, version, old, arrow_schema,
-                                      new_keys if new_keys != self.key_columns else None)
+                                      new_keys if new_keys != self.key_columns else None,
+                                      self.column_ids, ids)
             self.arrow_schema = arrow_schema
             self.schema_version = version
             self.key_columns = new_keys
+            self.column_ids = ids
             self._pending.append(_Pending("schema", True, schema=arrow_schema,
-                                          schema_version=version, key_columns=new_keys))
+                                          schema_version=version, key_columns=new_keys,
+                                          column_ids=ids))
             self._touch()
             known = len(self.schema_changes)
             # The mirror is altered once everything queued before the change is folded (now,
@@ -604,6 +657,7 @@ class LiveTable:
                 "change_lsn": self._change_lsn,
                 "truncate_lsn": self._truncate_lsn,
                 "schema_version": self.schema_version,
+                "column_ids": list(self.column_ids),
                 "arrow_schema": base64.b64encode(
                     self.arrow_schema.serialize().to_pybytes()).decode(),
             }
@@ -633,6 +687,7 @@ class LiveTable:
         live._folded = live._accepted = mark
         live._change_lsn = int(info["change_lsn"])
         live._truncate_lsn = int(info["truncate_lsn"])
+        live.column_ids = live._mirror_ids = tuple(info.get("column_ids", ()))
         live._horizon = int(info["lsn"])
         return live
 
@@ -719,43 +774,84 @@ class LiveTable:
         old_fields = table_schema(self._mirror_schema)
         change = _describe_change(self.name, item.schema_version, self._mirror_schema,
                                   item.schema, item.key_columns
-                                  if item.key_columns != self._fold_keys else None)
+                                  if item.key_columns != self._fold_keys else None,
+                                  self._mirror_ids, item.column_ids)
+        sources = column_sources(self._mirror_schema, self._mirror_ids, item.schema,
+                                 item.column_ids)
         rebuild: list[str] = []
         cast: list[str] = []
         columns = []
-        for f in new_fields:
+        for f, source in zip(new_fields, sources, strict=True):
             dtype = polars_dtype(f.type)
-            if f.name not in old_fields.names:
+            if source is None:
                 columns.append(pl.lit(None, dtype=dtype).alias(f.name))
-            elif old_fields.field(f.name).type != f.type:
+            elif old_fields.field(source).type != f.type:
                 try:
-                    self._mirror.select(pl.col(f.name).cast(dtype, strict=True))
-                    columns.append(pl.col(f.name).cast(dtype, strict=True))
+                    self._mirror.select(pl.col(source).cast(dtype, strict=True))
+                    columns.append(pl.col(source).cast(dtype, strict=True).alias(f.name))
                     cast.append(f.name)
                 except (pl.exceptions.PolarsError, pl.exceptions.InvalidOperationError):
                     columns.append(pl.lit(None, dtype=dtype).alias(f.name))
                     rebuild.append(f.name)
             else:
-                columns.append(pl.col(f.name))
+                columns.append(pl.col(source).alias(f.name))
         self._mirror = self._mirror.select(columns)
         self._mirror_schema = item.schema
+        self._mirror_ids = item.column_ids
         if item.key_columns is not None:
             self._fold_keys = item.key_columns
         change = SchemaChange(change.table, change.schema_version, change.added, change.dropped,
-                              tuple(cast), tuple(rebuild), change.key_columns)
+                              tuple(cast), tuple(rebuild), change.key_columns, change.renamed)
         if rebuild:
             self.needs_rebuild = tuple(sorted(set(self.needs_rebuild) | set(rebuild)))
         self.schema_changes.append(change)
 
 
+def _ids_differ(old: Sequence[int], new: Sequence[int]) -> bool:
+    """Whether two column-id lists (of equal schemas) name different columns somewhere both
+    know the id: a column dropped and added again under the same name and type."""
+    return len(old) == len(new) and any(a and b and a != b for a, b in zip(old, new,
+                                                                            strict=True))
+
+
+def column_sources(old: pa.Schema, old_ids: Sequence[int], new: pa.Schema,
+                   new_ids: Sequence[int]) -> list[str | None]:
+    """For each table column of ``new``, the column of ``old`` it continues (None: a new
+    column). Identity decides where both sides know it (attnums: a column that keeps its id
+    under another name was renamed; one that keeps its name under another id is a new
+    column); the name decides otherwise."""
+    old_names, new_names = table_columns(old), table_columns(new)
+    old_id = dict(zip(old_names, old_ids, strict=True)) if len(old_ids) == len(old_names) else {}
+    new_id = list(new_ids) if len(new_ids) == len(new_names) else [0] * len(new_names)
+    by_id = {i: name for name, i in old_id.items() if i}
+    known_new = {i for i in new_id if i}
+    sources: list[str | None] = []
+    for name, nid in zip(new_names, new_id, strict=True):
+        oid = old_id.get(name, 0)
+        if nid and nid in by_id:
+            sources.append(by_id[nid])
+        elif name not in old_names or (nid and oid) or oid in known_new:
+            # a new column, also under an old name (another id, or the old column of that
+            # name lives on under another name)
+            sources.append(None)
+        else:
+            sources.append(name)
+    return sources
+
+
 def _describe_change(table: str, version: int, old: pa.Schema, new: pa.Schema,
-                     keys: tuple[str, ...] | None) -> SchemaChange:
+                     keys: tuple[str, ...] | None, old_ids: Sequence[int] = (),
+                     new_ids: Sequence[int] = ()) -> SchemaChange:
     old_t, new_t = table_schema(old), table_schema(new)
-    added = tuple(n for n in new_t.names if n not in old_t.names)
-    dropped = tuple(n for n in old_t.names if n not in new_t.names)
-    retyped = tuple(n for n in new_t.names
-                    if n in old_t.names and old_t.field(n).type != new_t.field(n).type)
-    return SchemaChange(table, version, added, dropped, retyped, (), keys)
+    sources = column_sources(old, old_ids, new, new_ids)
+    continued = {s for s in sources if s is not None}
+    added = tuple(n for n, s in zip(new_t.names, sources, strict=True) if s is None)
+    dropped = tuple(n for n in old_t.names if n not in continued)
+    renamed = tuple((s, n) for n, s in zip(new_t.names, sources, strict=True)
+                    if s is not None and s != n)
+    retyped = tuple(n for n, s in zip(new_t.names, sources, strict=True)
+                    if s is not None and old_t.field(s).type != new_t.field(n).type)
+    return SchemaChange(table, version, added, dropped, retyped, (), keys, renamed)
 
 
 # --------------------------------------------------------------------------- many tables
@@ -879,16 +975,27 @@ class LiveFrames:
             elif isinstance(event, RelationSchema):
                 live = self.tables.get(name or event.qualified_name)
                 if live is None:
-                    self.table(name or event.qualified_name, event.arrow_schema, event.key_columns,
-                               event.schema_version)
+                    live = self.table(name or event.qualified_name, event.arrow_schema,
+                                      event.key_columns, event.schema_version)
+                    live.column_ids = live._mirror_ids = tuple(event.column_ids)
                 elif live.arrow_schema != event.arrow_schema or \
-                        live.key_columns != tuple(event.key_columns):
+                        live.key_columns != tuple(event.key_columns) or \
+                        _ids_differ(live.column_ids, event.column_ids):
                     live.change_schema(event.arrow_schema, event.key_columns,
-                                       schema_version=event.schema_version)
+                                       schema_version=event.schema_version,
+                                       column_ids=event.column_ids)
                 else:
                     # Same columns and key: a new decoding session (a reconnect) numbers its
                     # schemas anew (docs/protocol.md), which is not a schema change.
                     live.schema_version = event.schema_version
+                    if event.column_ids and not any(live.column_ids):
+                        live.column_ids = tuple(event.column_ids)
+                        if not live._pending:
+                            live._mirror_ids = live.column_ids
+            elif isinstance(event, DecodeFailed):
+                live = self.tables.get(name or event.qualified_name)
+                if live is not None:
+                    live.decode_failed(event)
             elif isinstance(event, Begin):
                 self._open_xids.add(event.xid)
             elif isinstance(event, (Commit, StreamCommit)):
@@ -1223,5 +1330,5 @@ class LiveReader:
             with frames.lock:
                 live = frames.tables.get(name) or frames.table(name, event.schema, key)
                 live.apply(event, committed=committed)
-        elif isinstance(event, (RelationSchema, Truncate, TableDropped)):
+        elif isinstance(event, (RelationSchema, Truncate, TableDropped, DecodeFailed)):
             frames.handle(event, name)

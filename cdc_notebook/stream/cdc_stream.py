@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from cdc_notebook.connection.conninfo import (
     session_conninfo,
 )
 from cdc_notebook.connection.lsn import parse_lsn
-from cdc_notebook.decode.events import WatcherError
+from cdc_notebook.decode.events import LogicalMessage, WatcherError
 from cdc_notebook.errors import (
     CDCError,
     OwnershipRequired,
@@ -459,6 +459,22 @@ class CDCStream:
     def start(self) -> CDCStream:
         self.router.ensure_started()
         return self
+
+    def messages(self, *, follow: bool = False, timeout: float | None = None,
+                 prefix: str | None = None) -> Iterator[LogicalMessage]:
+        """The logical messages (``pg_logical_emit_message``) of the stream, in stream order,
+        from the first call on (the kit's own watermarks left out; ``prefix=`` keeps one
+        prefix). Ends like ``batches()``: at the WAL position current when iterating starts,
+        or never with ``follow=True``. Unread messages hold back acknowledgement, as an unread
+        table's batches do (docs/reader.md)."""
+        reader = self.router.enable_messages()
+
+        def iterate() -> Iterator[LogicalMessage]:
+            for event in reader.events(follow=follow, timeout=timeout):
+                if isinstance(event, LogicalMessage) and (prefix is None
+                                                          or event.prefix == prefix):
+                    yield event
+        return iterate()
 
     def __getitem__(self, key: str | int) -> TableReader:
         """A table's reader, by name (``'public.users'``, a quoted spelling, a name the table

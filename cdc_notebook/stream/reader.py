@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from cdc_notebook.decode.events import TableDropped
+from cdc_notebook.decode.events import DecodeFailed, RelationSchema, TableDropped, Truncate
+from cdc_notebook.decode.typespec import change_batch_schema
 from cdc_notebook.stream.acks import Transaction
 from cdc_notebook.stream.delivery import drop_redelivered
+from cdc_notebook.stream.markers import truncate_marker
 from cdc_notebook.stream.partition import partition_of
 
 if TYPE_CHECKING:
@@ -68,6 +70,7 @@ class TableReader:
         self.key_columns = key_columns
         self.memory_limit = memory_limit
         self.schema: pa.Schema | None = None
+        self._schema_read: pa.Schema | None = None  # in force where the consumer has read to
         self.high_water: tuple[int, int] = (0, 0)
         self.closed = False
         self.dropped = False
@@ -197,17 +200,27 @@ class TableReader:
                 if item is None:
                     return
                 payload = item.payload
+                marker = False
+                if isinstance(payload, RelationSchema):
+                    self._schema_read = payload.arrow_schema
+                elif isinstance(payload, Truncate) and not events:
+                    # The batch API's TRUNCATE: a marker row of the table's schema in force
+                    # there (both plugins send the schema before a TRUNCATE: docs/reader.md).
+                    schema = self._schema_read or self.schema or change_batch_schema([])
+                    payload, marker = truncate_marker(schema, payload), True
+                elif isinstance(payload, DecodeFailed) and not events:
+                    raise payload.error()  # a later iteration goes on after it
                 if isinstance(payload, pa.RecordBatch):
                     # Snapshot chunks arrive in no fixed order: only changes have a high-water mark.
                     batch = payload
                     if not item.snapshot:
                         batch, self.high_water = drop_redelivered(batch, self.high_water)
-                    if partition is not None and batch.num_rows:
+                    if partition is not None and batch.num_rows and not marker:
                         parts = partition_of(batch, self.key_columns, partition[1])
                         batch = batch.filter(pa.array(parts == partition[0]))
                     if batch.num_rows == 0:
                         continue
-                    self.schema = batch.schema
+                    self.schema = self._schema_read = batch.schema
                     self.rows_read += batch.num_rows
                     self.bytes_read += item.nbytes
                     yield batch

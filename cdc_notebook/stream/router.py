@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from cdc_notebook.decode.events import (
     ChangeBatch,
+    DecodeFailed,
     Keepalive,
     LogicalMessage,
     RelationSchema,
@@ -133,6 +134,7 @@ class ChangeRouter:
         self.watcher_failures = 0
         self.joins: dict[str, TableJoin] = {}
         self._joins_at_commit: list[TableJoin] = []
+        self.messages: TableReader | None = None  # logical messages, once asked for
 
     # ---- set-up
 
@@ -294,15 +296,35 @@ class ChangeRouter:
                             if self._txn is not None:
                                 self.acks.add(self._txn)
                             reader._put(QueuedItem(event, self._txn), self._stop)
+                elif isinstance(event, DecodeFailed):
+                    self._put_in_txn(self.readers.get(event.relid), event)
                 elif isinstance(event, LogicalMessage):
                     if event.prefix == WATERMARK_PREFIX:
                         self._watermark(event.content.decode())
+                    elif self.messages is not None:  # stream.messages()
+                        self._put_in_txn(self.messages, event)
                 elif isinstance(event, TableDropped):
                     reader = self.readers.get(event.relid)
                     if reader is not None:
                         reader.table_dropped = True
                         reader._put(QueuedItem(event, None), self._stop)
                 self.stats.events += 1
+
+    def _put_in_txn(self, reader: TableReader | None, event: Any) -> None:
+        """Queue an event that is part of the open transaction (it holds back its
+        acknowledgement until read, as a batch does)."""
+        if reader is not None and not reader.closed:
+            if self._txn is not None:
+                self.acks.add(self._txn)
+            reader._put(QueuedItem(event, self._txn), self._stop)
+
+    def enable_messages(self) -> TableReader:
+        """Keep the stream's logical messages (``pg_logical_emit_message``, except the kit's
+        watermarks) from now on, in a reader of their own: ``CDCStream.messages()``."""
+        if self.messages is None:
+            self.messages = TableReader(self, "(logical messages)", (),
+                                        memory_limit=max(1 << 20, self.memory_limit // 4))
+        return self.messages
 
     def _watch_tables(self) -> None:
         """The watcher thread: asks the catalog about the stream's tables every
@@ -472,6 +494,8 @@ class ChangeRouter:
 
     def close(self) -> None:
         self._stop.set()
+        if self.messages is not None:
+            self.messages._finish()
         for reader in list(self.readers.values()):
             with reader._cond:
                 reader._cond.notify_all()

@@ -157,6 +157,13 @@ w2a_write_schema(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entr
 	put_u16(out, (uint16) entry->nkeys);
 	for (int i = 0; i < entry->nkeys; i++)
 		put_str(out, entry->keynames[i]);
+	if (state->opts.format_version >= 2)
+	{
+		/* column identity: each column's attnum, in the schema's order */
+		put_u16(out, (uint16) entry->ncols);
+		for (int i = 0; i < entry->ncols; i++)
+			put_u16(out, (uint16) (entry->cols[i].attindex + 1));
+	}
 	frame_pad_body(out, start);
 	appendBinaryStringInfo(out, (const char *) state->ipc_header.data,
 						   (int) state->ipc_header.size_bytes);
@@ -255,13 +262,15 @@ w2a_write_batch(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry
 void
 w2a_write_truncate(LogicalDecodingContext *ctx, W2AState *state, XLogRecPtr lsn, int nrels,
 				   Oid *relids, char **nspnames, char **relnames, bool cascade,
-				   bool restart_identity)
+				   bool restart_identity, uint64 ordinal)
 {
 	frame_begin(ctx, 'T');
 	put_u32(ctx->out, state->xid);
 	put_u64(ctx->out, lsn);
 	put_u8(ctx->out, (cascade ? 1 : 0) | (restart_identity ? 2 : 0));
 	put_u32(ctx->out, (uint32) nrels);
+	if (state->opts.format_version >= 2)
+		put_u64(ctx->out, ordinal);
 	for (int i = 0; i < nrels; i++)
 	{
 		put_u32(ctx->out, relids[i]);

@@ -288,8 +288,9 @@ relation_signature(Relation rel, List *keys)
 
 		if (!published_attribute(att))
 			continue;
-		appendStringInfo(&buf, "%s:%u:%d,", NameStr(att->attname), att->atttypid,
-						 att->atttypmod);
+		/* the attnum too: a column dropped and another added under its name is a new one */
+		appendStringInfo(&buf, "%d:%s:%u:%d,", att->attnum, NameStr(att->attname),
+						 att->atttypid, att->atttypmod);
 	}
 	appendStringInfoChar(&buf, '|');
 	foreach(lc, keys)

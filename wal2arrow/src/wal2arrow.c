@@ -273,6 +273,22 @@ w2a_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rel,
 	handle_change(ctx, txn, rel, change, false);
 }
 
+/* The schema frame of a relation, unless its schema in force was sent in this session. */
+static void
+send_schema_of(LogicalDecodingContext *ctx, W2AState *state, Oid relid)
+{
+	Relation	rel = RelationIdGetRelation(relid);
+	W2ARelEntry *entry;
+
+	if (!RelationIsValid(rel))
+		elog(ERROR, "wal2arrow: could not open relation %u", relid);
+	entry = w2a_relation_entry(state, rel);
+	w2a_entry_ready(ctx, state, entry, rel);
+	if (!entry->schema_sent)
+		w2a_write_schema(ctx, state, entry);
+	RelationClose(rel);
+}
+
 static void
 handle_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelations,
 				Relation relations[], ReorderBufferChange *change, bool streaming)
@@ -308,12 +324,26 @@ handle_truncate(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, int nrelatio
 	}
 	if (n > 0)
 	{
+		uint64		ordinal = 0;
+
 		/* the rows before the TRUNCATE go out before it */
 		w2a_flush_all(ctx, state);
 		if (!streaming && !state->begin_sent)
 			w2a_write_begin(ctx, state);
+		if (state->opts.format_version >= 2)
+		{
+			/*
+			 * Format 2: each relation's schema in force goes out first (as pgoutput sends
+			 * its Relation messages), so a client can give the TRUNCATE the table's
+			 * columns; and the TRUNCATE takes an ordinal among the transaction's changes.
+			 */
+			for (int i = 0; i < n; i++)
+				send_schema_of(ctx, state, relids[i]);
+			ordinal = streaming ? ++stream_txn(state, txn)->ordinal : ++state->ordinal;
+		}
 		w2a_write_truncate(ctx, state, change->lsn, n, relids, nspnames, relnames,
-						   change->data.truncate.cascade, change->data.truncate.restart_seqs);
+						   change->data.truncate.cascade, change->data.truncate.restart_seqs,
+						   ordinal);
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(state->change_cxt);

@@ -32,7 +32,7 @@
 
 /* The wire format version(s) this build speaks (docs/protocol.md). */
 #define W2A_FORMAT_VERSION_MIN 1
-#define W2A_FORMAT_VERSION_MAX 1
+#define W2A_FORMAT_VERSION_MAX 2
 
 /* PostgreSQL 17 passes HeapTuples in changes, older versions ReorderBufferTupleBuf. */
 #if PG_VERSION_NUM >= 170000
@@ -325,7 +325,7 @@ extern void w2a_write_schema(LogicalDecodingContext *ctx, W2AState *state, W2ARe
 extern void w2a_write_batch(LogicalDecodingContext *ctx, W2AState *state, W2ARelEntry *entry);
 extern void w2a_write_truncate(LogicalDecodingContext *ctx, W2AState *state, XLogRecPtr lsn,
 							   int nrels, Oid *relids, char **nspnames, char **relnames,
-							   bool cascade, bool restart_identity);
+							   bool cascade, bool restart_identity, uint64 ordinal);
 extern void w2a_write_message(LogicalDecodingContext *ctx, TransactionId xid, XLogRecPtr lsn,
 							  bool transactional, const char *prefix, Size sz,
 							  const char *content);
