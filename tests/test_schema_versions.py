@@ -185,6 +185,9 @@ def test_a_column_that_needs_text_added_to_a_running_stream(pg, unique_name, str
     assert got[1]["_cdc_unrepresentable"] == [("x", "{{1,2},{3,4}}")]
     assert got[2]["x"] == [7, 8] and got[2]["_cdc_unrepresentable"] == [("x", "[0:1]={7,8}")]
     assert stream.router.failed is None
+    if plugin == "pgoutput":  # binary until the array column came, then text on a new connection
+        assert stream.router.restarts == 1
+        assert stream.decoding_mode.startswith("text: switched from binary")
 
 
 def mirror_of(stream: CDCStream, name: str):
@@ -376,6 +379,23 @@ def test_a_row_that_fails_half_way_is_taken_back(pg):
         b.batch.validate(full=True)
     assert len(failures) == 1 and failures[0].lsn == 0x130 and failures[0].end_lsn == 0x510
     assert failures[0].qualified_name == "public.t" and "x3" in failures[0].message
+
+    # In a binary stream the same failure restarts the stream in text (BinaryModeUnsupported,
+    # which ReplicationSource.needs_text_restart answers), instead of skipping the change.
+    from cdc_notebook.errors import BinaryModeUnsupported
+
+    def insert_binary(a: bytes) -> bytes:
+        return (b"I" + struct.pack(">I", 900) + b"N" + struct.pack(">h", 2)
+                + b"b" + struct.pack(">I", len(a)) + a + b"n")
+
+    with pg.connect() as conn:
+        decoder = PgoutputEventDecoder(conn, binary=True)
+        with pytest.raises(BinaryModeUnsupported, match="could not be decoded from binary"):
+            list(decoder.feed([
+                w(b"B" + struct.pack(">QqI", 0x500, 0, 7), 0x100), w(relation, 0x100),
+                w(insert_binary(struct.pack(">i", 1)), 0x110),
+                w(insert_binary(b"\x00\x01\x02"), 0x120),  # an int4 of three bytes
+                w(b"C" + struct.pack(">BQQq", 0, 0x500, 0x510, 0), 0x500)]))
 
 
 # --------------------------------------------------------------------------- finding 10
