@@ -94,12 +94,14 @@ class RayCommitter:
 
     ``address``: ``"local"`` starts a Ray instance for this process (``ray.init()``), anything
     else connects to a running cluster (``"auto"``, ``"host:port"``, ``"ray://..."``). An
-    already initialized Ray is used as it is.
+    already initialized Ray is used as it is. Each actor asks for ``num_cpus`` (a hundredth of
+    a CPU by default: the writing is mostly in delta-rs's own threads, and Ray's ``SPREAD``
+    places zero-CPU actors all on one node).
     """
 
     def __init__(self, location: DeltaLocation, slot: str, *, partitions: int = 2,
                  changelog: bool = False, on_changes: ChangeHook | None = None,
-                 address: str = "local", num_cpus: float = 0.0, max_restarts: int = 20,
+                 address: str = "local", num_cpus: float = 0.01, max_restarts: int = 20,
                  init_options: dict[str, Any] | None = None):
         import ray
 
