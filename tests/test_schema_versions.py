@@ -583,3 +583,36 @@ def test_the_plugin_speaks_both_frame_formats_and_refuses_others(pg, unique_name
                 slot_changes(conn, slot, {"format_version": "3"}, peek=True)
         finally:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_a_reader_far_behind_with_batches_spilled_to_disk(pg, unique_name, stream_on, plugin):
+    """Readers far behind a DDL (their batches spilled to disk past the memory bound) still get
+    each change with its own schema, the TRUNCATE marker with its, and the renamed key column
+    renamed in the mirror."""
+    t = unique_name("far")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE TABLE {t} (a int PRIMARY KEY, b text)")
+    stream = stream_on(plugin, t, memory_limit=1 << 20)  # 1 MiB per reader: the rest spills
+    with pg.connect() as conn:
+        conn.execute(f"INSERT INTO {t} SELECT i, repeat('x', 200) FROM generate_series(1, 20000) i")
+        conn.execute(f"ALTER TABLE {t} RENAME COLUMN a TO id")
+        conn.execute(f"ALTER TABLE {t} ADD COLUMN c int")
+        conn.execute(f"UPDATE {t} SET c = id WHERE id <= 3")
+        conn.execute(f"TRUNCATE {t}")
+        conn.execute(f"INSERT INTO {t} VALUES (1, 'one', 1)")
+    reader = stream[f"public.{t}"]
+    stream.start()
+    deadline = time.monotonic() + 60
+    while stream.router.acks.received < stream.current_wal_lsn() and time.monotonic() < deadline:
+        stream.router.request_position()
+        time.sleep(0.1)
+    assert reader.spilled_bytes > 0  # nobody read: the batches went to disk
+    batches = read_all(reader, 20005)
+    layouts = [tuple(columns(b)) for b in batches]
+    first = layouts.count(("a", "b"))
+    assert layouts == [("a", "b")] * first + [("id", "b", "c")] * (len(layouts) - first)
+    assert sum(b.num_rows for b in batches[:first]) == 20000
+    got = rows(batches)
+    assert [r["_cdc_op"] for r in got[-5:]] == ["u", "u", "u", "t", "c"]
+    assert got[-5]["_cdc_before"] is None and got[-5]["c"] == got[-5]["id"]
