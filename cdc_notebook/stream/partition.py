@@ -155,6 +155,75 @@ def partition_of(batch: pa.RecordBatch | pa.Table, key_columns: Sequence[str],
     return ((h >> np.uint64(32)) * np.uint64(partitions) >> np.uint64(32)).astype(np.int64)
 
 
+def _before_keys(batch: pa.RecordBatch, key_columns: Sequence[str]) -> pa.RecordBatch | None:
+    """The old key of each row (from ``_cdc_before``) as a batch of the key columns, or None
+    when the batch carries no before-images."""
+    if "_cdc_before" not in batch.schema.names:
+        return None
+    before = batch.column("_cdc_before")
+    if before.null_count == len(before):
+        return None
+    fields = [before.field(k) for k in key_columns]
+    return pa.RecordBatch.from_arrays(fields, names=list(key_columns))
+
+
+def change_partitions(batch: pa.RecordBatch, key_columns: Sequence[str],
+                      partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each change row belongs: ``(new, old)`` partitions, -1 where there is none.
+
+    A change belongs to the partition of the key it leaves the table with (inserts, updates,
+    snapshot rows) and, for deletes and for updates that move the key, to the partition of
+    its old key (the before-image): a key move across partitions is a delete in the old one
+    and an insert (update) in the new one. A TRUNCATE marker (``_cdc_op = 't'``) belongs to
+    every partition.
+    """
+    n = batch.num_rows
+    ops = batch.column("_cdc_op") if "_cdc_op" in batch.schema.names else None
+    new = partition_of(batch, key_columns, partitions)
+    old = np.full(n, -1, dtype=np.int64)
+    if ops is None:
+        return new, old
+    op = np.asarray(ops.to_numpy(zero_copy_only=False), dtype=object)
+    before = _before_keys(batch, key_columns)
+    if before is not None:
+        has_before = np.asarray(batch.column("_cdc_before").is_valid())
+        old = np.where(has_before, partition_of(before, key_columns, partitions), -1)
+    deletes = op == "d"
+    new = np.where(deletes, -1, new)
+    updates = op == "u"
+    old = np.where(updates & (old == new), -1, old)  # an update that stays: one row
+    old = np.where(deletes | updates, old, -1)
+    truncates = op == "t"
+    if truncates.any():
+        new = np.where(truncates, -2, new)  # -2: every partition
+    return new, old
+
+
+def rows_of_partition(batch: pa.RecordBatch, key_columns: Sequence[str], partitions: int,
+                      index: int) -> pa.RecordBatch:
+    """The rows of ``batch`` partition ``index`` of ``partitions`` sees, in order: its
+    inserts, updates and deletes, and for a key that moved out of it a delete row (op ``d``,
+    the table columns null, ``_cdc_before`` kept)."""
+    if partitions == 1 or batch.num_rows == 0:
+        return batch
+    new, old = change_partitions(batch, key_columns, partitions)
+    mine = (new == index) | (new == -2)
+    moved_out = (old == index) & ~mine
+    if not moved_out.any():
+        return batch.filter(pa.array(mine)) if not mine.all() else batch
+    keep = mine | moved_out
+    rows = batch.filter(pa.array(keep))
+    moved = pa.array(moved_out[keep])
+    arrays = []
+    for field, column in zip(rows.schema, rows.columns, strict=True):
+        if field.name == "_cdc_op":
+            column = pc.if_else(moved, pa.scalar("d", field.type), column)
+        elif not field.name.startswith("_cdc_"):
+            column = pc.if_else(moved, pa.nulls(len(column), field.type), column)
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=rows.schema)
+
+
 class HashPartitioner:
     """Splits a table's batches into ``partitions`` by the hash of its key columns.
 
@@ -168,7 +237,15 @@ class HashPartitioner:
         self.partitions = partitions
 
     def split(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        """One batch per partition (empty ones included), rows in their original order."""
+        """One batch per partition (empty ones included), rows in their original order.
+
+        A change batch (with ``_cdc_op``) is split as the readers' partitions are
+        (:func:`rows_of_partition`): deletes by their old key, a key moved across partitions
+        as a delete in the old one and an update in the new one. Any other batch is split by
+        the key columns' hash alone."""
+        if "_cdc_op" in batch.schema.names:
+            return [rows_of_partition(batch, self.key_columns, self.partitions, i)
+                    for i in range(self.partitions)]
         parts = partition_of(batch, self.key_columns, self.partitions)
         order = np.argsort(parts, kind="stable")
         counts = np.bincount(parts, minlength=self.partitions)

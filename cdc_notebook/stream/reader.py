@@ -1,7 +1,12 @@
 """The changes of one table, in commit order: a bounded queue fed by the router's thread,
 spilled to a private temporary file past its memory bound while nobody reads it, consumed from
 threads (``batches()``) or asyncio (``read_batches()``); at-least-once delivery made exactly-once
-per reader by the high-water mark ``(end_lsn, ordinal)``."""
+per consumer by the high-water mark ``(end_lsn, ordinal)``.
+
+Consumers read the queue through *cursors*: one for the whole table, or one per key-hash
+partition (``partition=(i, n)``), so N consumers of N partitions run in parallel and none sees
+another's rows. An item leaves the queue, and its transaction may be acknowledged, only once
+every cursor has read it and its consumer asked for the next one (docs/delivery.md)."""
 
 from __future__ import annotations
 
@@ -19,10 +24,11 @@ import pyarrow as pa
 
 from cdc_notebook.decode.events import DecodeFailed, RelationSchema, TableDropped, Truncate
 from cdc_notebook.decode.typespec import change_batch_schema
+from cdc_notebook.errors import CDCError
 from cdc_notebook.stream.acks import Transaction
 from cdc_notebook.stream.delivery import drop_redelivered
 from cdc_notebook.stream.markers import truncate_marker
-from cdc_notebook.stream.partition import partition_of
+from cdc_notebook.stream.partition import rows_of_partition
 
 if TYPE_CHECKING:
     from cdc_notebook.stream.router import ChangeRouter
@@ -40,6 +46,28 @@ class QueuedItem:
     snapshot: bool = False  # rows of the initial snapshot (op 'r'): never redelivered
     ipc: Any = None  # the batch's Arrow IPC message as received, if the decoder kept it
     schema: pa.Schema | None = None  # a spilled batch's schema (the file holds no schema)
+
+
+Partition = tuple[int, int] | None  # (index, count), or None for the whole table
+
+
+class _Cursor:
+    """Where one consumer group (the whole table, or one partition) has read the queue to."""
+
+    __slots__ = ("partition", "pos", "held", "active", "high_water", "schema_read")
+
+    def __init__(self, partition: Partition, pos: int, high_water: tuple[int, int]):
+        self.partition = partition
+        self.pos = pos  # absolute number of the next item to read
+        self.held: dict[int, int] = {}  # consumer -> number of the item it was given last
+        self.active = 0  # consumers iterating now
+        self.high_water = high_water
+        self.schema_read: pa.Schema | None = None  # the schema in force where it has read to
+
+    @property
+    def done(self) -> int:
+        """Items before this number are finished for this cursor."""
+        return min([self.pos, *self.held.values()])
 
 
 class TableReader:
@@ -70,20 +98,21 @@ class TableReader:
         self.key_columns = key_columns
         self.memory_limit = memory_limit
         self.schema: pa.Schema | None = None
-        self._schema_read: pa.Schema | None = None  # in force where the consumer has read to
-        self.high_water: tuple[int, int] = (0, 0)
+        self._resume_mark: tuple[int, int] = (0, 0)  # resume_after(): for every cursor
         self.closed = False
         self.dropped = False
         self.rows_read = 0
         self.bytes_read = 0
         self._cond = threading.Condition()
         self._queue: collections.deque[QueuedItem] = collections.deque()
+        self._base = 0  # absolute number of the item at the head of the queue
+        self._cursors: dict[Partition, _Cursor] = {}
+        self._consumers = 0  # numbers handed to consumers (their held items are keyed by it)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._mem_bytes = 0
-        self._active = 0
         self._spill: Any = None
         self._spill_bytes = 0
         self._spill_end = 0
-        self._current: QueuedItem | None = None
 
     # ---- the stream side
 
@@ -103,16 +132,20 @@ class TableReader:
                 if item.txn is not None:
                     self.router.acks.consumed(item.txn)
                 return
-            while (self._active and self._mem_bytes + item.nbytes > self.memory_limit
+            # Backpressure while every consumer group is reading (it will make room); a group
+            # nobody reads (an unread reader, a partition without its consumer) would never
+            # make room: spill instead.
+            while (self._all_reading() and self._mem_bytes + item.nbytes > self.memory_limit
                    and self._queue and not stop.is_set()):
                 self._cond.wait(0.2)
                 self.router._keep_alive()
-            if not self._active and self._mem_bytes + item.nbytes > self.memory_limit:
+            if not self._all_reading() and self._mem_bytes + item.nbytes > self.memory_limit:
                 self._spill_item(item)
             else:
                 self._mem_bytes += item.nbytes
             self._queue.append(item)
             self._cond.notify_all()
+            self._wake()
 
     def _spill_item(self, item: QueuedItem) -> None:
         """Write the batch to this reader's spill file as one Arrow IPC message (no schema):
@@ -139,43 +172,142 @@ class TableReader:
         self._spill_bytes += written
 
     def _unspill(self, item: QueuedItem) -> pa.RecordBatch:
-        offset, length = item.spilled  # type: ignore[misc]
+        """A spilled batch read back (each cursor reads it; the space is returned when the
+        item leaves the queue)."""
+        if item.spilled is None or self._spill is None:
+            raise RuntimeError(f"internal error: {self.name}: a spilled batch without its file")
+        offset, length = item.spilled
         data = os.pread(self._spill.fileno(), length, offset)
-        with self._cond:
-            self._spill_bytes -= length
         return pa.ipc.read_record_batch(pa.py_buffer(data), item.schema)
 
     def _finish(self) -> None:
         with self._cond:
             self._queue.append(QueuedItem(_END, None))
             self._cond.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the asyncio consumers waiting for an item (called with the lock held)."""
+        for loop, future in self._waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that loop is closed: its consumer is gone
+                pass
+        self._waiters.clear()
+
+    def _all_reading(self) -> bool:
+        return bool(self._cursors) and all(c.active for c in self._cursors.values())
 
     # ---- the consumer side
 
-    def _release_current(self) -> None:
-        item, self._current = self._current, None
-        if item is not None and item.txn is not None:
-            self.router.acks.consumed(item.txn)
+    @property
+    def high_water(self) -> tuple[int, int]:
+        """The newest position delivered (to the whole-table consumer, or the furthest
+        partition): redelivered changes at or below a consumer's mark are dropped."""
+        with self._cond:
+            marks = [c.high_water for c in self._cursors.values()]
+        return max([self._resume_mark, *marks])
 
-    def _next_item(self, deadline_lsn: int | None, timeout: float | None) -> QueuedItem | None:
-        """The next item, or None when the iteration's end position was reached."""
-        self._release_current()
+    def _attach(self, partition: Partition) -> tuple[_Cursor, int]:
+        """A consumer joins the cursor of ``partition`` (creating the cursors on first use);
+        returns the cursor and the consumer's number."""
+        if partition is not None:
+            index, count = partition
+            if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+                raise ValueError(f"partition must be (index, count) with 0 <= index < count, "
+                                 f"not {partition!r}")
+        with self._cond:
+            cursor = self._cursors.get(partition)
+            if cursor is None:
+                self._check_mode(partition)
+                if partition is None:
+                    self._cursors[None] = _Cursor(None, self._base, self._resume_mark)
+                else:
+                    # All partitions start where the queue starts: an item leaves it only
+                    # once every partition has read its part.
+                    for i in range(partition[1]):
+                        self._cursors[(i, partition[1])] = _Cursor(
+                            (i, partition[1]), self._base, self._resume_mark)
+                cursor = self._cursors[partition]
+            cursor.active += 1
+            self._consumers += 1
+            return cursor, self._consumers
+
+    def _check_mode(self, partition: Partition) -> None:
+        existing = next(iter(self._cursors), _END)
+        if existing is _END:
+            return
+        if partition is None or existing is None:
+            raise CDCError(
+                f"{self.name} is read {'by partitions' if partition is None else 'whole'}, so "
+                f"it cannot also be read {'whole' if partition is None else 'by partitions'}",
+                hint="read a table either whole (batches()) or by partitions "
+                "(batches(partition=(i, n)) with the same n everywhere)")
+        if existing[1] != partition[1]:  # type: ignore[index]
+            raise CDCError(
+                f"{self.name} is read in {existing[1]} partitions, not {partition[1]}",  # type: ignore[index]
+                hint="use the same partition count for every consumer of a table")
+
+    def _detach(self, cursor: _Cursor, consumer: int) -> None:
+        with self._cond:
+            cursor.held.pop(consumer, None)
+            cursor.active -= 1
+            self._collect()
+
+    def _collect(self) -> None:
+        """Drop the items every cursor has finished with (lock held): they are consumed."""
+        if not self._cursors:
+            return
+        done = min(c.done for c in self._cursors.values())
+        finished: list[QueuedItem] = []
+        while self._queue and self._base < done and self._queue[0].payload is not _END:
+            item = self._queue.popleft()
+            self._base += 1
+            if item.spilled is None:
+                self._mem_bytes -= item.nbytes
+            else:
+                self._spill_bytes -= item.spilled[1]
+            finished.append(item)
+        if finished:
+            self._cond.notify_all()
+            for item in finished:
+                if item.txn is not None:
+                    self.router.acks.consumed(item.txn)
+
+    def _poll(self, cursor: _Cursor, consumer: int) -> QueuedItem | None:
+        """The cursor's next item (lock held), None when there is none yet, or the ``_END``
+        item when the queue ended. The consumer's previous item is released."""
+        if cursor.held.pop(consumer, None) is not None:
+            self._collect()
+        index = cursor.pos - self._base
+        if index < len(self._queue):
+            item = self._queue[index]
+            if item.payload is _END:
+                return item
+            cursor.pos += 1
+            cursor.held[consumer] = cursor.pos - 1
+            return item
+        if self.closed or self.router.failed is not None:
+            return QueuedItem(_END, None)
+        return None
+
+    def _payload(self, item: QueuedItem) -> Any:
+        """The item's payload (read back from the spill file when it was spilled); read
+        outside the lock: the stream thread appends meanwhile."""
+        return self._unspill(item) if item.spilled is not None else item.payload
+
+    def _next_for(self, cursor: _Cursor, consumer: int, deadline_lsn: int | None,
+                  timeout: float | None) -> tuple[QueuedItem, Any] | None:
+        """The next item for a thread consumer (blocking), or None at the iteration's end."""
         give_up = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                if self._queue:
-                    item = self._queue.popleft()
-                    if item.payload is _END:
-                        self._queue.appendleft(item)  # stays ended
-                        self.router.raise_if_failed()
-                        return None
-                    if item.spilled is None:
-                        self._mem_bytes -= item.nbytes
-                    self._cond.notify_all()
-                    break
-                if self.closed or self.router.failed is not None:
+                got = self._poll(cursor, consumer)
+                if got is not None and got.payload is _END:
                     self.router.raise_if_failed()
                     return None
+                if got is not None:
+                    break
                 if deadline_lsn is not None and self.router.caught_up(deadline_lsn):
                     return None
                 if give_up is not None and time.monotonic() > give_up:
@@ -183,107 +315,156 @@ class TableReader:
                 if deadline_lsn is not None:
                     self.router.request_position()
                 self._cond.wait(0.05)
-        if item.spilled is not None:
-            item.payload = self._unspill(item)
-        self._current = item
-        return item
+        return got, self._payload(got)
+
+    def _deliver(self, cursor: _Cursor, item: QueuedItem, payload: Any, events: bool) -> Any:
+        """What the consumer gets for ``item``: a batch (its partition's rows, past the
+        cursor's high-water mark), an event, None (nothing for it), or ``_END`` (the table
+        was dropped). Raises what the stream put in the queue as an error."""
+        marker = False
+        if isinstance(payload, RelationSchema):
+            cursor.schema_read = payload.arrow_schema
+        elif isinstance(payload, Truncate) and not events:
+            # The batch API's TRUNCATE: a marker row of the table's schema in force there
+            # (both plugins send the schema before a TRUNCATE: docs/reader.md).
+            schema = cursor.schema_read or self.schema or change_batch_schema([])
+            payload, marker = truncate_marker(schema, payload), True
+        elif isinstance(payload, DecodeFailed) and not events:
+            raise payload.error()  # a later iteration goes on after it
+        if isinstance(payload, pa.RecordBatch):
+            batch = payload
+            # Snapshot chunks arrive in no fixed order: only changes have a high-water mark.
+            if not item.snapshot:
+                batch, cursor.high_water = drop_redelivered(batch, cursor.high_water)
+            if cursor.partition is not None and batch.num_rows and not marker:
+                index, count = cursor.partition
+                batch = rows_of_partition(batch, self.key_columns, count, index)
+            if batch.num_rows == 0:
+                return None
+            self.schema = cursor.schema_read = batch.schema
+            self.rows_read += batch.num_rows
+            self.bytes_read += item.nbytes
+            return batch
+        if isinstance(payload, BaseException):
+            raise payload
+        if isinstance(payload, TableDropped):
+            self.dropped = True
+            return payload if events else _END
+        return payload if events else None
 
     def _iterate(self, follow: bool, events: bool, timeout: float | None,
-                 partition: tuple[int, int] | None) -> Generator[Any, None, None]:
+                 partition: Partition) -> Generator[Any, None, None]:
         self.router.ensure_started()
         deadline = None if follow else self.router.current_wal_lsn()
-        with self._cond:
-            self._active += 1
+        cursor, consumer = self._attach(partition)
         try:
             while True:
-                item = self._next_item(deadline, timeout)
-                if item is None:
+                got = self._next_for(cursor, consumer, deadline, timeout)
+                if got is None:
                     return
-                payload = item.payload
-                marker = False
-                if isinstance(payload, RelationSchema):
-                    self._schema_read = payload.arrow_schema
-                elif isinstance(payload, Truncate) and not events:
-                    # The batch API's TRUNCATE: a marker row of the table's schema in force
-                    # there (both plugins send the schema before a TRUNCATE: docs/reader.md).
-                    schema = self._schema_read or self.schema or change_batch_schema([])
-                    payload, marker = truncate_marker(schema, payload), True
-                elif isinstance(payload, DecodeFailed) and not events:
-                    raise payload.error()  # a later iteration goes on after it
-                if isinstance(payload, pa.RecordBatch):
-                    # Snapshot chunks arrive in no fixed order: only changes have a high-water mark.
-                    batch = payload
-                    if not item.snapshot:
-                        batch, self.high_water = drop_redelivered(batch, self.high_water)
-                    if partition is not None and batch.num_rows and not marker:
-                        parts = partition_of(batch, self.key_columns, partition[1])
-                        batch = batch.filter(pa.array(parts == partition[0]))
-                    if batch.num_rows == 0:
-                        continue
-                    self.schema = self._schema_read = batch.schema
-                    self.rows_read += batch.num_rows
-                    self.bytes_read += item.nbytes
-                    yield batch
-                elif isinstance(payload, BaseException):
-                    raise payload
-                elif isinstance(payload, TableDropped):
-                    self.dropped = True
-                    if events:
-                        yield payload
+                out = self._deliver(cursor, *got, events)
+                if out is _END:
                     return
-                elif events:
-                    yield payload
+                if out is not None:
+                    yield out
+                    if isinstance(out, TableDropped):
+                        return
         finally:
-            self._release_current()
-            with self._cond:
-                self._active -= 1
+            self._detach(cursor, consumer)
 
     def batches(self, *, follow: bool = False, timeout: float | None = None,
-                partition: tuple[int, int] | None = None) -> Iterator[pa.RecordBatch]:
+                partition: Partition = None) -> Iterator[pa.RecordBatch]:
         """Iterate this table's change batches (blocking; for threads and scripts).
 
-        ``partition=(i, n)`` keeps only the rows whose key hash falls in partition ``i`` of
-        ``n`` (see :mod:`cdc_notebook.stream.partition`).
+        ``partition=(i, n)`` reads partition ``i`` of ``n`` by the key's hash
+        (:mod:`cdc_notebook.stream.partition`): each partition has its own cursor, so ``n``
+        consumers run in parallel and each sees only its rows (a delete by its old key, a key
+        moved between partitions as a delete in the old one and an update in the new one);
+        a transaction is acknowledged once every partition has read its part.
         """
         return self._iterate(follow, False, timeout, partition)
 
-    def events(self, *, follow: bool = False, timeout: float | None = None) -> Iterator[Any]:
+    def events(self, *, follow: bool = False, timeout: float | None = None,
+               partition: Partition = None) -> Iterator[Any]:
         """Batches plus Truncate / RelationSchema / TableRenamed / WatcherError / TableDropped
         events, in stream order."""
-        return self._iterate(follow, True, timeout, None)
+        return self._iterate(follow, True, timeout, partition)
 
     async def read_batches(self, *, follow: bool = False, timeout: float | None = None,
-                           partition: tuple[int, int] | None = None
-                           ) -> AsyncIterator[pa.RecordBatch]:
+                           partition: Partition = None) -> AsyncIterator[pa.RecordBatch]:
         """The async iterator of the seed's API: ``async for batch in reader.read_batches()``.
 
-        Waiting happens in a worker thread, so the event loop never blocks on the stream.
+        Waiting is done on the event loop (the stream thread wakes it), never in an executor
+        thread: cancelling it (``asyncio.wait_for``, ``break``, ``aclose()``, task
+        cancellation) leaves the reader usable; the batch it was given last counts as
+        consumed, nothing else does.
         """
-        it = self._iterate(follow, False, timeout, partition)
         loop = asyncio.get_running_loop()
+        if not self.router.started:
+            await _in_thread(self.router.ensure_started)
+        self.router.raise_if_failed()
+        deadline = None if follow else await _in_thread(self.router.current_wal_lsn)
+        give_up = None if timeout is None else loop.time() + timeout
+        cursor, consumer = self._attach(partition)
         try:
             while True:
-                batch = await loop.run_in_executor(None, next, it, _END)
-                if batch is _END:
+                with self._cond:
+                    got = self._poll(cursor, consumer)
+                    future: asyncio.Future[None] | None = None
+                    if got is None:
+                        future = loop.create_future()
+                        self._waiters.append((loop, future))
+                if got is not None and got.payload is _END:
+                    self.router.raise_if_failed()
                     return
-                yield batch
+                if got is not None:
+                    out = self._deliver(cursor, got, self._payload(got), False)
+                    if out is _END:
+                        return
+                    if out is not None:
+                        yield out
+                    continue
+                if deadline is not None and self.router.caught_up(deadline):
+                    return
+                if give_up is not None and loop.time() > give_up:
+                    raise TimeoutError(f"no change for {self.name} within {timeout} s")
+                if deadline is not None:
+                    self.router.request_position()
+                if future is None:
+                    raise RuntimeError("internal error: waiting without a future")
+                try:
+                    await asyncio.wait_for(future, 0.05)
+                except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                    pass
+                finally:
+                    with self._cond:
+                        if (loop, future) in self._waiters:
+                            self._waiters.remove((loop, future))
         finally:
-            await loop.run_in_executor(None, it.close)
+            self._detach(cursor, consumer)
 
     def resume_after(self, end_lsn: int, ordinal: int) -> None:
         """Restore the high-water mark of an earlier run (e.g. from a checkpoint), so changes
         it already applied are dropped when the server sends them again."""
-        self.high_water = max(self.high_water, (end_lsn, ordinal))
+        mark = (end_lsn, ordinal)
+        with self._cond:
+            self._resume_mark = max(self._resume_mark, mark)
+            for cursor in self._cursors.values():
+                cursor.high_water = max(cursor.high_water, mark)
 
     def close(self) -> None:
         """Stop holding WAL for this table: queued batches are dropped and acknowledged."""
         with self._cond:
             self.closed = True
-            items = list(self._queue)
+            items = [i for i in self._queue if i.payload is not _END]
+            self._base += len(self._queue)
             self._queue.clear()
             self._mem_bytes = 0
+            for cursor in self._cursors.values():
+                cursor.held.clear()
+                cursor.pos = max(cursor.pos, self._base)
             self._cond.notify_all()
-        self._release_current()
+            self._wake()
         for item in items:
             if item.txn is not None:
                 self.router.acks.consumed(item.txn)
@@ -298,7 +479,11 @@ class TableReader:
 
     @property
     def queued_batches(self) -> int:
-        return sum(1 for i in self._queue if i.payload is not _END)
+        """Items no consumer group has read yet... of the slowest one (0: all read)."""
+        with self._cond:
+            start = min((c.pos for c in self._cursors.values()), default=self._base)
+            unread = list(self._queue)[max(0, start - self._base):]
+        return sum(1 for i in unread if i.payload is not _END)
 
     @property
     def held_back_lsn(self) -> int | None:
@@ -315,3 +500,36 @@ class TableReader:
     def __repr__(self) -> str:
         return (f"<TableReader {self.name} relid={self.relid} queued={self.queued_batches} "
                 f"high_water={self.high_water}>")
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _in_thread(fn: Any) -> Any:
+    """Run a blocking call (connecting, a catalog query) in a thread of its own, not the
+    event loop's shared default executor (whose threads a blocked call would hold)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(_fail_future, future, exc)
+        else:
+            loop.call_soon_threadsafe(_set_future, future, result)
+
+    threading.Thread(target=run, name="cdc-reader-call", daemon=True).start()
+    return await future
+
+
+def _set_future(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail_future(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
