@@ -385,7 +385,8 @@ class CDCStream:
                 raise CDCError(str(exc.diag.message_primary or exc),
                                sqlstate=exc.sqlstate) from None
         join = TableJoin(f"{self.slot.slot_name}:{info.oid}:{time.monotonic_ns()}",
-                         info.quoted_name, keys, relid=info.oid)
+                         info.quoted_name, keys, relid=info.oid,
+                         spill_dir=self.router.spill_dir)
         self.router.joins[join.id] = join  # before the reader appears: wait_for_joins sees it
         reader = self.router.add_reader(info.oid, info.schema, info.name, keys, label_lsn=lsn)
         self.tables.append(info)
@@ -416,8 +417,10 @@ class CDCStream:
                     name = one_row(reader_conn.execute("SELECT pg_export_snapshot()"))[0]
                     lsn = parse_lsn(one_row(reader_conn.execute(
                         "SELECT pg_current_wal_lsn()::text"))[0])
-                    join.batches = list(snapshot_table(self.conninfo, info.oid, (name, lsn),
-                                                       workers=1))
+                    for batch in snapshot_table(self.conninfo, info.oid, (name, lsn),
+                                                workers=1):
+                        join.spool(batch)  # to a private file: a big table stays on disk
+                    join.finish_spool()
                     reader_conn.rollback()
                 join.ready.set()
                 conn.execute(emit, (WATERMARK_PREFIX, f"high {join.id}"))

@@ -1,14 +1,22 @@
 """Tables joining a running stream: their snapshot merged between two watermarks (DBLog).
 
 The joiner (``CDCStream``'s catalog watcher) writes a low watermark, reads the table at an
-exported snapshot, and writes a high watermark, each a transactional logical message with
-:data:`WATERMARK_PREFIX`; the router records the keys changed between the two and delivers the
-surviving snapshot rows at the high watermark's commit (``docs/reader.md``).
+exported snapshot into a private spool file, and writes a high watermark, each a transactional
+logical message with :data:`WATERMARK_PREFIX`. Changes of the table committed before the low
+watermark are in the snapshot and are not delivered as changes; from the low watermark on, the
+table's reader holds what arrives (spilled like any queue); at the high watermark's commit the
+snapshot rows are put before the held changes, stamped with the low watermark's position, and
+the hold is lifted. So a reader sees the table as of a moment inside the window, then every
+change of the window again in commit order (replaying one the snapshot already shows changes
+nothing for a mirror), and unchanged TOAST values of those changes find their previous version
+in the snapshot rows (``docs/reader.md``).
 """
 
 from __future__ import annotations
 
+import tempfile
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,7 +26,8 @@ WATERMARK_PREFIX = "cdc_notebook.watermark"
 
 
 def stamp_at_watermark(batch: pa.RecordBatch, end_lsn: int, first_ordinal: int) -> pa.RecordBatch:
-    """Snapshot rows of a joining table take the position of the high watermark's commit."""
+    """Snapshot rows of a joining table take the position of the low watermark's commit:
+    after every change the snapshot holds, before every change of the window."""
     n = batch.num_rows
     at = pa.array(np.full(n, end_lsn, dtype=np.uint64))
     replaced = {"_cdc_lsn": at, "_cdc_commit_lsn": at, "_cdc_end_lsn": at,
@@ -29,17 +38,10 @@ def stamp_at_watermark(batch: pa.RecordBatch, end_lsn: int, first_ordinal: int) 
 
 
 class TableJoin:
-    """A table joining a running stream: its snapshot merged between two watermarks.
-
-    The joiner writes a low watermark (a transactional logical message), reads the table, keeps
-    the rows here, and writes a high watermark. The stream thread records the keys of the
-    table's changes seen between the two; at the high watermark it delivers the snapshot rows
-    whose keys did *not* change in that window (those changes arrive as changes), so the
-    reader sees the table's rows exactly once as of the high watermark, then its changes.
-    """
+    """A table joining a running stream (see the module's docstring)."""
 
     def __init__(self, join_id: str, qualified_name: str, key_columns: tuple[str, ...],
-                 relid: int = 0):
+                 relid: int = 0, *, spill_dir: str | None = None):
         self.id = join_id
         self.name = qualified_name
         self.relid = relid  # the table's OID: what its changes are routed by
@@ -47,33 +49,46 @@ class TableJoin:
         self.window_open = False
         self.low_seen = False  # the stream read the low watermark (changes before it are in
         # the snapshot: they are not delivered as changes)
-        self.changed: set[tuple[Any, ...]] = set()
-        self.batches: list[pa.RecordBatch] = []
+        self.low_end = 0  # the end LSN of the low watermark's transaction
         self.ready = threading.Event()
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.delivered_rows = 0
-        self.dropped_rows = 0
+        self.spooled_rows = 0
+        self._spill_dir = spill_dir
+        self._file: Any = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
 
-    def record(self, batch: pa.RecordBatch) -> None:
-        """Keys a change batch touches: new keys, and old keys of updates and deletes."""
-        cols = [batch.column(k).to_pylist() for k in self.key_columns]
-        self.changed.update(zip(*cols, strict=True))
-        before = batch.column("_cdc_before")
-        if before.null_count < len(before):
-            old = [before.field(k).to_pylist() for k in self.key_columns]
-            self.changed.update(t for t in zip(*old, strict=True) if t[0] is not None)
+    def spool(self, batch: pa.RecordBatch) -> None:
+        """Keep a snapshot batch on disk until the high watermark (the joiner's thread)."""
+        if self._writer is None:
+            # A private, unlinked file (mkstemp's O_EXCL, 0600): nothing to find or plant.
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115 - closed by read_back()
+                prefix="cdc_notebook-join-", dir=self._spill_dir)
+            self._writer = pa.ipc.new_stream(self._file, batch.schema)
+        self._writer.write_batch(batch)
+        self.spooled_rows += batch.num_rows
 
-    def surviving(self) -> list[pa.RecordBatch]:
-        out = []
-        for batch in self.batches:
-            if self.changed and batch.num_rows:
-                keys = list(zip(*[batch.column(k).to_pylist() for k in self.key_columns],
-                                strict=True))
-                mask = pa.array([key not in self.changed for key in keys])
-                kept = batch.filter(mask)
-                self.dropped_rows += batch.num_rows - kept.num_rows
-                batch = kept
-            self.delivered_rows += batch.num_rows
-            out.append(batch)
-        return out
+    def finish_spool(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def read_back(self) -> Iterator[pa.RecordBatch]:
+        """The spooled batches, one at a time; the file is gone afterwards."""
+        if self._file is None:
+            return
+        try:
+            self._file.seek(0)
+            with pa.ipc.open_stream(self._file) as stream:
+                for batch in stream:
+                    self.delivered_rows += batch.num_rows
+                    yield batch
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        self.finish_spool()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -106,6 +106,9 @@ class TableReader:
         self._cond = threading.Condition()
         self._queue: collections.deque[QueuedItem] = collections.deque()
         self._base = 0  # absolute number of the item at the head of the queue
+        # A joining table's changes from its low watermark on wait here (by number) until its
+        # snapshot rows are put before them (stream/joins.py).
+        self._hold_at: int | None = None
         self._cursors: dict[Partition, _Cursor] = {}
         self._consumers = 0  # numbers handed to consumers (their held items are keyed by it)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -135,11 +138,15 @@ class TableReader:
             # Backpressure while every consumer group is reading (it will make room); a group
             # nobody reads (an unread reader, a partition without its consumer) would never
             # make room: spill instead.
-            while (self._all_reading() and self._mem_bytes + item.nbytes > self.memory_limit
+            # (Never while a join holds items back: nobody could make room until the stream
+            # reads the high watermark.)
+            while (self._all_reading() and self._hold_at is None
+                   and self._mem_bytes + item.nbytes > self.memory_limit
                    and self._queue and not stop.is_set()):
                 self._cond.wait(0.2)
                 self.router._keep_alive()
-            if not self._all_reading() and self._mem_bytes + item.nbytes > self.memory_limit:
+            if (not self._all_reading() or self._hold_at is not None) \
+                    and self._mem_bytes + item.nbytes > self.memory_limit:
                 self._spill_item(item)
             else:
                 self._mem_bytes += item.nbytes
@@ -179,6 +186,30 @@ class TableReader:
         offset, length = item.spilled
         data = os.pread(self._spill.fileno(), length, offset)
         return pa.ipc.read_record_batch(pa.py_buffer(data), item.schema)
+
+    def _hold(self) -> None:
+        """From here on, items wait for :meth:`_release_hold` (a joining table's window)."""
+        with self._cond:
+            self._hold_at = self._base + len(self._queue)
+
+    def _release_hold(self, items: Iterator[QueuedItem]) -> None:
+        """Put ``items`` (the joining table's snapshot) before what was held, then let the
+        consumers read on. Items past the memory bound are spilled as they come."""
+        with self._cond:
+            at = max(0, (self._hold_at if self._hold_at is not None else self._base
+                         + len(self._queue)) - self._base)
+            for item in items:
+                if self.closed:
+                    break
+                if self._mem_bytes + item.nbytes > self.memory_limit:
+                    self._spill_item(item)
+                else:
+                    self._mem_bytes += item.nbytes
+                self._queue.insert(at, item)
+                at += 1
+            self._hold_at = None
+            self._cond.notify_all()
+            self._wake()
 
     def _finish(self) -> None:
         with self._cond:
@@ -280,7 +311,7 @@ class TableReader:
         if cursor.held.pop(consumer, None) is not None:
             self._collect()
         index = cursor.pos - self._base
-        if index < len(self._queue):
+        if index < len(self._queue) and (self._hold_at is None or cursor.pos < self._hold_at):
             item = self._queue[index]
             if item.payload is _END:
                 return item

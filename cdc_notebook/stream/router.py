@@ -25,7 +25,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,41 +425,55 @@ class ChangeRouter:
             return  # another stream's (or an earlier run's) watermark
         if kind == "low":
             join.window_open = join.low_seen = True
+            join.low_end = self._txn.end_lsn if self._txn is not None else 0
+            reader = self.readers.get(join.relid)
+            if reader is not None:
+                reader._hold()  # the window's changes wait for the snapshot rows
         elif kind == "high":
             join.window_open = False
-            # Delivered at the watermark's commit, stamped with its end LSN: after every change
-            # of the window, before every later one.
+            # Delivered at the watermark's commit, before the held changes of the window.
             self._joins_at_commit.append(join)
 
     def _deliver_joins(self, end_lsn: int) -> None:
         for join in self._joins_at_commit:
-            # The rows were read before the high watermark was written: they are here.
-            if not join.ready.wait(60) or join.error is not None:
+            # The rows were spooled before the high watermark was written: they are there.
+            # Wait for the joiner to say so without going silent towards the server.
+            deadline = time.monotonic() + 60
+            while not join.ready.wait(0.5) and time.monotonic() < deadline \
+                    and not self._stop.is_set():
+                self._keep_alive(server_asked=True)
+            reader = self.readers.get(join.relid)
+            if not join.ready.is_set() or join.error is not None:
                 join.error = join.error or TimeoutError(
                     f"snapshot of {join.name} not ready at its watermark")
-                reader = self.readers.get(join.relid)
+                join.discard()
                 if reader is not None:  # that reader fails; the others go on
-                    reader._put(QueuedItem(join.error, None), self._stop)
+                    reader._release_hold(iter([QueuedItem(join.error, None)]))
+            elif reader is not None:
+                reader._release_hold(self._snapshot_items(join))
             else:
-                ordinal = 0
-                for batch in join.surviving():
-                    self.put_snapshot(join.relid, stamp_at_watermark(batch, end_lsn, ordinal))
-                    ordinal += batch.num_rows
-            join.batches = []
+                join.discard()
             self.joins.pop(join.id, None)
             join.done.set()
         self._joins_at_commit = []
 
+    def _snapshot_items(self, join: TableJoin) -> Iterator[QueuedItem]:
+        ordinal = 0
+        for batch in join.read_back():
+            stamped = stamp_at_watermark(batch, join.low_end, ordinal)
+            ordinal += batch.num_rows
+            nbytes = stamped.get_total_buffer_size()
+            self.stats.rows += batch.num_rows
+            self.stats.bytes += nbytes
+            yield QueuedItem(stamped, None, nbytes, snapshot=True)
+
     def _route_batch(self, event: ChangeBatch) -> None:
         before_snapshot = False
         for join in list(self.joins.values()):  # the watcher thread adds joins
-            if join.relid == event.relid:
-                if join.window_open:
-                    join.record(event.batch)
-                elif not join.low_seen:
-                    # Committed before the joining table's low watermark: its snapshot (read
-                    # after that) holds this change, delivered at the high watermark.
-                    before_snapshot = True
+            if join.relid == event.relid and not join.low_seen:
+                # Committed before the joining table's low watermark: its snapshot (read
+                # after that) holds this change, delivered at the high watermark.
+                before_snapshot = True
         reader = self.readers.get(event.relid)
         batch = event.batch
         self.stats.rows += batch.num_rows
