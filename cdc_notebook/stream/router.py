@@ -162,7 +162,9 @@ class ChangeRouter:
     def ensure_started(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._source = self._source_factory(0)
+                # The first connection is opened by the stream thread: an initial snapshot
+                # (read before streaming starts) then flows into readers that are already
+                # iterating (backpressure) instead of being spilled before anyone reads.
                 self._thread = threading.Thread(target=self._run, name="cdc-stream", daemon=True)
                 self._thread.start()
                 if self._table_changes is not None:
@@ -209,6 +211,30 @@ class ChangeRouter:
             self._last_status = now
 
     def _run(self) -> None:
+        try:
+            if self._source is None:
+                try:
+                    self._source = self._source_factory(0)
+                except BaseException as exc:  # noqa: BLE001 - the readers raise it
+                    self._fail(exc)
+                    return
+            self._stream()
+        finally:
+            # The stream thread owns the connection: it says goodbye on it, never another
+            # thread while it may still be inside a call on it.
+            self._release_source()
+
+    def _release_source(self) -> None:
+        with self._lock:
+            source, self._source = self._source, None
+        if source is not None:
+            try:
+                source.send_feedback(self.acks.flushed, reply=False)
+            except Exception:  # noqa: BLE001 - the connection is gone: nothing to report
+                pass
+            source.close()
+
+    def _stream(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
@@ -517,13 +543,10 @@ class ChangeRouter:
             self._thread.join(timeout=10)
         if self._watcher is not None:
             self._watcher.join(timeout=10)
-        if self._source is not None:
-            try:
-                self._source.send_feedback(self.acks.flushed, reply=False)
-            except Exception:  # noqa: BLE001
-                pass
-            self._source.close()
-            self._source = None
+        if self._thread is None or not self._thread.is_alive():
+            self._release_source()
+        # else: the stream thread is still inside a call (a full reader's wait ends on _stop,
+        # a network call on its timeout); it releases the connection itself when it returns.
         for reader in list(self.readers.values()):
             reader._finish()
             reader._drop_spill()
