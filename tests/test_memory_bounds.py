@@ -55,3 +55,29 @@ def test_commits_behind_an_unread_reader_stay_within_bounded_bookkeeping(pg, uni
         acks = stream.router.acks
         assert acks.in_flight <= acks.max_tracked  # not one entry per commit
         assert grown / commits < 40, f"{grown / commits:.0f} bytes kept per transaction"
+
+
+def test_spill_space_is_given_back_once_read(pg, unique_name):
+    import os
+
+    schema = unique_name("spillback")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.t (id bigint PRIMARY KEY, pad text)")
+    with CDCStream(pg.conninfo(), f"{schema}.t", temporary=True,
+                   memory_limit=4 << 20) as stream:
+        stream.start()
+        reader = stream[f"{schema}.t"]
+        with pg.connect() as conn:
+            for _ in range(4):
+                conn.execute(f"INSERT INTO {schema}.t SELECT g, repeat('x', 100) FROM "
+                             "generate_series((SELECT coalesce(max(id), 0) + 1 FROM "
+                             f"{schema}.t), (SELECT coalesce(max(id), 0) + 50000 FROM "
+                             f"{schema}.t)) g")
+        deadline = time.monotonic() + 60
+        while reader.spilled_bytes < (8 << 20) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reader.spilled_bytes >= 8 << 20  # nobody read it: on disk
+        assert sum(b.num_rows for b in reader.batches(timeout=60)) == 200_000
+        assert reader.spilled_bytes == 0
+        assert reader._spill is None or os.fstat(reader._spill.fileno()).st_size == 0

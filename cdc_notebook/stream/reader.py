@@ -300,6 +300,10 @@ class TableReader:
                 self._spill_bytes -= item.spilled[1]
             finished.append(item)
         if finished:
+            if self._spill is not None and self._spill_bytes == 0 and self._spill_end:
+                # everything spilled was read: give the disk space back now
+                os.ftruncate(self._spill.fileno(), 0)
+                self._spill_end = 0
             self._cond.notify_all()
             for item in finished:
                 if item.txn is not None:
