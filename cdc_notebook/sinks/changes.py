@@ -510,9 +510,16 @@ def split_partitions(changes: pa.Table, keys: Sequence[str], partitions: int,
     is_d = op == "d"
     log_part = np.where(is_d, before, np.where(is_t, 0, after))
     moved = _key_changed(changes, keys) & (before != after)
-    mirror, log = [], []
+    # One take in partition order, then a slice per partition (not a filter per partition)
+    order = np.argsort(log_part, kind="stable")
+    bounds = np.searchsorted(log_part[order], np.arange(partitions + 1))
+    taken = changes.take(pa.array(order))
+    log = [taken.slice(int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+           for i in range(partitions)]
+    if not is_t.any() and not moved.any() and mirror_changes is None:
+        return log, log
+    mirror = []
     for i in range(partitions):
-        log.append(changes.filter(pa.array(log_part == i)))
         # the old partition's copy of a row whose key moved away: a delete of its old key
         leaving = moved & (before == i)
         sel = (log_part == i) | is_t | leaving

@@ -90,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
                          interval=args.interval)
         if stopped_by:
             sink.stop()
+        placement = getattr(sink.committer, "placement", None)
+        if placement is not None:
+            for i, where in enumerate(placement()):
+                print(f"ray: partition {i} on node {where['node_id'][:12]} ({where['host']}, "
+                      f"pid {where['pid']})", flush=True)
 
         def progress(report: SinkProgress) -> None:
             if not args.quiet:

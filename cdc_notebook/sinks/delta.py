@@ -114,7 +114,8 @@ def split_items(items: Sequence[tuple[TableSpec, pa.Table]], partitions: int,
                                              (mirror_items or {}).get(n))
         for i in range(partitions):
             if mirror[i].num_rows or changelog[i].num_rows:
-                out[i].append((spec, mirror[i], changelog[i]))
+                out[i].append((spec, mirror[i],
+                               None if changelog[i] is mirror[i] else changelog[i]))
     return out
 
 

@@ -111,10 +111,20 @@ class RayCommitter:
         if not ray.is_initialized():
             options = {"include_dashboard": False, "log_to_driver": False,
                        **(init_options or {})}
-            if address == "local":
-                ray.init(**options)
-            else:
-                ray.init(address=address, **options)
+            for attempt in (1, 2):
+                try:
+                    if address == "local":
+                        ray.init(**options)
+                    else:
+                        ray.init(address=address, **options)
+                    break
+                except Exception as exc:  # Ray raises a bare Exception for this
+                    # A loaded machine can make a new local node miss Ray's start-up
+                    # deadlines (its agents start slowly): once more, then give up.
+                    ray.shutdown()
+                    if attempt == 2 or "timed out during startup" not in str(exc):
+                        raise
+                    log.warning("Ray did not start in time (%s); trying again", exc)
             self._started_ray = True
         actor_class: Any = ray.remote(PartitionActor)
         self.actors: list[Any] = [
@@ -150,9 +160,11 @@ class RayCommitter:
             refs: list[Any] = []
             for spec, mirror, changelog in items:
                 specs.append((spec, changelog is not None))
-                refs.append(ray.put(mirror))
+                # One chunk per column: Ray serializes an Arrow table chunk by chunk in Python
+                # (a micro-batch of 1,000-row stream batches is hundreds of chunks per column)
+                refs.append(ray.put(mirror.combine_chunks()))
                 if changelog is not None:
-                    refs.append(ray.put(changelog))
+                    refs.append(ray.put(changelog.combine_chunks()))
             part = _Part(i, specs, refs)
             self._send(part)
             pending.parts.append(part)
