@@ -83,6 +83,15 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 latency_max_ms=max((r.get("latency_max_ms") or 0 for r in ok), default=None),
                 writer_rate=_median([r.get("writer_rate") for r in ok]),
             )
+            mirrors = [r for r in ok if (r.get("extra") or {}).get("mirror_arrow_bytes")]
+            if mirrors:  # the live frames' consumer: its mirror, and the peak RSS beside it
+                row.update(
+                    mirror_rows=_median([r["extra"]["mirror_rows"] for r in mirrors]),
+                    mirror_arrow_mib=_median([r["extra"]["mirror_arrow_bytes"] / 2**20
+                                              for r in mirrors]),
+                    rss_x_mirror=_median([r["rss_peak_mb"] / (r["extra"]["mirror_arrow_bytes"]
+                                                              / 2**20)
+                                          for r in mirrors if r.get("rss_peak_mb")]))
         rows[f"{version}/{workload}/{consumer}"] = row
     _add_ratios(rows)
     wl = {f"{v}/{w}": {"rounds": len(rs), "events": rs[0]["events"],
@@ -163,6 +172,13 @@ GOALS = [
      "kit_pgoutput_tcp", "psycopg2_wal2json_tcp", "events_per_s_median", 1.5, "ratio>="),
     ("6", "kit via pgoutput (TCP) ≥ 10× PyPI pgoutput-decoder (TCP)",
      "kit_pgoutput_tcp", "pgoutput_decoder_pypi_tcp", "events_per_s_median", 10.0, "ratio>="),
+    ("15", "LiveReader into the live mirror ≥ 0.8× the CDCStream drain (wal2arrow, Unix)",
+     "kit_live_wal2arrow_unix", "kit_wal2arrow_unix", "events_per_s_median", 0.8, "ratio>="),
+    ("15", "LiveReader's peak RSS ≤ 2.5× its mirror's own Arrow size (×)",
+     "kit_live_wal2arrow_unix", None, "rss_x_mirror", 2.5, "<="),
+    ("15", "the seed API's async for ... read_batches() ≥ 0.9× the sync drain (wal2arrow, "
+     "Unix)",
+     "kit_async_wal2arrow_unix", "kit_wal2arrow_unix", "events_per_s_median", 0.9, "ratio>="),
 ]
 
 
@@ -286,6 +302,13 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
                         else:
                             cells += ["–", "–"]
                 lines.append("| " + " | ".join(cells) + " |")
+            for r in sel:
+                if r.get("mirror_arrow_mib"):
+                    lines += ["", f"`{r['consumer']}`: its mirror holds "
+                              f"{_f(r['mirror_rows'])} rows, {r['mirror_arrow_mib']:,.1f} MiB as "
+                              f"Arrow (LiveTable.to_arrow(), the batch types); peak RSS "
+                              f"{_f(r.get('rss_peak_mb'), '.0f')} MB = "
+                              f"{_f(r.get('rss_x_mirror'), '.2f')}× that."]
             if any(r.get("capped") for r in sel):
                 lines.append("")
                 lines.append("\\* capped run: the rate is over the events it read.")
@@ -339,11 +362,12 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], goal_rows: list[dict
             lines.append(f"| {version} | {consumer} | {_cell(why, 400)} |")
         lines.append("")
     if goal_rows:
-        lines += ["## Goals of issues 4, 5 and 6", "",
+        lines += ["## Goals of issues 4, 5, 6 and 15", "",
                   "| PG | issue | goal | measured | met |", "|---|---|---|---|---|"]
         for g in goal_rows:
             if "measured" in g:
-                unit = "×" if "≥" in g["goal"] or "CPU" in g["goal"] else " ms"
+                unit = "×" if "≥" in g["goal"] or "CPU" in g["goal"] or "(×)" in g["goal"] \
+                    else " ms"
                 lines.append(f"| {g['version']} | {g['issue']} | {g['goal']} | "
                              f"{g['measured']:.2f}{unit} | {'yes' if g['met'] else 'no'} |")
             else:

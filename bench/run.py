@@ -390,7 +390,7 @@ class Round:
         log(f"  workload: {wl.events:,} row changes, {wl.wal_bytes / 1e6:,.0f} MB of WAL "
             f"in {wl.seconds:.1f} s")
         reference: dict[str, Any] = {}
-        for c in consumers:
+        for c in rotated(consumers, self.number):
             job = self.job(c, "stream", workload, slot=slots[c.name], publication=publication,
                            tables=tables, end_lsn=wl.end_lsn, expected_events=wl.events,
                            reference=dict(reference))
@@ -421,6 +421,20 @@ class Round:
             f"{self.cfg.latency_rate:,.0f} commits/s for {self.cfg.latency_seconds:g} s")
         for i, c in enumerate(consumers):
             self.measure_latency(c, i)
+
+
+def rotated(consumers: list[Consumer], number: int) -> list[Consumer]:
+    """The streaming consumers in a different order each round (pgoutput's in-server decode
+    stays first: its byte count checks the pg_recvlogical outputs of the round). The first
+    consumer after the workload meets a server still busy with it: with a fixed order, the
+    seed API's consumer, always first, measured 0.66× the drain while spending only 12 % more
+    CPU per event. Rotating spreads that over every consumer."""
+    first = [c for c in consumers if c.name == "sql_decode_pgoutput"]
+    rest = [c for c in consumers if c.name != "sql_decode_pgoutput"]
+    if not rest:
+        return first
+    k = (number - 1) % len(rest)
+    return first + rest[k:] + rest[:k]
 
 
 def _pct(sorted_values: list[int], pct: float) -> float:

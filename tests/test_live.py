@@ -612,3 +612,94 @@ def test_a_reconnect_renumbering_schemas_is_not_a_schema_change() -> None:
     wider = schema.append(pa.field("note", pa.string()))
     frames.handle(RelationSchema(1, 2, "public", "t", "d", ("id",), wider))
     assert len(live.schema_changes) == 1 and live.schema_changes[0].added == ("note",)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+
+def test_the_mirror_does_not_keep_the_batches_as_received_alive() -> None:
+    """A fold copies what the mirror keeps: the batch's own buffers (a whole wal2arrow message,
+    before-images and metadata included) are freed once the batch is folded and dropped."""
+    import gc
+
+    tx = Transactions()
+    live = LiveTable("public.t", SCHEMA, ["id"], fold_interval=3600, clock=lambda: 0.0)
+    live.apply(tx.batch([{"op": "c", "id": 0, "v": 0, "doc": "x", "u": None}]))
+    live.refresh()
+    gc.collect()
+    before = pa.total_allocated_bytes()
+    big = "y" * 2000
+    batch = tx.batch([{"op": "c", "id": i, "v": i, "doc": big, "u": uuid.uuid4()}
+                      for i in range(1, 2001)])
+    assert pa.total_allocated_bytes() - before > 4_000_000  # the batch, in pyarrow's pool
+    live.apply(batch)
+    live.refresh()
+    assert live.mirror().height == 2001
+    del batch
+    live._changelog.clear()  # (the changelog keeps the newest batches as they came)
+    gc.collect()
+    assert pa.total_allocated_bytes() - before < 100_000
+
+
+def test_op_letters_reads_the_operation_column_without_compute() -> None:
+    from cdc_notebook.live.tables import op_letters
+
+    ops = pa.array(["c", "u", "d", "r", "t", "u"])
+    assert op_letters(ops) == b"cudrtu"
+    assert op_letters(ops.slice(2, 3)) == b"drt"
+    assert op_letters(ops.slice(6)) == b""
+    assert op_letters(pa.array(["c", "uu"])) is None  # not one letter a row: compute instead
+    assert op_letters(pa.chunked_array([ops])) is None
+
+
+def test_chunks_are_merged_a_few_at_a_time() -> None:
+    """Past the chunk bound, the smallest neighbours merge (no copy of the whole mirror)."""
+    from cdc_notebook.live.tables import compact_chunks
+
+    parts = [pl.DataFrame({"id": list(range(i * 10, i * 10 + i % 4)),
+                           "s": [f"v{x}" for x in range(i * 10, i * 10 + i % 4)]},
+                          schema={"id": pl.Int64, "s": pl.String}) for i in range(90)]
+    frame = pl.concat(parts, rechunk=False)
+    compacted = compact_chunks(frame, 48)
+    assert compacted.equals(frame)
+    lengths = compacted.to_series(0).chunk_lengths()
+    assert len(lengths) <= 48 and 0 not in lengths
+    assert max(lengths) < frame.height / 4  # merged locally, never into one chunk
+
+
+def test_changelog_rows_and_types_survive_schema_changes() -> None:
+    """The changelog keeps batches as they arrived and converts them when read: a schema
+    change in the middle still reads as one frame, types converted (UUIDs as text)."""
+    tx = Transactions()
+    live = LiveTable("public.t", SCHEMA, ["id"])
+    u = uuid.uuid4()
+    live.apply(tx.batch([{"op": "c", "id": 1, "v": 1, "doc": "a", "u": u}]))
+    wider = contract_schema([*TABLE_FIELDS, pa.field("extra", pa.int32())])
+    tx2 = Transactions(wider, start_lsn=tx.lsn)
+    live.apply(tx2.batch([{"op": "c", "id": 2, "v": 2, "doc": "b", "u": None, "extra": 7}]))
+    log = live.changelog()
+    assert log.get_column("id").to_list() == [1, 2]
+    assert log.get_column("u").to_list() == [str(u), None]
+    assert log.get_column("extra").to_list() == [None, 7]
+
+
+def test_live_reader_bounds_the_queues_it_reads() -> None:
+    from cdc_notebook.live.tables import LiveReader
+
+    class Reader:
+        memory_limit = 256 << 20
+        key_columns = ("id",)
+        schema = None
+
+    class Stream:
+        def __init__(self) -> None:
+            self.readers = {"public.t": Reader()}
+
+        def close(self) -> None:
+            pass
+
+    stream = Stream()
+    reader = LiveReader(stream, queue_bytes=8 << 20)
+    reader._bound_queue(stream.readers["public.t"])
+    assert stream.readers["public.t"].memory_limit == 8 << 20
+    reader.stop()

@@ -42,6 +42,13 @@ _INTERVAL_DTYPE = np.dtype([("months", "<i4"), ("days", "<i4"), ("nanoseconds", 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 # Positions of the 32 hex digits inside the 36-character canonical text.
 _UUID_DIGIT_POS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
+# Each byte's two lowercase hex digits as one little-endian uint16 (first digit first), and
+# where the 8-4-4-4-12 groups of the 32 digits go in the text.
+_HEX_PAIRS = np.array([_HEX[b >> 4] | (np.uint16(_HEX[b & 0x0F]) << 8) for b in range(256)],
+                      dtype="<u2")
+_UUID_GROUPS = ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))
+_UUID_GROUP_AT = (0, 9, 14, 19, 24)
+_UUID_DASHES = np.array([8, 13, 18, 23])
 _HEX_VALUE = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX_VALUE[_c] = _i
@@ -109,7 +116,8 @@ def frame_type(t: pa.DataType) -> pa.DataType:
 def polars_dtype(t: pa.DataType) -> pl.DataType:
     """The Polars dtype a column of Arrow type ``t`` has in a live frame."""
     converted = frame_type(t)
-    empty = pa.table({"x": pa.array([], converted)})
+    # (no pa.array([]): pyarrow's array() imports pandas the first time, a second or so)
+    empty = pa.Table.from_batches([], schema=pa.schema([pa.field("x", converted)]))
     return pl.from_arrow(empty).schema["x"]  # type: ignore[union-attr]
 
 
@@ -132,15 +140,15 @@ def _uuid_to_text(arr: pa.Array) -> pa.Array:
     n = len(storage)
     raw = np.frombuffer(storage.buffers()[1], dtype=np.uint8,
                         count=(storage.offset + n) * 16)[storage.offset * 16:].reshape(n, 16)
-    text = np.full((n, 36), ord("-"), dtype=np.uint8)
-    digits = np.empty((n, 32), dtype=np.uint8)
-    digits[:, 0::2] = _HEX[raw >> 4]
-    digits[:, 1::2] = _HEX[raw & 0x0F]
-    text[:, _UUID_DIGIT_POS] = digits
+    digits = _HEX_PAIRS[raw].view(np.uint8)  # (n, 32): two hex digits per byte
+    text = np.empty((n, 36), dtype=np.uint8)
+    for (start, stop), at in zip(_UUID_GROUPS, _UUID_GROUP_AT, strict=True):
+        text[:, at:at + stop - start] = digits[:, start:stop]
+    text[:, _UUID_DASHES] = ord("-")
     offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
     return pa.Array.from_buffers(pa.string(), n,
                                  [_validity_buffer(storage), pa.py_buffer(offsets),
-                                  pa.py_buffer(text.tobytes())],
+                                  pa.py_buffer(text)],
                                  null_count=storage.null_count)
 
 

@@ -96,6 +96,7 @@ CHECKPOINT_KEY = b"cdc_notebook.checkpoint"
 _SEQ, _PTR, _UP = "__cdc_seq__", "__cdc_ptr__", "__cdc_up__"
 _VAL, _NEED, _FOUND = "__cdc_val__", "__cdc_need__", "__cdc_found__"
 _MAX_MIRROR_CHUNKS = 64
+_FOLD_ROWS = 50_000
 
 PartitionFunction = Callable[[pa.Table, Sequence[str], int],
                              np.ndarray | pa.Array | pl.Series | Sequence[int]]
@@ -164,12 +165,31 @@ class LiveStats:
 class _Pending:
     kind: str  # "batch", "truncate" or "schema"
     committed: bool
-    frame: pl.DataFrame | None = None
+    # a batch's rows as they arrived (Arrow: converted to Polars once per fold, not per batch)
+    batch: pa.RecordBatch | None = None
     lsn: int = 0
+    position: tuple[int, int] = (0, 0)  # a batch's newest (end_lsn, ordinal)
     schema: pa.Schema | None = None
     schema_version: int = 0
     key_columns: tuple[str, ...] | None = None
     column_ids: tuple[int, ...] = ()
+
+
+def op_letters(op: pa.Array | pa.ChunkedArray) -> bytes | None:
+    """``_cdc_op`` as one byte per row, read from the array's buffers (no Arrow scalar: the
+    first ``pc.equal(op, 'r')`` of a process imports pandas, a second or so); None when
+    that does not apply (a chunked or unusual column: use Arrow compute)."""
+    if not isinstance(op, pa.Array) or op.null_count or not pa.types.is_string(op.type):
+        return None
+    n = len(op)
+    buffers = op.buffers()
+    if n == 0 or buffers[2] is None:
+        return b""
+    offsets = np.frombuffer(buffers[1], dtype=np.int32, count=op.offset + n + 1)[op.offset:]
+    first = int(offsets[0])
+    if int(offsets[-1]) - first != n or not (np.diff(offsets) == 1).all():
+        return None
+    return memoryview(buffers[2])[first:first + n].tobytes()
 
 
 def table_columns(schema: pa.Schema) -> list[str]:
@@ -182,7 +202,9 @@ def table_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def empty_frame(schema: pa.Schema) -> pl.DataFrame:
-    return arrow_to_polars(table_schema(schema).empty_table())
+    # an empty table without pa.array([]) (schema.empty_table()): pyarrow's array() imports
+    # pandas the first time, which takes a second or so of a reader's start
+    return arrow_to_polars(pa.Table.from_batches([], schema=table_schema(schema)))
 
 
 # --------------------------------------------------------------------------- the fold
@@ -201,6 +223,43 @@ def _has_key_in(frame: pl.DataFrame, keyset: pl.DataFrame, keys: list[str]) -> p
     else:
         probe = pl.struct(keys).is_in(keyset.select(pl.struct(keys)).to_series().implode())
     return frame.select(probe.fill_null(False)).to_series()
+
+
+def _chunks(frame: pl.DataFrame) -> list[pl.DataFrame]:
+    """``frame``'s chunks as frames (zero-copy slices), empty ones left out."""
+    parts: list[pl.DataFrame] = []
+    offset = 0
+    for length in frame.to_series(0).chunk_lengths():
+        if length:
+            parts.append(frame.slice(offset, length))
+        offset += length
+    return parts
+
+
+def _without_keys(mirror: pl.DataFrame, keyset: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """The mirror without its rows whose key is one of ``keyset``'s.
+
+    For a one-column numeric or temporal key, a chunk whose key range misses ``keyset``'s is
+    kept as it is, unprobed (changes often touch recent keys: the probe then reads a few
+    chunks, not the whole mirror); when most chunks overlap, one probe of the mirror."""
+    dtype = mirror.schema[keys[0]] if len(keys) == 1 else None
+    if dtype is None or not (dtype.is_numeric() or dtype.is_temporal()) \
+            or mirror.n_chunks() < 4:
+        return mirror.filter(~_has_key_in(mirror, keyset, keys))
+    wanted = keyset.get_column(keys[0]).cast(dtype)
+    if wanted.null_count() or not len(wanted):
+        return mirror.filter(~_has_key_in(mirror, keyset, keys)) if len(wanted) else mirror
+    low, high = wanted.min(), wanted.max()
+    parts = _chunks(mirror)
+    ranges = [(p.get_column(keys[0]).min(), p.get_column(keys[0]).max()) for p in parts]
+    touched = [lo is not None and not (hi < low or lo > high)  # type: ignore[operator]
+               for lo, hi in ranges]
+    if 2 * sum(touched) > len(parts):
+        return mirror.filter(~_has_key_in(mirror, keyset, keys))
+    probe = keyset.select(keys)
+    kept = [p.filter(~_has_key_in(p, probe, keys)) if t else p
+            for p, t in zip(parts, touched, strict=True)]
+    return pl.concat(kept, how="vertical", rechunk=False) if kept else mirror.clear()
 
 
 def _resolve_unchanged_toast(mirror: pl.DataFrame, ups: pl.DataFrame, keys: list[str],
@@ -272,6 +331,61 @@ def _toast_from_before_image(ups: pl.DataFrame, columns: list[str]) -> pl.DataFr
     return ups
 
 
+def fold_input(batches: Sequence[pa.RecordBatch], keys: Sequence[str],
+               columns: Sequence[str]) -> pl.DataFrame:
+    """The change rows a fold reads, as one Polars frame converted at once: the table's
+    ``columns``, ``_cdc_op``, ``_cdc_unchanged_toast`` and of ``_cdc_before`` only what the
+    fold looks at (the key; the unchanged TOAST columns when some row names one). The other
+    metadata columns stay behind (the changelog has them): converting them, a before-image's
+    UUIDs and all, cost as much as the fold."""
+    schemas = {id(b.schema): b.schema for b in batches}
+    first = batches[0]
+    if len(schemas) > 1 and not all(s.equals(first.schema) for s in schemas.values()):
+        # batches of one schema version that differ only in metadata: convert each
+        return pl.concat([fold_input([b], keys, columns) for b in batches],
+                         how="diagonal_relaxed")
+    table = pa.Table.from_batches(batches, schema=first.schema)
+    # Copied (and combined) here, what may reach the mirror: Polars takes fixed-width columns
+    # (and string bytes) zero-copy, and a mirror chunk that pointed into the batches as
+    # received kept every whole message alive (all its columns, before-images, metadata):
+    # 3.5× the mirror's size on the standard workload, for as long as one of its rows stayed
+    # in the mirror. The copies come from the system allocator: pyarrow's default pool
+    # (mimalloc) kept the freed copies of earlier folds resident, tens of MB at the peak.
+    pool = pa.system_memory_pool()
+
+    def copied(column: pa.ChunkedArray) -> pa.ChunkedArray:
+        if not column.num_chunks:
+            return column
+        return pa.chunked_array([pa.concat_arrays(column.chunks, memory_pool=pool)],
+                                type=column.type)
+
+    names = [c for c in columns if c in table.column_names]
+    arrays: list[pa.ChunkedArray] = [copied(table.column(c)) for c in names]
+    fields = [table.schema.field(c) for c in names]
+    for extra in (OP, TOAST):  # read by the fold only (combined: one chunk like the rest)
+        if extra in table.column_names:
+            arrays.append(copied(table.column(extra)))
+            fields.append(table.schema.field(extra))
+    if BEFORE in table.column_names:
+        before = table.column(BEFORE)
+        wanted = set(keys)
+        if TOAST in table.column_names:
+            lengths = pc.list_value_length(table.column(TOAST))
+            if pc.max(lengths).as_py():
+                wanted |= set(pc.unique(pc.list_flatten(table.column(TOAST))).to_pylist())
+        btype = before.type
+        keep = [i for i in range(btype.num_fields) if btype.field(i).name in wanted]
+        if keep and len(keep) < btype.num_fields:
+            sub = pa.struct([btype.field(i) for i in keep])
+            chunks = [pa.StructArray.from_arrays(  # field(i): the chunk's offset applied
+                [chunk.field(i) for i in keep], fields=list(sub),
+                mask=chunk.is_null() if chunk.null_count else None) for chunk in before.chunks]
+            before = pa.chunked_array(chunks, type=sub)
+        arrays.append(copied(before))  # an unchanged TOAST value may come from it
+        fields.append(pa.field(BEFORE, before.type))
+    return arrow_to_polars(pa.Table.from_arrays(arrays, schema=pa.schema(fields)))
+
+
 def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
                  keys: Sequence[str]) -> tuple[pl.DataFrame, int]:
     """Apply change rows (in stream order) to a mirror keyed by ``keys``.
@@ -301,21 +415,45 @@ def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
     if len(toast_names):
         ups, unresolved = _resolve_unchanged_toast(
             mirror, ups, keys, [c for c in toast_names.to_list() if c in columns])
-    events = pl.concat([ups.select([*keys, _SEQ]).with_columns(pl.lit(True).alias(_UP)),
-                        removals.with_columns(pl.lit(False).alias(_UP))], how="vertical_relaxed")
-    last = events.sort(_SEQ).unique(subset=keys, keep="last")
-    winners = ups.join(last.filter(pl.col(_UP)).select(_SEQ), on=_SEQ, how="semi") \
-        .sort(_SEQ).select(columns)
+    # The events on keys in stream order (both sides are in _SEQ order: merged, not sorted);
+    # the last event of each key wins, and the winning upserts are picked out of ``ups`` by a
+    # mask over _SEQ (a filter keeps their order, and shares the buffers where all rows win).
+    up_events = ups.select([*keys, _SEQ]).with_columns(pl.lit(True).alias(_UP))
+    down_events = removals.with_columns(pl.lit(False).alias(_UP)).cast(up_events.schema)
+    events = up_events.merge_sorted(down_events, key=_SEQ) if down_events.height \
+        else up_events
+    last = (pl.col(keys[0]) if len(keys) == 1 else pl.struct(keys)).is_last_distinct()
+    won = events.filter(last & pl.col(_UP)).get_column(_SEQ).to_numpy()
+    winning = np.zeros(changes.height, dtype=bool)
+    winning[won] = True
+    winners = ups.filter(pl.Series(winning[ups.get_column(_SEQ).to_numpy()])).select(columns)
     # The mirror loses its touched rows by a filter on a probe of its key columns (a join
     # would gather every column of every row) and gains the winners as one more chunk: an
-    # untouched chunk is neither copied nor moved. The chunks are merged once there are more
-    # than _MAX_MIRROR_CHUNKS (one copy of the mirror every so many folds).
-    kept = mirror.filter(~_has_key_in(mirror, events, keys))
+    # untouched chunk is neither copied nor moved. Past _MAX_MIRROR_CHUNKS chunks, the
+    # smallest neighbours are merged (never the whole mirror at once: that copy doubled the
+    # process's peak memory).
+    kept = _without_keys(mirror, events, keys)
     folded = pl.concat([kept, winners.cast(mirror.schema)], how="vertical",
                        rechunk=False)
     if folded.n_chunks() > _MAX_MIRROR_CHUNKS:
-        folded = folded.rechunk()
+        folded = compact_chunks(folded, _MAX_MIRROR_CHUNKS * 3 // 4)
     return folded, unresolved
+
+
+def compact_chunks(frame: pl.DataFrame, target: int) -> pl.DataFrame:
+    """``frame`` in at most ``target`` chunks: empty chunks dropped, then the adjacent pair
+    with the fewest rows merged, again and again. Only the merged chunks are copied."""
+    if not frame.width:
+        return frame
+    parts = _chunks(frame)
+    if not parts:
+        return frame.clear()
+    sizes = [p.height for p in parts]
+    while len(parts) > target:
+        i = min(range(len(parts) - 1), key=lambda j: sizes[j] + sizes[j + 1])
+        parts[i:i + 2] = [pl.concat(parts[i:i + 2], how="vertical", rechunk=True)]
+        sizes[i:i + 2] = [sizes[i] + sizes[i + 1]]
+    return pl.concat(parts, how="vertical", rechunk=False)
 
 
 # --------------------------------------------------------------------------- one table
@@ -353,7 +491,7 @@ class LiveTable:
         self._fold_keys = self.key_columns  # the key the mirror is folded by
         self._pending: list[_Pending] = []
         self._pending_rows = 0
-        self._changelog: deque[pl.DataFrame] = deque()
+        self._changelog: deque[pa.RecordBatch] = deque()  # as they arrived; Polars on read
         self._changelog_len = 0
         self._version = 0
         self._last_fold = clock()
@@ -406,47 +544,49 @@ class LiveTable:
         """
         if batch.num_rows == 0:
             return 0
-        if pc.any(pc.equal(batch.column(OP), TRUNCATE_OP)).as_py():
+        whole = op_letters(batch.column(OP))
+        if (TRUNCATE_OP.encode() in whole) if whole is not None else \
+                pc.any(pc.equal(batch.column(OP), TRUNCATE_OP)).as_py():
             return self._apply_with_truncates(batch, committed)
-        fresh_parts: list[pa.RecordBatch] = []
         if batch.column(END_LSN).null_count:
             raise ValueError(f"{self.name}: a batch without _cdc_end_lsn cannot be applied "
                              "(hold a streamed transaction's rows until it commits)")
+        # Per batch only what is cheap in Arrow: the redelivery check, the high-water mark,
+        # the changelog's bookkeeping. The rows stay Arrow until the fold converts a whole run
+        # to Polars at once (a conversion per batch cost more than the fold itself).
         with self._lock:
             self.stats.rows_received += batch.num_rows
             self.stats.bytes_received += batch.get_total_buffer_size()
+            fresh_rows = 0
             for part in (batch.to_batches() if isinstance(batch, pa.Table) else [batch]):
-                kept, _ = drop_redelivered(part, self._accepted, snapshot_rows=True)
-                if kept.num_rows:
-                    fresh_parts.append(kept)
-            fresh_rows = sum(p.num_rows for p in fresh_parts)
+                kept, position = drop_redelivered(part, self._accepted, snapshot_rows=True)
+                if kept.num_rows == 0:
+                    continue
+                # Only fresh rows change the schema: a redelivered batch of an older schema
+                # must not take the mirror back to it (tests/test_schema_versions.py, the
+                # TRUNCATE marker test's redelivery).
+                if not batch.schema.equals(self.arrow_schema):
+                    self.change_schema(batch.schema, schema_version=self.schema_version + 1)
+                fresh_rows += kept.num_rows
+                self._accepted = position
+                letters = whole if kept is batch else op_letters(kept.column(OP))
+                if letters is None or letters.strip(b"r"):  # snapshot chunks are all 'r'
+                    changes = kept if letters is not None and b"r" not in letters \
+                        else kept.filter(pc.not_equal(kept.column(OP), "r"))
+                    self._change_lsn = max(self._change_lsn,
+                                           int(pc.max(changes.column(LSN)).as_py()))
+                    self._append_changelog(changes)
+                self._pending.append(_Pending("batch", committed, batch=kept,
+                                              lsn=position[0], position=position))
+                self._pending_rows += kept.num_rows
+                if committed:
+                    self._horizon = max(self._horizon, position[0])
             self.stats.rows_skipped += batch.num_rows - fresh_rows
             if fresh_rows == 0:
-                return 0  # a redelivery: its (older) schema changes nothing either
-            if not batch.schema.equals(self.arrow_schema):
-                self.change_schema(batch.schema, schema_version=self.schema_version + 1)
-            fresh = arrow_to_polars(pa.Table.from_batches(fresh_parts) if len(fresh_parts) > 1
-                                    else fresh_parts[0])
-            newest = pl.col(END_LSN).max()
-            summary = fresh.select(
-                newest.alias("end"),
-                pl.col(ORDINAL).filter(pl.col(END_LSN) == newest).max().alias("ordinal"),
-                (pl.col(OP) == "r").sum().alias("snapshot"),
-                pl.col(LSN).filter(pl.col(OP) != "r").max().alias("change_lsn"),
-            ).row(0, named=True)
-            self._accepted = max(self._accepted, (int(summary["end"]), int(summary["ordinal"])))
-            if summary["snapshot"] < fresh.height:
-                changes = fresh if summary["snapshot"] == 0 else fresh.filter(pl.col(OP) != "r")
-                self._change_lsn = max(self._change_lsn, int(summary["change_lsn"]))
-                self._append_changelog(changes)
-            last_end = int(summary["end"])
-            self._pending.append(_Pending("batch", committed, frame=fresh, lsn=last_end))
-            self._pending_rows += fresh.height
+                return 0
             self._touch()
-            if committed:
-                self._horizon = max(self._horizon, last_end)
             self._maybe_fold()
-            return fresh.height
+            return fresh_rows
 
     def _apply_with_truncates(self, batch: pa.RecordBatch | pa.Table, committed: bool) -> int:
         """A batch with TRUNCATE marker rows (``_cdc_op = 't'``, what ``reader.batches()``
@@ -493,8 +633,8 @@ class LiveTable:
     def abort(self) -> int:
         """Drop queued rows of a transaction that will not commit; returns how many."""
         with self._lock:
-            dropped = sum(p.frame.height for p in self._pending
-                          if not p.committed and p.frame is not None)
+            dropped = sum(int(p.batch.num_rows) for p in self._pending
+                          if not p.committed and p.batch is not None)
             self._pending = [p for p in self._pending if p.committed]
             self._pending_rows -= dropped
             return dropped
@@ -616,10 +756,27 @@ class LiveTable:
     def changelog(self, rows: int | None = None) -> pl.DataFrame:
         """The most recent change rows (at most ``changelog_rows``), oldest first."""
         with self._lock:
-            if not self._changelog:
-                return arrow_to_polars(self.arrow_schema.empty_table())
-            frame = pl.concat(list(self._changelog), how="diagonal_relaxed")
-        limit = self.changelog_rows if rows is None else min(rows, self.changelog_rows)
+            limit = self.changelog_rows if rows is None else min(rows, self.changelog_rows)
+            if not self._changelog or limit <= 0:
+                return arrow_to_polars(pa.Table.from_batches([], schema=self.arrow_schema))
+            # the newest batches holding ``limit`` rows, converted now (runs of one schema
+            # at a time: a schema change starts a new run)
+            wanted: list[pa.RecordBatch] = []
+            count = 0
+            for part in reversed(self._changelog):
+                wanted.append(part)
+                count += part.num_rows
+                if count >= limit:
+                    break
+        wanted.reverse()
+        runs: list[list[pa.RecordBatch]] = []
+        for part in wanted:
+            if runs and runs[-1][0].schema.equals(part.schema, check_metadata=True):
+                runs[-1].append(part)
+            else:
+                runs.append([part])
+        frames = [arrow_to_polars(pa.Table.from_batches(run)) for run in runs]
+        frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         return frame.tail(limit)
 
     def partitions(self, count: int, partition_of: PartitionFunction | None = None
@@ -708,12 +865,14 @@ class LiveTable:
     def _consistent_lsn(self) -> int:
         return max(self._folded[0], self._horizon)
 
-    def _append_changelog(self, changes: pl.DataFrame) -> None:
-        self._changelog.append(changes.tail(self.changelog_rows))
-        self._changelog_len += min(changes.height, self.changelog_rows)
-        while self._changelog and self._changelog_len - self._changelog[0].height \
+    def _append_changelog(self, changes: pa.RecordBatch) -> None:
+        if changes.num_rows > self.changelog_rows:
+            changes = changes.slice(changes.num_rows - self.changelog_rows)
+        self._changelog.append(changes)
+        self._changelog_len += changes.num_rows
+        while self._changelog and self._changelog_len - self._changelog[0].num_rows \
                 >= self.changelog_rows:
-            self._changelog_len -= self._changelog.popleft().height
+            self._changelog_len -= self._changelog.popleft().num_rows
 
     def _maybe_fold(self) -> None:
         if self._pending_rows >= self.max_pending_rows or \
@@ -725,7 +884,8 @@ class LiveTable:
         if not self._fold_keys:
             # No mirror to keep; committed batches are only in the changelog.
             self._pending = [p for p in self._pending if not p.committed]
-            self._pending_rows = sum(p.frame.height for p in self._pending if p.frame is not None)
+            self._pending_rows = sum(p.batch.num_rows for p in self._pending
+                                     if p.batch is not None)
             return
         ready = 0
         while ready < len(self._pending) and self._pending[ready].committed:
@@ -734,13 +894,13 @@ class LiveTable:
             return
         started = time.perf_counter()
         items, self._pending = self._pending[:ready], self._pending[ready:]
-        run: list[pl.DataFrame] = []
+        run: list[_Pending] = []
         for item in items:
             if item.kind == "batch":
-                if item.frame is None:
+                if item.batch is None:
                     raise RuntimeError(f"internal error: a pending batch of {self.name} "
                                        "without its rows")
-                run.append(item.frame)
+                run.append(item)
                 continue
             self._fold_run(run)
             run = []
@@ -753,18 +913,29 @@ class LiveTable:
         self.stats.folds += 1
         self.stats.last_fold_seconds = time.perf_counter() - started
 
-    def _fold_run(self, run: list[pl.DataFrame]) -> None:
+    def _fold_run(self, run: list[_Pending]) -> None:
+        # A long run folds in parts of about _FOLD_ROWS rows: a fold's working set (its rows
+        # converted, joined, sorted) is what the process's peak memory adds to the mirror.
+        part: list[_Pending] = []
+        rows = 0
+        for item in run:
+            part.append(item)
+            rows += item.batch.num_rows if item.batch is not None else 0
+            if rows >= _FOLD_ROWS:
+                self._fold_part(part)
+                part, rows = [], 0
+        self._fold_part(part)
+
+    def _fold_part(self, run: list[_Pending]) -> None:
         if not run:
             return
-        changes = run[0] if len(run) == 1 else pl.concat(run, how="vertical")
+        batches = [item.batch for item in run if item.batch is not None]
+        changes = fold_input(batches, self._fold_keys, self._mirror.columns)
         self._mirror, unresolved = fold_changes(self._mirror, changes, self._fold_keys)
         self.stats.unresolved_toast += unresolved
         self.stats.rows_folded += changes.height
         self._pending_rows -= changes.height
-        last_end = changes.get_column(END_LSN).max()
-        last_ordinal = changes.filter(pl.col(END_LSN) == last_end).get_column(ORDINAL).max()
-        assert isinstance(last_end, int) and isinstance(last_ordinal, int)  # UInt64 columns
-        self._folded = max(self._folded, (last_end, last_ordinal))
+        self._folded = max(self._folded, *(item.position for item in run))
 
     def _alter_mirror(self, item: _Pending) -> None:
         if item.schema is None:
@@ -1075,7 +1246,7 @@ class LiveReader:
                  close_stream: bool = True, poll: float = 0.2,
                  sync_interval: float = 0.1,
                  checkpoint: str | os.PathLike[str] | None = None,
-                 checkpoint_interval: float = 10.0) -> None:
+                 checkpoint_interval: float = 10.0, queue_bytes: int = 32 << 20) -> None:
         import atexit
 
         self.stream = stream
@@ -1092,6 +1263,16 @@ class LiveReader:
             stream.acknowledge_durable_only()
         self.close_stream = close_stream
         self.poll = poll
+        # What a table's reader may hold in memory for this reader's thread (its
+        # ``memory_limit`` is lowered to it): the thread applies as fast as it can, so a
+        # deeper queue only adds memory (the stream waits instead; paused, the reader spills
+        # to disk as for any reader nobody reads).
+        self.queue_bytes = queue_bytes
+        # Right after changes stopped arriving (or while catch_up waits), an idle thread looks
+        # again sooner: the frames then reach the stream's position within ~20 ms of the
+        # last batch instead of a whole ``poll`` later.
+        self._quick_poll = min(poll, 0.02)
+        self._catching_up = 0
         self.sync_interval = sync_interval
         self.state = "created"  # created, running, paused, stopped, failed
         self.error: BaseException | None = None
@@ -1122,6 +1303,7 @@ class LiveReader:
             key = tuple(getattr(reader, "key_columns", ()))
             if name not in self.frames.tables and getattr(reader, "schema", None) is not None:
                 self.frames.table(name, reader.schema, key)
+            self._bound_queue(reader)
             thread = threading.Thread(target=self._consume, args=(name, reader, key),
                                       name=f"cdc-live-{name}", daemon=True)
             self._threads.append(thread)
@@ -1176,11 +1358,17 @@ class LiveReader:
                 if id(reader) in self._adopted or self._stop.is_set():
                     continue
                 self._adopted.add(id(reader))
+                self._bound_queue(reader)
                 key = tuple(getattr(reader, "key_columns", ()))
                 thread = threading.Thread(target=self._consume, args=(name, reader, key),
                                           name=f"cdc-live-{name}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
+
+    def _bound_queue(self, reader: Any) -> None:
+        limit = getattr(reader, "memory_limit", None)
+        if isinstance(limit, int) and self.queue_bytes and limit > self.queue_bytes:
+            reader.memory_limit = self.queue_bytes
 
     def pause(self, timeout: float = 10.0) -> None:
         """Stop applying changes; returns once every thread has finished the event it was
@@ -1237,6 +1425,13 @@ class LiveReader:
         target = int(self.stream.current_wal_lsn())
         router = getattr(self.stream, "router", None)
         deadline = time.monotonic() + timeout
+        self._catching_up += 1
+        try:
+            return self._catch_up(target, router, deadline, timeout)
+        finally:
+            self._catching_up -= 1
+
+    def _catch_up(self, target: int, router: Any, deadline: float, timeout: float) -> int:
         while True:
             if self.error is not None:
                 raise self.error
@@ -1245,9 +1440,12 @@ class LiveReader:
                 behind = []
                 for name in names:
                     live = self.frames.tables.get(name)
-                    if self._synced.get(name, 0) < target or (
-                            live is not None and live._pending_rows):
+                    if self._synced.get(name, 0) < target:
                         behind.append(name)
+                    elif live is not None and live._pending_rows:
+                        live.refresh()  # all there: fold now rather than at the cadence
+                        if live._pending_rows:
+                            behind.append(name)
             if not behind:
                 return target
             if self.state != "running":
@@ -1262,7 +1460,7 @@ class LiveReader:
 
     def _consume(self, name: str, reader: Any, key: tuple[str, ...]) -> None:
         frames = self.frames
-        last_sync = 0.0
+        last_sync = last_event = 0.0
         me = threading.current_thread().name
         try:
             while not self._stop.is_set():
@@ -1275,15 +1473,18 @@ class LiveReader:
                         self._parked.discard(me)
                 if self._stop.is_set():
                     return
+                busy = self._catching_up or time.monotonic() - last_event < 1.0
                 try:
-                    for event in reader.events(follow=True, timeout=self.poll):
+                    for event in reader.events(follow=True,
+                                               timeout=self._quick_poll if busy else self.poll):
+                        last_event = time.monotonic()
                         if isinstance(event, TableRenamed):  # the frames follow the table
                             self.frames.rename(name, event.new)
                             self._synced[event.new] = self._synced.pop(name, 0)
                             name = event.new
                         self._apply(name, key, event)
-                        if self._stop.is_set() or not self._run.is_set():
-                            break
+                        if self._stop.is_set() or not self._run.is_set() or not busy:
+                            break  # (not busy: look again with the short timeout)
                         now = time.monotonic()
                         if now - last_sync >= self.sync_interval:
                             self._sync(name, reader)
