@@ -111,11 +111,18 @@ def test_split_sends_deletes_and_old_keys_by_their_before_image():
     for i in moved_across:
         old = mirror[key_part[i]].to_pylist()
         assert any(r["_cdc_op"] == "d" and r["_cdc_before"]["id"] == i for r in old)
-    # HashPartitioner's split hashes the after-image: every delete in the NULL hash's partition
+    # a delete's after-image key is null: hashing it would put every delete in one partition
     after, before = partition_rows(changes, ["id"], n)
     deletes = np.asarray(changes.column("_cdc_op").to_pylist()) == "d"
     assert len(set(after[deletes].tolist())) == 1
     assert len(set(before[deletes].tolist())) > 1
+    # the same partitions as the readers' (HashPartitioner.split on a change batch)
+    from cdc_notebook import HashPartitioner
+
+    theirs = HashPartitioner(["id"], n).split(changes.to_batches(max_chunksize=10**6)[0])
+    for mine, other in zip(mirror, theirs, strict=True):
+        assert mine.column("_cdc_ordinal").to_pylist() == other.column("_cdc_ordinal").to_pylist()
+        assert mine.column("_cdc_op").to_pylist() == other.column("_cdc_op").to_pylist()
 
 
 def test_after_position_keeps_later_rows_and_snapshot_rows():

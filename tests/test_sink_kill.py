@@ -101,3 +101,35 @@ def test_sigkill_mid_stream_then_restart_is_exactly_once(pg, unique_name, tmp_pa
     finally:
         writer.stop.set()
         drop_slot(pg, slot)
+
+
+def test_sigterm_stops_after_the_commit_in_progress(pg, unique_name, tmp_path):
+    schema = unique_name("sinkterm")
+    slot = f"cdcnb_{schema}"[:63]
+    create_simple_tables(pg, schema)
+    directory = tmp_path / "lake"
+    CDCStream(pg.conninfo(), f"{schema}.*", slot_name=slot).close()
+    with pg.connect() as conn:
+        conn.execute(f"INSERT INTO {schema}.a SELECT g, 'v' FROM generate_series(1, 5000) g")
+    proc = subprocess.Popen(_command(pg, schema, slot, "wal2arrow", directory),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    output = []
+    try:
+        assert proc.stdout is not None
+        while True:
+            line = proc.stdout.readline()
+            output.append(line)
+            assert line, "".join(output)
+            if (match := COMMITS.search(line)) and int(match.group(1)) > 0:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        output.append(rest)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        drop_slot(pg, slot)
+    assert proc.returncode == 0, "".join(output)
+    assert "stopped (SIGTERM)" in "".join(output)
+    assert_mirror_equals_select(pg, directory, f"{schema}.a")

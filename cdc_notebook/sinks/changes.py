@@ -430,9 +430,9 @@ def partition_rows(changes: pa.Table, keys: Sequence[str], partitions: int
     """Each row's partition by its after-image key and by its before-image key.
 
     A delete's after-image is null: it belongs where its old key lives (the before-image), as
-    does the old key of an update that moved it. ``HashPartitioner.split`` hashes the after
-    image only, which sends every delete to the partition of the NULL hash; this does not.
-    Rows without a before-image get their after-image partition in both.
+    does the old key of an update that moved it (hashing the after-image would send every
+    delete to the partition of the NULL hash). Rows without a before-image get their
+    after-image partition in both. The same hash as ``HashPartitioner``'s.
     """
     batch = pa.table({k: changes.column(k) for k in keys})
     after = partition_of(batch, keys, partitions) if changes.num_rows else np.zeros(0, np.int64)

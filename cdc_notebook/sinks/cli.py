@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", default=None, choices=("wal2arrow", "pgoutput"),
                         help="output plugin (default: wal2arrow where the server allows it)")
     parser.add_argument("--publication", default=None, help="publication name (default: the kit's)")
-    parser.add_argument("--max-rows", type=int, default=500_000,
-                        help="rows per micro-batch at most (default 500,000)")
+    parser.add_argument("--max-rows", type=int, default=250_000,
+                        help="rows per micro-batch at most (default 250,000)")
     parser.add_argument("--interval", type=float, default=2.0,
                         help="seconds a change waits for its micro-batch at most (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

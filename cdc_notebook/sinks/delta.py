@@ -242,7 +242,7 @@ class DeltaSink:
     """
 
     def __init__(self, stream: Any, target: str | os.PathLike[str], *, changelog: bool = False,
-                 partitions: int = 1, ray: str | None = None, max_rows: int = 500_000,
+                 partitions: int = 1, ray: str | None = None, max_rows: int = 250_000,
                  max_bytes: int = 256 << 20, interval: float = 2.0, max_in_flight: int = 2,
                  on_changes: ChangeHook | None = None,
                  storage_options: dict[str, str] | None = None,
