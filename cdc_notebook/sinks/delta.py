@@ -290,6 +290,9 @@ class DeltaSink:
         self.notes: list[str] = []
         self.started_at = time.monotonic()
         self.resumed: dict[str, Position] = {}
+        self.error: BaseException | None = None  # start()'s failure
+        self.report: SinkProgress | None = None  # start()'s final progress
+        self._thread: threading.Thread | None = None
 
     # ---- set-up
 
@@ -492,7 +495,12 @@ class DeltaSink:
             self.acknowledged = lsn
 
     def _collect(self) -> None:
-        for flush, stats in self.committer.completed():
+        try:
+            done = self.committer.completed()
+        except BaseException as exc:
+            self._error = self._error or exc  # a commit failed: nothing more is acknowledged
+            raise
+        for flush, stats in done:
             self._in_flight.pop(flush.id, None)
             self.stats.add(stats)
             self.committed += flush.rows
@@ -500,6 +508,26 @@ class DeltaSink:
                 self.hosts.add(stats.host)
 
     # ---- running
+
+    def start(self, **run_options: Any) -> DeltaSink:
+        """Run in a background thread (a notebook's cells keep running): :meth:`stop` ends it,
+        :meth:`join` waits for it; a failure is kept in ``error`` and raised by ``join``."""
+        def target() -> None:
+            try:
+                self.report = self.run(**run_options)
+            except BaseException as exc:  # noqa: BLE001 - kept for join() and the widgets
+                self.error = exc
+
+        self._thread = threading.Thread(target=target, name="cdc-sink", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> SinkProgress | None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.report
 
     def stop(self) -> None:
         """Stop after the commits in progress (and one of what is buffered): ``run`` returns."""
