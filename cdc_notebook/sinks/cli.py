@@ -66,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
     directory = _target(args.to)
     if args.partitions < 1:
         raise SystemExit("--partitions must be at least 1")
+    for module, extra in (("deltalake", "delta"), ("ray", "ray")):
+        if module == "ray" and not args.ray:
+            continue
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"error: the sink needs {module}\nfix: pip install 'cdc-notebook[{extra}]' "
+                  f"(from a clone: pip install -e '.[{extra}]')", file=sys.stderr, flush=True)
+            return 1
     shown = redact_conninfo(args.dsn)
     print(f"sink: {shown} | tables {args.tables} | slot {args.slot} | delta:{directory}"
           + (" + changelog" if args.changelog else "")
