@@ -120,6 +120,22 @@ if TYPE_CHECKING:
     from cdc_notebook.widgets.dashboard import Dashboard, explore
 
 
+def _brief_errors() -> None:
+    """In IPython and Jupyter, the kit's errors show as message and fix (``briefly``)."""
+    import sys
+
+    if "IPython" in sys.modules:
+        try:
+            from cdc_notebook.briefly import install
+
+            install()
+        except Exception:  # noqa: BLE001 - never let a display nicety break the import
+            pass
+
+
+_brief_errors()
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:

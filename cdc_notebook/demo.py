@@ -67,12 +67,16 @@ class Workload:
 
     Every round is one transaction of about ``batch * 1.7`` row changes. ``rate`` bounds the
     row changes per second (None: as fast as the server takes them). Counters say what was
-    written; ``error`` keeps what stopped it.
+    written; ``error`` keeps what stopped it (its repr, and :meth:`wait`, say so).
+    ``conninfo``: a DSN string (``"host=... dbname=..."`` or a URL) or a dict of libpq
+    parameters (``server.conninfo()``).
     """
 
-    def __init__(self, conninfo: dict[str, Any], *, schema: str = "shop",
+    def __init__(self, conninfo: str | dict[str, Any], *, schema: str = "shop",
                  batch: int = 1_000) -> None:
-        self.conninfo = dict(conninfo)
+        from cdc_notebook.connection.conninfo import parse_conninfo
+
+        self.conninfo = parse_conninfo(conninfo)
         self.schema = schema
         self.batch = batch
         self.rounds = 0
@@ -89,8 +93,18 @@ class Workload:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "idle"
+        failed = ""
+        if self.error is not None:
+            from cdc_notebook.briefly import describe_error
+
+            state, failed = "failed", f"; error: {describe_error(self.error)}"
         return (f"<Workload {self.schema} {state}: {self.rounds} transactions, "
-                f"{self.changes:,} row changes>")
+                f"{self.changes:,} row changes{failed}>")
+
+    @property
+    def state(self) -> str:
+        """``running``, ``failed`` (see ``error``) or ``idle``."""
+        return "running" if self.running else "failed" if self.error is not None else "idle"
 
     def _connect(self) -> Any:
         from cdc_notebook.connection.conninfo import connect
@@ -161,8 +175,14 @@ class Workload:
                     done += 1
                     if rate:
                         self._stop.wait(changes / rate)
-        except Exception as exc:  # noqa: BLE001 - kept for the caller
+        except Exception as exc:  # noqa: BLE001 - kept for the caller, and said at once
             self.error = exc
+            from cdc_notebook.briefly import describe_error
+
+            # A background thread's failure is otherwise silent (a dashboard would only show
+            # 0 events/s): one line where the cell that started it shows its output.
+            print(f"cdc_notebook: the workload stopped: {describe_error(exc)}",
+                  file=sys.stderr)
 
     @property
     def running(self) -> bool:

@@ -82,7 +82,7 @@ def test_unchanged_toast_from_the_batch_and_from_the_mirror():
     ])
     mirror = pa.table({"id": pa.array([7, 9], pa.int64()), "v": ["seven", "nine"]})
 
-    def lookup(keys, names):
+    def lookup(keys, names, columns):
         return mirror.filter(pa.compute.is_in(mirror.column("id"), keys.column("id")))
 
     effect = net_effect(changes, ["id"], lookup)

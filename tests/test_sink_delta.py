@@ -49,8 +49,10 @@ def test_mirror_and_changelog_equal_the_source(pg, unique_name, tmp_path, plugin
                                               monkeypatch):
     from cdc_notebook.sinks import writer
 
-    # micro-batches that start with inserts append them in a commit of their own
+    # micro-batches that start with inserts append them in a commit of their own, and those
+    # with many unchanged TOAST values are committed in pieces
     monkeypatch.setattr(writer, "LEADING_INSERTS", 20)
+    monkeypatch.setattr(writer, "TOAST_LOOKUP_ROWS", 7)
     schema = unique_name("sink")
     slot = f"cdcnb_{schema}"[:63]
     create_tables(pg, schema)

@@ -80,7 +80,7 @@ def test_reader_fields_and_time_lag(conn: psycopg.Connection[Any], slot: str) ->
     assert r.mb_per_second == 3.0 and r.held_back_by_table == {"public.orders": 4096}
     assert r.lag_seconds == s.lag_seconds
     text = r.summary()
-    assert "12,345 events/s" in text and "3.0 MB/s" in text and "p99 7.50 ms" in text
+    assert "12,345 events/s" in text and "3.0 MiB/s" in text and "p99 7.50 ms" in text
     d = r.as_dict()
     assert d["slot_name"] == slot and d["mb_per_second"] == 3.0
 

@@ -434,7 +434,7 @@ def test_table_view_head_tail_filter_and_bad_filter(comms: Any) -> None:
     assert model.rows == 200 and data_rows(view.html.value) == 200
     view.source.value = "changelog"
     view.refresh(0)
-    assert "changelog" in view.info.value and "_cdc_op" in view.html.value
+    assert "changelog" in view.info.value and "insert" in view.html.value
     view.close()
 
 
@@ -561,3 +561,261 @@ def test_dashboard_reader_buttons_start_pause_resume_stop_a_temporary_slot(
                                 "slot_name = %s", [slot]).fetchone()[0] == 0
     finally:
         dash.stop()
+
+
+# --------------------------------------------------------------------------- forms that work (issue 15)
+
+
+def test_the_dsn_fields_appear_with_the_tick_and_a_dsn_fills_them(pg: Any, comms: Any) -> None:
+    model = ConnectionModel(embedded=True)
+    view = ConnectionWidget(model)
+    assert view.form.layout.display == "none"
+    view.embedded.value = False  # no refresh, no failed Connect: the fields are there at once
+    assert view.form.layout.display == ""
+    assert not model.embedded
+    view.embedded.value = True
+    assert view.form.layout.display == "none"
+    # code fills the form from a DSN; the view follows at its next refresh
+    model.use_dsn(f"host=127.0.0.1 port={pg.port} dbname=postgres user=postgres "
+                  f"password={pg.password} sslmode=disable application_name='my app'")
+    view.refresh(0)
+    assert not view.embedded.value and view.form.layout.display == ""
+    assert (view.host.value, view.port.value, view.user.value) == ("127.0.0.1", pg.port,
+                                                                   "postgres")
+    assert "sslmode=disable" in view.options.value and "'my app'" in view.options.value
+    assert view.password.value == ""  # never echoed into the form
+    model.connect().result(60)
+    assert model.connected, model.error
+    model.close()
+    view.close()
+
+
+def test_explore_takes_a_dsn_and_connects(pg: Any, comms: Any) -> None:
+    from cdc_notebook.widgets import explore
+
+    dsn = f"postgresql://postgres:{pg.password}@127.0.0.1:{pg.port}/postgres"
+    dash = explore(dsn=dsn, start_pump=False)
+    try:
+        dash.connection.wait(60)
+        assert dash.connection.connected, dash.connection.error
+        assert not dash.connection.embedded and dash.connection.server is None
+        assert pg.password not in repr(dash.connection)
+    finally:
+        dash.stop()
+
+
+def test_confirm_is_disabled_while_the_plan_has_an_error_and_keyless_is_a_choice(
+        pg: Any, tables: str, comms: Any) -> None:
+    connection = connected(pg)
+    patterns = PatternsModel(connection, include=f"{tables}.orders, {tables}.nokey")
+    patterns.refresh_preview().result(30)
+    model = SetupModel(connection, patterns, plugin="pgoutput")
+    view = SetupWidget(model)
+    view.plan_button.click()
+    model.wait()
+    view.refresh(0)
+    assert model.pending_errors and "nokey" in view.message.value
+    assert view.confirm_button.disabled  # SQL shown, but it cannot run
+    assert "cannot be confirmed" in view.sql.value
+    model.confirm().result(30)  # a confirm from code is refused the same way
+    assert "cannot be applied" in (model.error or "") and model.pending is not None
+    view.keyless.value = "full"  # the fix the error names, as a control: planned again
+    model.wait()
+    view.refresh(0)
+    assert not model.pending_errors and "REPLICA IDENTITY FULL" in view.sql.value
+    assert not view.confirm_button.disabled
+    view.keyless.value = "skip"
+    model.wait()
+    view.refresh(0)
+    assert not model.pending_errors and "REPLICA IDENTITY FULL" not in view.sql.value
+    view.cancel_button.click()
+    view.refresh(0)
+    assert view.confirm_button.disabled
+    view.close()
+    connection.close()
+
+
+def test_sizes_are_in_iec_units_and_lsns_in_one_format() -> None:
+    from cdc_notebook.provision.status import _fmt_bytes
+    from cdc_notebook.units import format_byte_rate, format_bytes, format_seconds
+    from cdc_notebook.widgets.summary import LiveSummary, TableSummary
+
+    assert format_bytes(30_860_232) == "29.4 MiB" == _fmt_bytes(30_860_232)
+    assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 * 2**30) == "3.0 GiB" and format_bytes(None) == "n/a"
+    assert format_byte_rate(2**20 * 16.09) == "16.09 MiB/s"
+    assert format_seconds(0.25) == "250 ms" and format_seconds(12.34) == "12.3 s"
+    assert format_seconds(245) == "4 min 05 s"
+    summary = LiveSummary("running", (TableSummary("shop.orders", 10, 12, 0x91FF960),), 100.0,
+                          16.09 * 2**20, 12, "s", 30_860_232, 1.5, 0)
+    assert "16.09 MiB/s" in summary.text() and "slot lag 29.4 MiB (1.5 s)" in summary.text()
+    assert "0/91FF960" in summary.html() and "MB" not in summary.text().replace("MiB", "")
+
+
+def test_every_tab_shows_the_same_status_snapshot(pg: Any, tables: str, unique_name: Any,
+                                                  comms: Any) -> None:
+    from cdc_notebook.widgets import Dashboard
+
+    clock = Clock()
+    dash = Dashboard(server=pg, tables=f"{tables}.orders", clock=clock, start_pump=False)
+    try:
+        dash.connection.connect().result(60)
+        dash.setup.slot_name = unique_name("cdcnb_one")
+        dash.setup.publication = unique_name("cdcnb_onep")
+        dash.setup.plugin = "pgoutput"
+        dash.setup.plan_setup().result(30)
+        dash.setup.confirm().result(60)
+        with pg.connect() as conn:  # WAL the slot retains
+            conn.execute(f"INSERT INTO {tables}.orders SELECT g, 'x' "
+                         "FROM generate_series(1, 2000) g")
+        for _ in range(3):
+            clock.now += 1.1
+            dash.pump.tick()
+            dash.wait()
+        status = dash.status.status
+        assert status is not None and status.slot_name == dash.setup.slot_name
+        listed = next(s for s in dash.setup.slots if s.slot_name == status.slot_name)
+        assert listed == status or listed.retained_wal_bytes == status.retained_wal_bytes
+        setup_view, status_view = dash.views[2], dash.views[4]
+        clock.now += 1.1
+        dash.pump.tick()
+        from cdc_notebook.units import format_bytes
+
+        retained = format_bytes(status.retained_wal_bytes)
+        assert retained in setup_view.slots.value and retained in status_view.numbers.value
+        dash.setup.plan_teardown().result(30)
+        dash.setup.confirm().result(30)
+    finally:
+        dash.stop()
+
+
+def test_table_controls_follow_code_and_a_filter_says_how_many_match(comms: Any) -> None:
+    frames = LiveFrames()
+    tx = Transactions()
+    live = frames.table("public.t", SCHEMA, ["id"])
+    live.apply(tx.batch([{"op": "c", "id": i, "v": i * 10, "doc": f"d{i}", "u": None}
+                         for i in range(500)]))
+    model = TableViewModel(frames)
+    view = TableViewWidget(model)
+    model.set(rows=8, mode="head")
+    view.refresh(0)
+    assert view.rows.value == 8 and view.mode.value == "head"
+    assert data_rows(view.html.value) == 8
+    model.set(mode="filter", where="v >= 4900")
+    view.refresh(0)
+    assert view.mode.value == "filter" and view.where.value == "v >= 4900"
+    assert "10 of 500 rows match" in view.info.value
+    assert data_rows(view.html.value) == 8
+    view.close()
+
+
+def test_the_changelog_opens_on_meaningful_rows(comms: Any) -> None:
+    frames = LiveFrames()
+    tx = Transactions()
+    live = frames.table("public.t", SCHEMA, ["id"])
+    live.apply(tx.batch([{"op": "c", "id": i, "v": i, "doc": f"d{i}", "u": None}
+                         for i in range(5)]))
+    live.apply(tx.batch([{"op": "u", "id": 10, "v": 7, "doc": "moved", "u": None,
+                          "before": {"id": 1}},
+                         {"op": "d", "id": None, "v": None, "doc": None, "u": None,
+                          "before": {"id": 2}},
+                         {"op": "d", "id": None, "v": None, "doc": None, "u": None,
+                          "before": {"id": 3}}]))
+    view = TableViewWidget(TableViewModel(frames, source="changelog", rows=3))
+    html = view.html.value
+    assert data_rows(html) == 3
+    # a delete shows its key (from its before-image) and says what it is; an update that
+    # moved the key shows before and after; LSNs as PostgreSQL writes them
+    from cdc_notebook.widgets.table import changelog_display, lsn_text
+
+    shown = lsn_text(changelog_display(live.changelog(), live.key_columns)).tail(3)
+    assert shown.columns[:5] == ["change", "lsn", "committed", "id", "before"]
+    assert shown.get_column("change").to_list() == ["update", "delete", "delete"]
+    assert shown.get_column("id").to_list() == [10, 2, 3]
+    assert shown.get_column("before").to_list()[0] == "id=1"
+    assert all("/" in lsn for lsn in shown.get_column("lsn").to_list())
+    assert "_cdc_xid" not in shown.columns and "delete" in html and ">2<" in html
+    view.close()
+
+
+def test_a_stale_summary_says_disconnected_once_nothing_writes_it(comms: Any) -> None:
+    from cdc_notebook.widgets.summary import HEARTBEAT, STALE_AFTER, SummaryModel, SummaryWidget
+
+    clock = Clock()
+    model = SummaryModel(LiveFrames(), clock=clock)
+    view = SummaryWidget(model)
+    pump = UIPump(clock=clock)
+    pump.add_hook(view.hook)
+    pump.add(view)
+    comms.clear()
+    values = []
+    for _ in range(int(4 * HEARTBEAT / 0.25)):  # an idle reader: nothing moves but time
+        clock.now += 0.25
+        pump.tick()
+        values.append(view.html.value)
+    assert len(set(values)) >= 3  # rewritten every HEARTBEAT s: the animation starts again
+    sent = [m for m in comms if m[0] == "comm_msg"]
+    assert len(sent) <= 4 * HEARTBEAT / HEARTBEAT + 1  # about one message per HEARTBEAT
+    html = values[-1]
+    assert "cdc-disconnected" in html and "disconnected" in html
+    assert f"{STALE_AFTER}s forwards" in html and "@keyframes" in html
+    view.close()
+
+
+def test_kit_errors_are_shown_briefly_in_ipython(capsys: Any) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from cdc_notebook import briefly
+
+    shell = InteractiveShell.instance()
+    try:
+        assert briefly.install(shell)
+        shell.run_cell("from cdc_notebook.errors import SlotNotFound\n"
+                       "def deep():\n"
+                       "    raise SlotNotFound('replication slot \\'x\\' does not exist', "
+                       "hint='create it first', sqlstate='42704')\n"
+                       "deep()")
+        out = capsys.readouterr()
+        text = out.out + out.err
+        assert "SlotNotFound" in text and "Fix: create it first" in text and "%tb" in text
+        assert text.count("\n") <= 6  # not a traceback
+        shell.run_cell("1/0")  # other errors keep their traceback
+        out = capsys.readouterr()
+        assert "ZeroDivisionError" in out.out + out.err and "Traceback" in out.out + out.err
+    finally:
+        briefly.uninstall(shell)
+        InteractiveShell.clear_instance()
+
+
+def test_a_failing_view_prints_one_line_not_a_traceback(capsys: Any) -> None:
+    class Broken:
+        min_interval = 0.0
+
+        def version(self) -> int:
+            return 1
+
+        def refresh(self, now: float) -> None:
+            raise ValueError("no such column: x")
+
+    pump = UIPump(clock=lambda: 0.0)
+    pump.add(Broken())
+    pump.tick(1.0)
+    err = capsys.readouterr().err
+    assert "could not refresh: ValueError: no such column: x" in err
+    assert "Traceback" not in err and pump.last_traceback and "Traceback" in pump.last_traceback
+
+
+def test_workload_takes_a_dsn_string_and_a_failure_says_why(pg: Any, unique_name: Any) -> None:
+    from cdc_notebook.demo import Workload
+
+    dsn = f"host=127.0.0.1 port={pg.port} dbname=postgres user=postgres password={pg.password}"
+    schema = unique_name("wl")
+    workload = Workload(dsn, schema=schema).create().run(2)
+    assert workload.changes > 0 and workload.state == "idle"
+    broken = Workload(dsn, schema=unique_name("nosuch"))  # its tables were never created
+    broken.start(rounds=3)
+    with pytest.raises(Exception, match="does not exist"):
+        broken.wait(30)
+    assert broken.state == "failed" and "does not exist" in repr(broken)
+    with pg.connect() as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")

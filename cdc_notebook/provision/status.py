@@ -22,6 +22,7 @@ import psycopg
 
 from cdc_notebook.connection.lsn import parse_lsn_or_none
 from cdc_notebook.errors import SlotNotFound
+from cdc_notebook.units import format_bytes
 
 KIT_PREFIX = "cdcnb_"
 _MB = 1024 * 1024
@@ -29,14 +30,8 @@ IDLE_RETENTION_ADVICE = 16 * _MB  # one WAL segment: below that an idle slot cos
 
 
 def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1024 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    """Sizes as everything the kit shows them: IEC units (cdc_notebook.units)."""
+    return format_bytes(n)
 
 
 @dataclass(frozen=True)
@@ -79,6 +74,7 @@ class SlotStatus:
 
     @property
     def mb_per_second(self) -> float | None:
+        """MiB per second (2**20 bytes: the name predates the kit's IEC units)."""
         return None if self.bytes_per_second is None else self.bytes_per_second / _MB
 
     @property
@@ -111,7 +107,7 @@ class SlotStatus:
         if self.events_per_second is not None:
             parts.append(f"{self.events_per_second:,.0f} events/s")
         if self.mb_per_second is not None:
-            parts.append(f"{self.mb_per_second:.1f} MB/s")
+            parts.append(f"{self.mb_per_second:.1f} MiB/s")
         if self.latency_p50_ms is not None:
             parts.append(f"latency p50 {self.latency_p50_ms:.2f} ms"
                          + (f" / p99 {self.latency_p99_ms:.2f} ms"

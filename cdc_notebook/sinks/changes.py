@@ -29,8 +29,9 @@ PARTITION = "_cdc_partition"  # the mirror's (and changelog's) partition column,
 TRUNCATE_OP = "t"
 
 Position = tuple[int, int]  # (end_lsn, ordinal): orders a table's changes, what a marker records
-# Lookup of mirror rows by key: (key table) -> table of those keys' rows found (any order).
-Lookup = Callable[[pa.Table, Sequence[str]], pa.Table]
+# Lookup of mirror rows by key: (key table, key columns, value columns) -> the key and value
+# columns of the mirror rows with those keys (any order; keys not there are left out).
+Lookup = Callable[[pa.Table, Sequence[str], Sequence[str]], pa.Table]
 
 
 # --------------------------------------------------------------------------- positions
@@ -381,22 +382,19 @@ def _resolve_toast(changes: pa.Table, upserts: pa.Table, win_seq: np.ndarray,
             waiting[step] = need[cur[step]]
         # waiting rows whose chain starts outside this batch: the mirror's row of the start key
         rows = win_seq[waiting[win_seq]]
-        source = pa.chunked_array([values.combine_chunks() if isinstance(values, pa.ChunkedArray)
-                                   else values])
-        extra: pa.Array = pa.array([], source.type)
+        chunks = list(values.chunks) if isinstance(values, pa.ChunkedArray) else [values]
         take = cur[win_seq].copy()
         if len(rows):
             starts = cur[rows]
             found_vals, found = _from_mirror(src_keys.take(pa.array(starts)), keys, column,
-                                             source.type, lookup)
+                                             values.type, lookup)
             unresolved += int((~found).sum())
-            extra = found_vals
-            pos = {int(r): j for j, r in enumerate(rows.tolist())}
+            chunks.append(found_vals)
+            # rows still waiting take the mirror's value: the j-th of them the j-th found
             where = np.flatnonzero(waiting[win_seq])
-            for w in where.tolist():
-                take[w] = n + pos[int(win_seq[w])]
-        combined = pa.concat_arrays([source.combine_chunks(), extra])
-        new_columns[column] = combined.take(pa.array(take))
+            take[where] = n + np.arange(len(where), dtype=np.int64)
+        # one copy: a take over the batch's values followed by the mirror's
+        new_columns[column] = pa.chunked_array(chunks, type=values.type).take(pa.array(take))
     for column, arr in new_columns.items():
         upserts = upserts.set_column(upserts.schema.get_field_index(column), column, arr)
     return upserts, unresolved
@@ -405,20 +403,28 @@ def _resolve_toast(changes: pa.Table, upserts: pa.Table, win_seq: np.ndarray,
 def _from_mirror(start_keys: pa.Table, keys: Sequence[str], column: str, type_: pa.DataType,
                  lookup: Lookup | None) -> tuple[pa.Array, np.ndarray]:
     """``column``'s value in the mirror for each row of ``start_keys`` (null where the mirror
-    has no such row), and whether the row was found."""
+    has no such row), and whether the row was found. Only the keys are joined; the values
+    are gathered once."""
     n = start_keys.num_rows
     if lookup is None:
         return pa.nulls(n, type_), np.zeros(n, dtype=bool)
-    found = lookup(start_keys, keys)
+    found = lookup(start_keys, keys, [column])
     if found.num_rows == 0:
         return pa.nulls(n, type_), np.zeros(n, dtype=bool)
-    probe = start_keys.append_column("__cdc_row__", pa.array(np.arange(n, dtype=np.int64)))
+    probe = pa.table({**{k: start_keys.column(k) for k in keys},
+                      "__cdc_row__": pa.array(np.arange(n, dtype=np.int64))})
     right = pa.table({**{k: found.column(k) for k in keys},
-                      "__cdc_val__": found.column(column),
-                      "__cdc_found__": pa.array(np.ones(found.num_rows, dtype=bool))})
-    joined = probe.join(right, keys=list(keys), join_type="left outer").sort_by("__cdc_row__")
-    present = np.asarray(pc.is_valid(joined.column("__cdc_found__")))
-    vals = joined.column("__cdc_val__").cast(type_).combine_chunks()
+                      "__cdc_at__": pa.array(np.arange(found.num_rows, dtype=np.int64))})
+    joined = probe.join(right, keys=list(keys), join_type="left outer")
+    at = np.full(n, -1, dtype=np.int64)
+    row = joined.column("__cdc_row__").to_numpy()
+    hit = joined.column("__cdc_at__")
+    present_rows = np.asarray(pc.is_valid(hit))
+    at[row[present_rows]] = hit.filter(pc.is_valid(hit)).to_numpy()
+    present = at >= 0
+    index = pa.array(at, mask=~present)
+    vals = found.column(column).take(index).cast(type_)
+    vals = vals.combine_chunks() if isinstance(vals, pa.ChunkedArray) else vals
     return vals, present
 
 

@@ -243,7 +243,7 @@ class DeltaSink:
 
     def __init__(self, stream: Any, target: str | os.PathLike[str], *, changelog: bool = False,
                  partitions: int = 1, ray: str | None = None, max_rows: int = 250_000,
-                 max_bytes: int = 256 << 20, interval: float = 2.0, max_in_flight: int = 2,
+                 max_bytes: int = 128 << 20, interval: float = 2.0, max_in_flight: int = 2,
                  on_changes: ChangeHook | None = None,
                  storage_options: dict[str, str] | None = None,
                  ray_options: dict[str, Any] | None = None):
@@ -368,7 +368,7 @@ class DeltaSink:
         with self._lock:
             while not self._stop.is_set() and self._error is None:
                 rows, nbytes = self._buffered()
-                if rows < 2 * self.max_rows and nbytes < 2 * self.max_bytes:
+                if rows < self.max_rows and nbytes < self.max_bytes:
                     return
                 self._lock.wait(0.2)
 

@@ -16,6 +16,7 @@ two commits (one bigger than a micro-batch) resumable at the right row.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -24,11 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_notebook.sinks.changes import (
     PARTITION,
+    Lookup,
     Position,
     after_position,
     delta_schema,
@@ -184,10 +187,10 @@ def ensure_table(location: DeltaLocation, uri: str, schema: pa.Schema, *, partit
 
 
 def mirror_lookup(table: Callable[[], DeltaTable | None], partition: int | None = None
-                  ) -> Callable[[pa.Table, Sequence[str]], pa.Table]:
+                  ) -> Lookup:
     """Mirror rows by key, for unchanged TOAST values whose previous version is there (only
     ``partition``'s rows when given)."""
-    def lookup(start_keys: pa.Table, keys: Sequence[str]) -> pa.Table:
+    def lookup(start_keys: pa.Table, keys: Sequence[str], columns: Sequence[str]) -> pa.Table:
         mirror = table()
         if mirror is None or start_keys.num_rows == 0:
             return start_keys.slice(0, 0)
@@ -195,7 +198,8 @@ def mirror_lookup(table: Callable[[], DeltaTable | None], partition: int | None 
         flt = pc.field(keys[0]).isin(pc.unique(probe.column(keys[0])))
         if partition is not None:
             flt = flt & (pc.field(PARTITION) == partition)
-        found = mirror.to_pyarrow_dataset().to_table(filter=flt)
+        wanted = list(dict.fromkeys([*keys, *columns]))
+        found = mirror.to_pyarrow_dataset().to_table(columns=wanted, filter=flt)
         for k in keys:
             i = found.schema.get_field_index(k)
             found = found.set_column(i, k, found.column(k).cast(start_keys.schema.field(k).type))
@@ -224,6 +228,35 @@ def _leading_inserts(rows: pa.Table) -> list[pa.Table]:
     if first < max(LEADING_INSERTS, n // 10):
         return [rows]
     return [rows.slice(0, first), rows.slice(first)]
+
+
+# Rows with unchanged TOAST values read their values from the mirror before the merge: a
+# micro-batch with more of them than this is committed in pieces, which bounds the memory
+# (wide rows: 100,000 updates leaving a 2 KB value alone read and rewrite 200 MB).
+TOAST_LOOKUP_ROWS = 20_000
+
+
+def _pieces(rows: pa.Table) -> list[pa.Table]:
+    """The commits a micro-batch's mirror rows are written in: its leading inserts, then the
+    rest in pieces of at most TOAST_LOOKUP_ROWS rows with unchanged TOAST values."""
+    from cdc_notebook.sinks.changes import TOAST
+
+    out = []
+    for piece in _leading_inserts(rows):
+        if TOAST not in piece.column_names or piece.num_rows <= TOAST_LOOKUP_ROWS:
+            out.append(piece)
+            continue
+        toast = np.asarray(pc.list_value_length(piece.column(TOAST)).fill_null(0)) > 0
+        if int(toast.sum()) <= TOAST_LOOKUP_ROWS:
+            out.append(piece)
+            continue
+        seen = np.cumsum(toast)
+        cuts = np.searchsorted(seen, np.arange(TOAST_LOOKUP_ROWS, int(seen[-1]),
+                                               TOAST_LOOKUP_ROWS), side="right")
+        bounds = [0, *cuts.tolist(), piece.num_rows]
+        out.extend(piece.slice(a, b - a) for a, b in itertools.pairwise(bounds)
+                   if b > a)
+    return out
 
 
 def create_tables(location: DeltaLocation, slot: str, spec: TableSpec, schema: pa.Schema, *,
@@ -357,7 +390,7 @@ class PartitionWriter:
             rows = after_position(changes, state.mirror_pos)
             if not self.changelog:
                 stats.skipped = changes.num_rows - rows.num_rows
-            for part in _leading_inserts(rows):
+            for part in _pieces(rows):
                 written, unresolved = self._apply_mirror(state, part, ids)
                 stats.mirror_commits += 1
                 stats.mirror_rows += written
@@ -417,7 +450,7 @@ class PartitionWriter:
         self._retrying(table, lambda: write_deltalake(
             table, data, mode="append", schema_mode="merge", commit_properties=properties))
 
-    def _lookup(self, state: _TableState) -> Callable[[pa.Table, Sequence[str]], pa.Table]:
+    def _lookup(self, state: _TableState) -> Lookup:
         return mirror_lookup(lambda: state.mirror,
                              self.partition if self.partitions > 1 else None)
 

@@ -19,26 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
-from cdc_notebook.errors import CDCError
+from cdc_notebook.briefly import describe_error
 
-
-def describe_error(exc: BaseException) -> str:
-    """One readable message (with the fix when the kit knows it), never a traceback."""
-    if isinstance(exc, CDCError):
-        text = exc.message
-        if exc.sqlstate:
-            text += f" (SQLSTATE {exc.sqlstate})"
-        if exc.hint:
-            text += f". Fix: {exc.hint}"
-        return text
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    if primary:
-        sqlstate = getattr(exc, "sqlstate", None)
-        hint = getattr(diag, "message_hint", None)
-        return str(primary) + (f" (SQLSTATE {sqlstate})" if sqlstate else "") + \
-            (f". Hint: {hint}" if hint else "")
-    return f"{type(exc).__name__}: {exc}"
+__all__ = ["Model", "WidgetView", "describe_error", "esc", "message_html"]
 
 
 def esc(value: Any) -> str:

@@ -36,7 +36,8 @@ class ConnectionModel(Model):
     """
 
     def __init__(self, *, server_factory: Callable[[], EmbeddedServer] | None = None,
-                 embedded: bool = True) -> None:
+                 embedded: bool = True,
+                 dsn: str | dict[str, Any] | None = None) -> None:
         super().__init__()
         self.embedded = embedded
         self.host = "localhost"
@@ -45,6 +46,8 @@ class ConnectionModel(Model):
         self.user = "postgres"
         self.password = ""
         self.options = ""  # more libpq parameters: "sslmode=require application_name=x"
+        if dsn is not None:
+            self.use_dsn(dsn)
         self.connection: psycopg.Connection[Any] | None = None
         self.target: str | None = None  # user@host:port/db (PostgreSQL x.y)
         self.server: EmbeddedServer | None = None
@@ -63,6 +66,23 @@ class ConnectionModel(Model):
     def on_change(self, listener: Callable[[ConnectionModel], None]) -> None:
         """``listener(model)`` after every connect and disconnect (on the worker thread)."""
         self._listeners.append(listener)
+
+    def use_dsn(self, dsn: str | dict[str, Any]) -> None:
+        """Fill the form from a DSN (``key=value`` string, URL or dict of libpq parameters):
+        not the embedded server; host, port, database, user and password in their fields, the
+        other parameters in ``options``. A malformed DSN raises without quoting its password."""
+        params = parse_conninfo(dsn)
+        with self.lock:
+            self.embedded = False
+            self.host = str(params.pop("host", self.host))
+            self.port = int(params.pop("port", self.port))
+            self.dbname = str(params.pop("dbname", self.dbname))
+            self.user = str(params.pop("user", self.user))
+            self.password = str(params.pop("password", "") or "")
+            params.pop("replication", None)
+            self.options = " ".join(f"{k}={_quote_option(str(v))}" for k, v in params.items()
+                                    if v is not None)
+            self.bump()
 
     def conninfo(self) -> dict[str, Any]:
         """The parameters of the current connection, password included (keep it private)."""
@@ -143,10 +163,21 @@ class ConnectionModel(Model):
         self.shutdown()
 
 
+_FIELDS = ("embedded", "host", "port", "dbname", "user", "options")
+
+
+def _quote_option(value: str) -> str:
+    """A libpq parameter value as ``key=value`` syntax writes it."""
+    if value and not any(c in value for c in " '\\"):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 class ConnectionWidget(WidgetView):
     """The form; a thin view over :class:`ConnectionModel`."""
 
-    shows = ("connected", "busy", "error", "target", "embedded", "password")
+    shows = ("connected", "busy", "error", "target", "embedded", "password", "host", "port",
+             "dbname", "user", "options")
 
     def __init__(self, model: ConnectionModel) -> None:
         super().__init__(model)
@@ -154,6 +185,8 @@ class ConnectionWidget(WidgetView):
         style = {"description_width": "90px"}
         self.embedded = m(w.Checkbox(value=model.embedded, description="embedded server",
                                      indent=False))
+        self.embedded.tooltip = ("a throwaway PostgreSQL started for this kernel; "
+                                              "untick to connect to a server of yours")
         self.host = m(w.Text(value=model.host, description="host", style=style))
         self.port = m(w.BoundedIntText(value=model.port, min=1, max=65535, description="port",
                                        style=style))
@@ -170,8 +203,11 @@ class ConnectionWidget(WidgetView):
         self.buttons = m(w.HBox([self.connect_button, self.disconnect_button]))
         self.box = m(w.VBox([m(w.HTML("<b>Connection</b>")), self.embedded, self.form,
                              self.buttons, self.status]))
+        # what the form last took from the model (code may change the model: use_dsn, ...)
+        self._pushed = {name: getattr(model, name) for name in _FIELDS}
         for name in ("embedded", "host", "port", "dbname", "user", "password", "options"):
             getattr(self, name).observe(self._copy(name), names="value")
+        self.form.layout.display = "none" if model.embedded else ""
         self.connect_button.on_click(lambda _: model.connect())
         self.disconnect_button.on_click(lambda _: model.disconnect())
         self.refresh(0.0)
@@ -179,6 +215,12 @@ class ConnectionWidget(WidgetView):
     def _copy(self, name: str) -> Callable[[dict[str, Any]], None]:
         def handler(change: dict[str, Any]) -> None:
             setattr(self.model, name, change["new"])
+            if name in self._pushed:
+                self._pushed[name] = change["new"]  # the user's value: nothing to push back
+            if name == "embedded":
+                # The DSN fields appear (or go) with the tick, not at the next refresh.
+                self.form.layout.display = "none" if change["new"] else ""
+                self.model.bump()
         return handler
 
     def show(self, state: SimpleNamespace) -> None:
@@ -195,4 +237,13 @@ class ConnectionWidget(WidgetView):
             set_changed(self.disconnect_button, disabled=bool(busy) or not connected)
             if not state.password:
                 set_changed(self.password, value="")
+        with held(self.embedded, self.host, self.port, self.dbname, self.user, self.options):
+            # Code may change the model (use_dsn, embedded=...): the form follows it. Only
+            # values the model changed since the form last took them are written, so a value
+            # being typed is never overwritten by an older copy.
+            for name in _FIELDS:
+                value = getattr(state, name)
+                if value != self._pushed.get(name):
+                    set_changed(getattr(self, name), value=value)
+                    self._pushed[name] = value
         set_changed(self.form.layout, display="none" if state.embedded else "")

@@ -15,7 +15,7 @@ from typing import Any
 import ipywidgets as w
 
 from cdc_notebook.live.tables import LiveFrames, LiveReader
-from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
+from cdc_notebook.widgets._base import Model, WidgetView, describe_error, esc, message_html
 from cdc_notebook.widgets.connection import ConnectionModel, ConnectionWidget
 from cdc_notebook.widgets.patterns import PatternsModel, PatternsWidget, exact_pattern
 from cdc_notebook.widgets.pump import UIPump, held, set_changed
@@ -131,7 +131,7 @@ class ReaderWidget(WidgetView):
         state, busy, error, reader = shown.state, shown.busy, shown.error, shown.reader
         new_lines, self._logged = shown.log[self._logged:], len(shown.log)
         if reader is not None and reader.error is not None and not error:
-            error = f"{type(reader.error).__name__}: {reader.error}"
+            error = describe_error(reader.error)
         text = f"reader: <b>{esc(state)}</b>" + (f" <i>({esc(busy)}…)</i>" if busy else "")
         with held(self.state, self.start_button, self.pause_button, self.resume_button,
                   self.stop_button):
@@ -152,18 +152,21 @@ class Dashboard:
                  connect: bool = False, pump_interval: float = 0.25,
                  clock: Callable[[], float] = time.monotonic, start_pump: bool = True,
                  stream_factory: Callable[..., Any] | None = None,
-                 reader: LiveReader | None = None) -> None:
+                 reader: LiveReader | None = None,
+                 dsn: str | dict[str, Any] | None = None) -> None:
         if reader is not None:
             frames = reader.frames
         self.frames = frames if frames is not None else LiveFrames()
         self.connection = ConnectionModel(
-            server_factory=(lambda: server) if server is not None else None, embedded=embedded)
-        if reader is not None and server is None:
-            _fill_connection(self.connection, getattr(reader.stream, "conninfo", None) or {})
+            server_factory=(lambda: server) if server is not None else None, embedded=embedded,
+            dsn=dsn)
+        if reader is not None and server is None and dsn is None:
+            # the form points at the reader's server (password kept in memory only)
+            self.connection.use_dsn(getattr(reader.stream, "conninfo", None) or {})
         self.patterns = PatternsModel(self.connection, include=tables, clock=clock)
         self.setup = SetupModel(self.connection, self.patterns)
         self.status = StatusModel(self.connection, counters=frames_counters(self.frames),
-                                  clock=clock)
+                                  clock=clock, reader=lambda: self.reader.reader)
         self.reader = ReaderModel(self.connection, self.patterns, self.setup, self.frames,
                                   stream_factory=stream_factory)
         self.table = TableViewModel(self.frames)
@@ -173,7 +176,10 @@ class Dashboard:
                 self.patterns.include = ", ".join(
                     exact_pattern((t.schema, t.name)) for t in reader.stream.tables)
         self.summary = SummaryModel(self.frames, reader=reader, clock=clock,
-                                    conninfo=self.connection.conninfo)
+                                    conninfo=self.connection.conninfo,
+                                    status_source=self._status_snapshot)
+        # one snapshot of the slots per poll, shown by every tab
+        self.status.on_poll(lambda status: self.setup.take_slots(status.slots))
         status_view = StatusWidget(self.status)
         self.views: list[WidgetView] = [
             ConnectionWidget(self.connection), PatternsWidget(self.patterns),
@@ -197,10 +203,14 @@ class Dashboard:
             self.tabs.selected_index = titles.index("Live table")
         self.widget = w.VBox([summary_view.box, self.tabs])
         self.stopped = False
-        if connect or reader is not None:
+        if connect or reader is not None or dsn is not None:
             self.connection.connect()
         if start_pump:
             self.pump.start()
+
+    def _status_snapshot(self) -> tuple[Any, float | None]:
+        with self.status.lock:
+            return self.status.status, self.status.lag_seconds
 
     def _sample_summary(self, now: float) -> None:
         self.summary.reader = self.reader.reader
@@ -242,26 +252,16 @@ class Dashboard:
         self.connection.close()
 
 
-def _fill_connection(model: ConnectionModel, conninfo: dict[str, Any]) -> None:
-    """Point the connection form at a running reader's server (password kept in memory)."""
-    params = dict(conninfo)
-    model.embedded = False
-    model.host = str(params.pop("host", model.host))
-    model.port = int(params.pop("port", model.port))
-    model.dbname = str(params.pop("dbname", model.dbname))
-    model.user = str(params.pop("user", model.user))
-    model.password = str(params.pop("password", "") or "")
-    params.pop("replication", None)
-    model.options = " ".join(f"{k}={v}" for k, v in params.items() if v is not None)
-
-
-def explore(server: Any = None, reader: LiveReader | None = None, **options: Any) -> Dashboard:
+def explore(server: Any = None, reader: LiveReader | None = None, *,
+            dsn: str | dict[str, Any] | None = None, **options: Any) -> Dashboard:
     """The dashboard: a live summary above tabs for the connection, table patterns,
     set-up/teardown, the reader, the slot's status and the live table.
 
-    ``server``: an embedded :class:`~cdc_notebook.server.postgres.PostgresServer` to use (default: one is
-    started when you connect with "embedded server" ticked). ``reader``: a running
-    :class:`~cdc_notebook.live.tables.LiveReader` to show and control (its frames, its slot), the
-    connection made at once. Display the returned object.
+    ``server``: an embedded :class:`~cdc_notebook.server.postgres.PostgresServer` to use
+    (default: one is started when you connect with "embedded server" ticked). ``dsn``: a server
+    of yours instead (``"host=... dbname=... user=..."``, a URL or a dict of libpq
+    parameters): the form is filled from it and the connection made at once. ``reader``: a
+    running :class:`~cdc_notebook.live.tables.LiveReader` to show and control (its frames, its
+    slot), the connection made at once. Display the returned object.
     """
-    return Dashboard(server=server, reader=reader, **options)
+    return Dashboard(server=server, reader=reader, dsn=dsn, **options)

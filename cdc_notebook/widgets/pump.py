@@ -14,6 +14,7 @@ clock is injectable, so tests drive :meth:`UIPump.tick` by hand and count messag
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -50,6 +51,7 @@ class UIPump:
         self.ticks = 0
         self.refreshes = 0
         self.errors: list[str] = []
+        self.last_traceback: str | None = None
         self._entries: list[_Entry] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -113,10 +115,17 @@ class UIPump:
         except Exception as exc:  # noqa: BLE001 - reported, and the pump goes on
             self.errors.append(f"{who!r}: {exc!r}")
             del self.errors[:-20]
+            self.last_traceback = traceback.format_exc()
             if self._on_error is not None:
                 self._on_error(who, exc)
             else:
-                traceback.print_exc()
+                # one line where the dashboard is shown, not a traceback every tick
+                # (pump.last_traceback keeps the whole of the last one)
+                from cdc_notebook.widgets._base import describe_error
+
+                print(f"cdc_notebook: {type(who).__name__} could not refresh: "
+                      f"{describe_error(exc)} (the pump goes on; pump.last_traceback has the "
+                      "traceback)", file=sys.stderr)
             return False
 
     # ------------------------------------------------------------------ the thread

@@ -10,7 +10,7 @@ import ipywidgets as w
 
 from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.slots import DEFAULT_PLUGIN
-from cdc_notebook.provision.status import SlotStatus, _fmt_bytes
+from cdc_notebook.provision.status import SlotStatus
 from cdc_notebook.provision.teardown import (
     TeardownPlan,
     kit_publications,
@@ -18,6 +18,7 @@ from cdc_notebook.provision.teardown import (
     plan_teardown,
     wait_inactive,
 )
+from cdc_notebook.units import format_bytes
 from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
 from cdc_notebook.widgets.connection import ConnectionModel
 from cdc_notebook.widgets.patterns import PatternsModel
@@ -55,6 +56,7 @@ class SetupModel(Model):
         self.release_wait = 3.0  # seconds teardown waits for a just-stopped reader's slot
         self.pending: Any = None  # a ProvisionPlan or TeardownPlan waiting for confirmation
         self.pending_kind: str | None = None  # "setup" or "teardown"
+        self.pending_errors: list[str] = []  # why the pending plan cannot be confirmed
         self.result: Any = None
         self.slots: list[SlotStatus] = []
         connection.on_change(lambda _: self.refresh_slots() if connection.connected else None)
@@ -83,10 +85,23 @@ class SetupModel(Model):
             with self.lock:
                 self.pending, self.pending_kind = plan, "setup"
                 problems = list(plan.report.errors)
+                self.pending_errors = [c.message + (f" (fix: {c.hint})" if c.hint else "")
+                                       for c in problems]
                 self.info = "review the SQL, then confirm" if not problems else None
                 if problems:
-                    self.error = "; ".join(c.message for c in problems)
+                    self.error = "; ".join(self.pending_errors)
         return self.run("planning set-up", work)
+
+    def set_keyless(self, keyless: str) -> Any:
+        """What to do with tables that have no key (``"error"``, ``"full"``, ``"skip"``);
+        a set-up plan waiting for confirmation is made again with it."""
+        if keyless not in ("error", "full", "skip"):
+            raise ValueError("keyless must be 'error', 'full' or 'skip'")
+        with self.lock:
+            self.keyless = keyless
+            replan = self.pending_kind == "setup"
+            self.bump()
+        return self.plan_setup() if replan else None
 
     def plan_teardown(self, slot_name: str | None = None, *, publication: str | None = None,
                       force: bool = False) -> Any:
@@ -106,6 +121,7 @@ class SetupModel(Model):
             plan = plan_teardown(conn, slot_name=slot, publication=pub, force=force)
             with self.lock:
                 self.pending, self.pending_kind = plan, "teardown"
+                self.pending_errors = []
                 self.info = "review what will be dropped, then confirm"
         return self.run("planning teardown", work)
 
@@ -120,6 +136,7 @@ class SetupModel(Model):
                                   False, [x for p in plans for x in p.skipped], steps)
             with self.lock:
                 self.pending, self.pending_kind = merged, "teardown"
+                self.pending_errors = []
                 self.info = (f"{len(stale)} stale slot(s): review, then confirm" if stale
                              else "no stale slot")
         return self.run("looking for stale slots", work)
@@ -127,9 +144,11 @@ class SetupModel(Model):
     def confirm(self) -> Any:
         def work() -> None:
             with self.lock:
-                plan, kind = self.pending, self.pending_kind
+                plan, kind, problems = self.pending, self.pending_kind, self.pending_errors
             if plan is None:
                 raise RuntimeError("nothing to confirm: plan a set-up or teardown first")
+            if problems:
+                raise RuntimeError("the plan cannot be applied: " + "; ".join(problems))
             if kind == "setup":
                 result = plan.apply()
                 if result.slot is not None and not self.temporary:
@@ -140,14 +159,15 @@ class SetupModel(Model):
                 text = str(result)
             with self.lock:
                 self.result = result
-                self.pending, self.pending_kind = None, None
+                self.pending, self.pending_kind, self.pending_errors = None, None, []
                 self.info = text
             self._list_slots()
         return self.run("applying", work)
 
     def cancel(self) -> None:
         with self.lock:
-            self.pending, self.pending_kind = None, None
+            self.pending, self.pending_kind, self.pending_errors = None, None, []
+            self.error = None
             self.info = "cancelled"
             self.bump()
 
@@ -158,6 +178,19 @@ class SetupModel(Model):
 
     def refresh_slots(self) -> Any:
         return self.run("listing slots", self._list_slots)
+
+    def take_slots(self, slots: list[SlotStatus]) -> None:
+        """The kit's slots from another poll (the status tab's snapshot, once a second): the
+        list follows the server without a click, and says what the status tab says."""
+        with self.lock:
+            if slots != self.slots:
+                self.slots = list(slots)
+                self.bump()
+
+
+KEYLESS_CHOICES = [("refuse them (the plan says which)", "error"),
+                   ("REPLICA IDENTITY FULL (ALTER TABLE, restored by teardown)", "full"),
+                   ("leave them out", "skip")]
 
 
 def slots_html(slots: list[SlotStatus], stale_after: float) -> str:
@@ -173,7 +206,7 @@ def slots_html(slots: list[SlotStatus], stale_after: float) -> str:
             f"<tr><td>{esc(s.slot_name)}</td><td>{esc(s.plugin or '')}</td>"
             f"<td>{esc(state)}{mark}</td><td>{esc(s.wal_status or 'n/a')}</td>"
             f"<td>{'yes' if s.invalidated else 'no'}</td>"
-            f"<td>{esc(_fmt_bytes(s.retained_wal_bytes))}</td>"
+            f"<td>{esc(format_bytes(s.retained_wal_bytes))}</td>"
             f"<td>{'temporary' if s.temporary else 'permanent'}</td></tr>")
     return ("<table><tr><th>slot</th><th>plugin</th><th>state</th><th>wal_status</th>"
             "<th>invalidated</th><th>retained WAL</th><th>kind</th></tr>"
@@ -181,7 +214,8 @@ def slots_html(slots: list[SlotStatus], stale_after: float) -> str:
 
 
 class SetupWidget(WidgetView):
-    shows = ("pending_sql", "pending", "busy", "error", "info", "slots", "stale_after")
+    shows = ("pending_sql", "pending", "pending_errors", "busy", "error", "info", "slots",
+             "stale_after", "keyless")
 
     def __init__(self, model: SetupModel) -> None:
         super().__init__(model)
@@ -194,6 +228,13 @@ class SetupWidget(WidgetView):
                                    description="plugin"))
         self.temporary = m(w.Checkbox(value=model.temporary, description="temporary slot",
                                       indent=False))
+        self.keyless = m(w.Dropdown(options=KEYLESS_CHOICES, value=model.keyless,
+                                    description="no key",
+                                    style={"description_width": "initial"},
+                                    layout=w.Layout(width="auto")))
+        self.keyless.tooltip = (
+            "tables without a primary key or replica identity index: their updates and "
+            "deletes cannot be matched to rows")
         self.plan_button = m(w.Button(description="Plan set-up", button_style="primary"))
         self.teardown_button = m(w.Button(description="Plan teardown", button_style="warning"))
         self.stale_button = m(w.Button(description="Drop stale slots…"))
@@ -208,12 +249,14 @@ class SetupWidget(WidgetView):
             m(w.HTML("<b>Set-up and teardown</b>")),
             m(w.HBox([self.slot_name, self.publication])),
             m(w.HBox([self.plugin, self.temporary])),
+            self.keyless,
             m(w.HBox([self.plan_button, self.teardown_button, self.stale_button,
                       self.refresh_button])),
             self.sql, self.confirm_row, self.message, self.slots]))
         for name in ("slot_name", "publication", "plugin", "temporary"):
             getattr(self, name).observe(
                 lambda c, n=name: setattr(model, n, c["new"]), names="value")
+        self.keyless.observe(lambda c: model.set_keyless(c["new"]), names="value")
         self.plan_button.on_click(lambda _: model.plan_setup())
         self.teardown_button.on_click(lambda _: model.plan_teardown())
         self.stale_button.on_click(lambda _: model.plan_drop_stale())
@@ -224,8 +267,14 @@ class SetupWidget(WidgetView):
 
     def show(self, state: SimpleNamespace) -> None:
         pending, busy = state.pending is not None, state.busy
-        sql_html = (f"<pre style='white-space:pre-wrap'>{esc(state.pending_sql)}</pre>"
-                    if pending else "")
+        blocked = bool(state.pending_errors)
+        sql_html = ""
+        if pending:
+            head = ("<div><i>The plan cannot be confirmed until the problem below is fixed "
+                    "(for tables without a key: choose what to do with them above).</i></div>"
+                    if blocked else "")
+            style = "white-space:pre-wrap" + (";opacity:0.55" if blocked else "")
+            sql_html = f"{head}<pre style='{style}'>{esc(state.pending_sql)}</pre>"
         status = (f"<i>{esc(busy)}…</i>" if busy else "") + message_html(state.error, state.info)
         buttons = (self.plan_button, self.teardown_button, self.stale_button,
                    self.refresh_button, self.confirm_button)
@@ -235,5 +284,6 @@ class SetupWidget(WidgetView):
             set_changed(self.slots, value=slots_html(state.slots, state.stale_after))
             for button in buttons:
                 set_changed(button, disabled=bool(busy))
-            set_changed(self.confirm_button, disabled=bool(busy) or not pending)
+            set_changed(self.confirm_button, disabled=bool(busy) or not pending or blocked)
+            set_changed(self.keyless, value=state.keyless)
         set_changed(self.confirm_row.layout, display="" if pending else "none")

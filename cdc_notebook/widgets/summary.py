@@ -1,10 +1,11 @@
-"""The live summary: rows per table, events/s, MB/s and the slot's lag, in one line.
+"""The live summary: rows per table, events/s, MiB/s and the slot's lag, in one line.
 
 The same figures are printed by ``python -m cdc_notebook demo`` and shown above the dashboard.
 Rates are measured between two samples of the frames' counters (rows and bytes received), so
 they say what the reader is doing now, not an average since it started; the slot's lag comes
 from the server (``pg_current_wal_lsn() - confirmed_flush_lsn``) through a connection of its
-own, polled at most once a second on the model's worker.
+own, polled at most once a second on the model's worker — or, in the dashboard, from the
+status tab's latest snapshot (``status_source``), so the two never disagree.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import ipywidgets as w
 
 from cdc_notebook.connection.lsn import format_lsn
-from cdc_notebook.provision.status import _fmt_bytes, fetch_slot_status
+from cdc_notebook.provision.status import fetch_slot_status
+from cdc_notebook.units import MiB, format_byte_rate, format_bytes, format_seconds
 from cdc_notebook.widgets._base import (
     Model,
     WidgetView,
@@ -28,7 +30,7 @@ from cdc_notebook.widgets._base import (
 )
 from cdc_notebook.widgets.pump import set_changed
 
-_MB = 1024 * 1024
+_MB = MiB
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,11 @@ class LiveSummary:
         parts += [f"{t.name}: {t.rows:,} rows" if t.rows is not None else
                   f"{t.name}: {t.changes:,} changes" for t in self.tables]
         parts.append(f"{self.events_per_second:,.0f} events/s")
-        parts.append(f"{self.bytes_per_second / _MB:.2f} MB/s")
+        parts.append(format_byte_rate(self.bytes_per_second))
         if self.lag_bytes is not None:
-            lag = f"slot lag {_fmt_bytes(self.lag_bytes)}"
+            lag = f"slot lag {format_bytes(self.lag_bytes)}"
             if self.lag_seconds is not None:
-                lag += f" ({self.lag_seconds:.2f} s)"
+                lag += f" ({format_seconds(self.lag_seconds)})"
             parts.append(lag)
         if self.error:
             parts.append(f"error: {self.error}")
@@ -76,15 +78,39 @@ class LiveSummary:
             f"<tr><td>{esc(t.name)}</td><td class='cdc-rows'>"
             f"{'' if t.rows is None else f'{t.rows:,}'}</td><td>{t.changes:,}</td>"
             f"<td>{esc(format_lsn(t.lsn))}</td></tr>" for t in self.tables)
-        lag = "n/a" if self.lag_bytes is None else _fmt_bytes(self.lag_bytes)
+        lag = "n/a" if self.lag_bytes is None else format_bytes(self.lag_bytes)
         if self.lag_seconds is not None:
-            lag += f" ({self.lag_seconds:.2f} s)"
+            lag += f" ({format_seconds(self.lag_seconds)})"
         head = (f"<div class='cdc-summary'>reader <b>{esc(self.state)}</b> · "
                 f"<span class='cdc-throughput'>{self.events_per_second:,.0f} events/s</span> · "
-                f"{self.bytes_per_second / _MB:.2f} MB/s · slot lag {esc(lag)}</div>")
+                f"{esc(format_byte_rate(self.bytes_per_second))} · slot lag "
+                f"<span class='cdc-lag'>{esc(lag)}</span></div>")
         table = ("<table class='cdc-summary-tables'><tr><th>table</th><th>rows</th>"
                  "<th>changes received</th><th>consistent at</th></tr>" + rows + "</table>")
         return head + table + message_html(self.error)
+
+    def live_html(self, beat: int) -> str:
+        """:meth:`html` inside a heartbeat: the pump writes it again at least every
+        ``HEARTBEAT`` seconds (``beat`` changes), which restarts a CSS animation; when the kernel
+        is gone (restarted, shut down) nothing writes it any more, and after ``STALE_AFTER``
+        seconds the output dims and says *disconnected*. Plain HTML and CSS: it also works in
+        a notebook saved with its outputs."""
+        return (f"<div class='cdc-live' data-beat='{beat}'>{_STALE_CSS}"
+                "<span class='cdc-disconnected'>disconnected: the kernel no longer updates "
+                "this output (it was restarted or shut down); run the cells again</span>"
+                f"<div class='cdc-live-body'>{self.html()}</div></div>")
+
+
+HEARTBEAT = 2.0  # seconds between two writes of the live summary, at the least
+STALE_AFTER = 8.0  # seconds without a write before it says "disconnected"
+_STALE_CSS = (
+    "<style>"
+    ".cdc-live .cdc-disconnected{display:block;font-size:0;color:#b00020;font-weight:bold;"
+    f"animation:cdc-stale-label 0.2s linear {STALE_AFTER}s forwards}}"
+    f".cdc-live .cdc-live-body{{animation:cdc-stale-body 0.2s linear {STALE_AFTER}s forwards}}"
+    "@keyframes cdc-stale-label{to{font-size:100%}}"
+    "@keyframes cdc-stale-body{to{opacity:0.45}}"
+    "</style>")
 
 
 class SummaryModel(Model):
@@ -93,11 +119,15 @@ class SummaryModel(Model):
     def __init__(self, frames: Any, *, reader: Any = None, slot_name: str | None = None,
                  conninfo: Callable[[], dict[str, Any]] | dict[str, Any] | None = None,
                  lag_interval: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 status_source: Callable[[], tuple[Any, float | None]] | None = None) -> None:
         super().__init__()
         self.frames = frames
         self.reader = reader
         self.slot_name = slot_name
+        # () -> (SlotStatus or None, lag in seconds): the status tab's latest snapshot, used
+        # instead of polling the server here
+        self.status_source = status_source
         self._conninfo = conninfo
         self.lag_interval = lag_interval
         self.clock = clock
@@ -135,6 +165,10 @@ class SummaryModel(Model):
         if reader is not None and reader.error is not None:
             error = describe_error(reader.error)
         lag_bytes, lag_seconds, retained = self._lag
+        if self.status_source is not None:
+            status, lag_seconds = self.status_source()
+            if status is not None:
+                lag_bytes, retained = status.lag_bytes, status.retained_wal_bytes
         summary = LiveSummary(state, tuple(tables), eps, bps, rows, self._slot(), lag_bytes,
                               lag_seconds, retained, error, now)
         with self.lock:
@@ -160,6 +194,8 @@ class SummaryModel(Model):
     def poll_lag(self, now: float | None = None, *, wait: bool = False) -> None:
         """Ask the server for the slot's lag (on the worker) when a poll is due."""
         now = self.clock() if now is None else now
+        if self.status_source is not None:
+            return  # the status tab's snapshot is the one the summary shows
         with self.lock:
             due = self._last_lag_poll is None or now - self._last_lag_poll >= self.lag_interval
             if not due or self.busy:
@@ -214,7 +250,8 @@ class SummaryWidget(WidgetView):
 
     def show(self, state: SimpleNamespace) -> None:
         if state.summary is not None:
-            set_changed(self.html, value=state.summary.html())
+            beat = int(state.summary.taken_at // HEARTBEAT)
+            set_changed(self.html, value=state.summary.live_html(beat))
 
     def hook(self, now: float) -> None:
         """Pump hook: a sample every ``min_interval`` (cheap) and a lag poll when due."""

@@ -23,6 +23,62 @@ from cdc_notebook.widgets.pump import held, set_changed
 MAX_ROWS = 200
 MAX_COLUMNS = 30
 
+OP_WORDS = {"r": "snapshot", "c": "insert", "u": "update", "d": "delete", "t": "truncate"}
+_PLAIN = (pl.Boolean, pl.String, pl.Date, pl.Datetime, pl.Time, pl.Duration, pl.Decimal)
+
+
+def _as_text(expr: pl.Expr, dtype: Any) -> pl.Expr | None:
+    if dtype.is_numeric() or isinstance(dtype, _PLAIN):
+        return expr.cast(pl.String, strict=False)
+    return None  # nested values are left out of the one-line text
+
+
+def changelog_display(frame: pl.DataFrame, key_columns: tuple[str, ...] = ()) -> pl.DataFrame:
+    """The changelog as people read it: the operation in words, the LSN as PostgreSQL writes
+    it, the commit time, the key (a delete's from its before-image, as its after-image is
+    empty), the before-image in one line (``id=5, status=new``: key changes, REPLICA IDENTITY
+    FULL) and the after-image's columns. The bookkeeping columns (xid, ordinal, end LSN, ...)
+    are left to ``LiveTable.changelog()``."""
+    from cdc_notebook.decode.events import METADATA_COLUMNS
+
+    columns = [c for c in frame.columns if c not in METADATA_COLUMNS]
+    before = frame.schema.get("_cdc_before")
+    fields = {f.name: f.dtype for f in before.fields} if isinstance(before, pl.Struct) else {}
+    keys = [k for k in key_columns if k in columns]
+    out: list[pl.Expr] = []
+    if "_cdc_op" in frame.columns:
+        out.append(pl.col("_cdc_op").replace_strict(OP_WORDS, default=pl.col("_cdc_op"),
+                                                    return_dtype=pl.String).alias("change"))
+    if "_cdc_lsn" in frame.columns:
+        out.append(pl.col("_cdc_lsn").alias("lsn"))  # as text once sliced: lsn_text()
+    if "_cdc_commit_ts" in frame.columns:
+        out.append(pl.col("_cdc_commit_ts").alias("committed"))
+    for key in keys:
+        value = pl.col(key)
+        if key in fields:
+            value = pl.coalesce(value, pl.col("_cdc_before").struct.field(key))
+        out.append(value.alias(key))
+    if fields:
+        parts = []
+        for name, dtype in fields.items():
+            text = _as_text(pl.col("_cdc_before").struct.field(name), dtype)
+            if text is not None:
+                parts.append(pl.when(text.is_not_null()).then(pl.lit(f"{name}=") + text))
+        if parts:
+            out.append(pl.concat_str(parts, separator=", ", ignore_nulls=True)
+                       .replace("", None).alias("before"))
+    out += [pl.col(c) for c in columns if c not in keys]
+    return frame.select(out)
+
+
+def lsn_text(frame: pl.DataFrame, column: str = "lsn") -> pl.DataFrame:
+    """A (bounded) frame's LSN column as PostgreSQL writes LSNs (``0/16B3748``)."""
+    if column not in frame.columns:
+        return frame
+    values = frame.get_column(column).to_list()
+    return frame.with_columns(pl.Series(column, [None if v is None else format_lsn(int(v))
+                                                 for v in values], dtype=pl.String))
+
 
 class TableViewModel(Model):
     """Which table, which frame (mirror or changelog), and which rows to show."""
@@ -61,22 +117,29 @@ class TableViewModel(Model):
                 return None, "no table yet", None
             table = names[0]
         live = self.frames.tables[table]
+        matched: int | None = None
         try:
             if source == "changelog":
-                frame, lsn = live.changelog(), None
+                frame, lsn = changelog_display(live.changelog(), live.key_columns), None
             else:
                 state = live.state()
                 frame, lsn = state.frame, state.lsn
             total = frame.height
             if mode == "filter" and where.strip():
                 frame = frame.sql(f"SELECT * FROM self WHERE {where}")
+                matched = frame.height
             frame = frame.head(rows) if mode == "head" else frame.tail(rows) \
                 if mode == "tail" else frame.head(rows)
+            if source == "changelog":
+                frame = lsn_text(frame)
         except MirrorUnavailable as exc:
             return None, table, str(exc)
         except Exception as exc:  # noqa: BLE001 - a bad filter is the user's input
             return None, table, describe_error(exc)
-        line = f"{table}: {total:,} rows ({source})"
+        if matched is not None:
+            line = f"{table}: {matched:,} of {total:,} rows match ({source})"
+        else:
+            line = f"{table}: {total:,} rows ({source})"
         if lsn is not None:
             line += f", consistent at LSN {format_lsn(lsn)}"
         changes = [c.describe() for c in live.schema_changes[-3:]]
@@ -118,15 +181,33 @@ class TableViewWidget(WidgetView):
                 model.set(table=change["new"])
 
         self.table.observe(select_table, names="value")
+        self._pushed: dict[str, Any] = {name: getattr(model, name) for name in self.shows}
+
+        def typed(name: str) -> Any:
+            def handler(change: dict[str, Any]) -> None:
+                self._pushed[name] = change["new"]
+                model.set(**{name: change["new"]})
+            return handler
+
         for name in ("source", "mode", "rows", "where"):
-            getattr(self, name).observe(lambda c, n=name: model.set(**{n: c["new"]}),
-                                        names="value")
+            getattr(self, name).observe(typed(name), names="value")
         self.refresh(0.0)
+
+    shows = ("rows", "mode", "source", "where")
 
     def show(self, state: SimpleNamespace) -> None:
         frame, line, error = self.model.render()
         names = tuple(self.model.frames.tables)
         body = frame_html(frame) if frame is not None else ""
+        # Code may change the model (table.set(rows=8)): the controls say what is shown. Only
+        # what the model changed since the controls last took it is written (never an older
+        # copy over what is being typed).
+        with held(self.rows, self.mode, self.source, self.where):
+            for name in self.shows:
+                value = getattr(state, name)
+                if value != self._pushed.get(name):
+                    set_changed(getattr(self, name), value=value)
+                    self._pushed[name] = value
         with held(self.info, self.html, self.table):
             if self.table.options != names:
                 self.table.options = names
