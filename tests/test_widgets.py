@@ -819,3 +819,89 @@ def test_workload_takes_a_dsn_string_and_a_failure_says_why(pg: Any, unique_name
     assert broken.state == "failed" and "does not exist" in repr(broken)
     with pg.connect() as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# --------------------------------------------------------------------------- progress (issue 15)
+
+
+def test_progress_bars_render_server_steps_snapshots_and_catch_up_within_the_budget(
+        comms: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cdc_notebook.live.tables import CatchUpProgress
+    from cdc_notebook.server import progress as server_progress
+    from cdc_notebook.server.progress import ProgressEvent, Reporter
+    from cdc_notebook.snapshot.tables import SnapshotProgress
+    from cdc_notebook.widgets.progress import NotebookProgress
+
+    clock = [0.0]
+    monkeypatch.setattr("cdc_notebook.widgets.progress.time.monotonic", lambda: clock[0])
+    bars = NotebookProgress(display=False)
+    comms.clear()
+    # the plugin build, as build_plugin reports it: 2,000 updates within 5 s
+    bars(ProgressEvent("compile", "compiling wal2arrow", "start", 0, 18, "files"))
+    for i in range(2000):
+        clock[0] += 0.0025
+        bars(ProgressEvent("compile", "compiling wal2arrow", "update", min(18, i // 100), 18,
+                           "files", elapsed=clock[0]))
+    bars(ProgressEvent("compile", "compiling wal2arrow", "done", 18, 18, "files",
+                       elapsed=clock[0]))
+    sent = [m for m in comms if m[0] == "comm_msg"]
+    assert len(sent) <= 2 * (5 / 0.25 + 3)  # a bar and its label, four times a second
+    progress, label = bars._bars["step:compile"]
+    assert progress.value == 1.0 and progress.bar_style == "success"
+    assert "compiling wal2arrow" in label.value and "18/18 files" in label.value
+    # a snapshot, a bar per table with rows, bytes, rate and ETA
+    bars(SnapshotProgress("shop.orders", 50_000, 30_860_232, 2.0, 25, 100))
+    progress, label = bars._bars["snapshot:shop.orders"]
+    assert progress.value == pytest.approx(0.25)
+    assert "50,000 rows" in label.value and "29.4 MiB" in label.value
+    assert "25,000 rows/s" in label.value and "ETA 6.0 s" in label.value
+    clock[0] += 1
+    bars(SnapshotProgress("shop.orders", 200_000, 2**27, 8.0, 100, 100, done=True))
+    assert progress.value == 1.0 and progress.bar_style == "success"
+    # catch-up: WAL left to apply
+    clock[0] += 1
+    bars(CatchUpProgress(0x1000000, 0x1000000 + 8 * 2**20, 0x1000000 + 2 * 2**20, 1.0,
+                         ("shop.orders",)))
+    progress, label = bars._bars["catch-up"]
+    assert progress.value == pytest.approx(0.25) and "6.0 MiB of WAL to go" in label.value
+    assert "shop.orders" in label.value and "ETA 3.0 s" in label.value
+    bars.close()
+    # "auto" is the bars inside a Jupyter kernel
+    monkeypatch.setattr("cdc_notebook.widgets.progress.in_notebook", lambda: True)
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: None)
+    chosen = server_progress.resolve("auto")
+    assert isinstance(chosen, NotebookProgress)
+    with Reporter(chosen).step("start", "starting PostgreSQL"):
+        pass
+    assert chosen._bars["step:start"][0].bar_style == "success"
+    chosen.close()
+
+
+def test_catch_up_reports_how_much_wal_is_left(pg: Any, unique_name: Any) -> None:
+    from cdc_notebook.live.tables import CatchUpProgress, LiveReader
+    from cdc_notebook.stream.cdc_stream import CDCStream
+
+    schema = unique_name("cu")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
+    stream = CDCStream(pg.conninfo(), f"{schema}.*", temporary=True)
+    reader = LiveReader(stream)
+    try:
+        with pg.connect() as conn:  # a backlog before the reader starts
+            for i in range(20):
+                conn.execute(f"INSERT INTO {schema}.t SELECT g, repeat('x', 200) "
+                             f"FROM generate_series({i * 5000}, {i * 5000 + 4999}) g")
+        reports: list[CatchUpProgress] = []
+        reader.start()
+        target = reader.catch_up(120, progress=reports.append)
+        assert reports and reports[-1].done and reports[-1].fraction == 1.0
+        assert reports[-1].target == target and reports[-1].position == target
+        fractions = [r.fraction for r in reports]
+        assert fractions == sorted(fractions)  # the bar only moves forward
+        assert reader[f"{schema}.t"].mirror().height == 100_000
+        assert reader.catch_up(30, progress=None) >= target  # quiet when asked
+    finally:
+        reader.stop()
+        with pg.connect() as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

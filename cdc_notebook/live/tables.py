@@ -1219,6 +1219,70 @@ class LiveFrames:
 # --------------------------------------------------------------------------- the kernel-friendly reader
 
 
+@dataclass(frozen=True)
+class CatchUpProgress:
+    """Where a ``catch_up`` stands: the frames' consistent position between the one they had
+    when it was called (``start``) and the server's WAL position it waits for (``target``)."""
+
+    start: int
+    target: int
+    position: int
+    elapsed: float
+    behind: tuple[str, ...] = ()  # tables not there yet
+    done: bool = False
+
+    @property
+    def fraction(self) -> float:
+        if self.done or self.target <= self.start:
+            return 1.0
+        return max(0.0, min(1.0, (self.position - self.start) / (self.target - self.start)))
+
+    @property
+    def remaining_bytes(self) -> int:
+        return max(0, self.target - self.position)
+
+    @property
+    def eta(self) -> float | None:
+        f = self.fraction
+        if self.done:
+            return 0.0
+        if f <= 0 or self.elapsed <= 0:
+            return None
+        return self.elapsed * (1 - f) / f
+
+
+class _CatchUpReport:
+    """Reports a catch-up's progress to a callback (``"auto"``: bars in a notebook, made once
+    the wait has lasted ``delay`` seconds, so a quick catch-up shows nothing)."""
+
+    def __init__(self, reader: LiveReader, target: int, progress: Any,
+                 delay: float = 0.5) -> None:
+        self.reader = reader
+        self.target = target
+        self.started = time.monotonic()
+        self.start = reader.consistent_position()
+        self.auto = progress == "auto"
+        self.callback = None if progress in ("auto", None) else progress
+        self.delay = delay
+
+    def __call__(self, *, behind: tuple[str, ...] = (), done: bool = False) -> None:
+        elapsed = time.monotonic() - self.started
+        if self.callback is None and self.auto and not done and elapsed >= self.delay:
+            self.auto = False
+            try:
+                from cdc_notebook.widgets.progress import NotebookProgress, in_notebook
+
+                if in_notebook():
+                    self.callback = NotebookProgress()
+            except Exception:  # noqa: BLE001 - no bar is better than a failed catch-up
+                self.callback = None
+        if self.callback is None:
+            return
+        position = self.target if done else self.reader.consistent_position()
+        self.callback(CatchUpProgress(self.start, self.target, position, elapsed, behind,
+                                      done))
+
+
 class LiveReader:
     """Streams a :class:`~cdc_notebook.stream.cdc_stream.CDCStream`'s tables into :class:`LiveFrames` in
     the background of a notebook kernel.
@@ -1418,20 +1482,40 @@ class LiveReader:
         acks = getattr(getattr(self.stream, "router", None), "acks", None)
         return None if acks is None else int(acks.received)
 
-    def catch_up(self, timeout: float = 60.0) -> int:
+    def catch_up(self, timeout: float = 60.0, *, progress: Any = "auto") -> int:
         """Wait until every table's frames are consistent at the server's current WAL
         position (as of this call); returns that position. Raises ``TimeoutError``, or the
-        reader's error when it failed."""
+        reader's error when it failed.
+
+        ``progress``: a callable receiving :class:`CatchUpProgress` reports (how much WAL is left),
+        ``"auto"`` (a progress bar in a notebook once the wait lasts half a second; nothing
+        elsewhere) or None."""
         target = int(self.stream.current_wal_lsn())
         router = getattr(self.stream, "router", None)
         deadline = time.monotonic() + timeout
         self._catching_up += 1
+        report = _CatchUpReport(self, target, progress)
         try:
-            return self._catch_up(target, router, deadline, timeout)
+            lsn = self._catch_up(target, router, deadline, timeout, report)
+            report(done=True)
+            return lsn
         finally:
             self._catching_up -= 1
 
-    def _catch_up(self, target: int, router: Any, deadline: float, timeout: float) -> int:
+    def consistent_position(self) -> int:
+        """Where every table's frames stand (the oldest of them): each table's consistent LSN,
+        or the stream's position when nothing of it is left to read."""
+        with self.frames.lock:
+            names = list(getattr(self.stream, "readers", None) or self.frames.tables)
+            positions = []
+            for name in names:
+                live = self.frames.tables.get(name)
+                mine = live._consistent_lsn() if live is not None else 0
+                positions.append(max(mine, self._synced.get(name, 0)))
+        return min(positions) if positions else 0
+
+    def _catch_up(self, target: int, router: Any, deadline: float, timeout: float,
+                  report: _CatchUpReport | None = None) -> int:
         while True:
             if self.error is not None:
                 raise self.error
@@ -1448,6 +1532,8 @@ class LiveReader:
                             behind.append(name)
             if not behind:
                 return target
+            if report is not None:
+                report(behind=tuple(behind))
             if self.state != "running":
                 raise RuntimeError(f"the reader is {self.state}: {', '.join(behind)} cannot "
                                    "catch up (resume() or start() it)")

@@ -10,7 +10,8 @@ updates while it runs (bytes downloaded, files compiled), one when it ends. Pass
 (with the elapsed time ticking, so a slow step never looks hung), elsewhere (a log, a notebook's
 stderr) one line when a step starts and one when it ends. ``progress="auto"`` picks it for every
 step on a TTY, and elsewhere only for the plugin build (the only step that can take more than a
-few seconds), so a warm start prints nothing outside a terminal.
+few seconds), so a warm start prints nothing outside a terminal; inside a Jupyter kernel it
+picks progress bars in the cell instead (:mod:`cdc_notebook.widgets.progress`).
 """
 
 from __future__ import annotations
@@ -197,6 +198,9 @@ def resolve(progress: ProgressArg) -> ProgressCallback | None:
     """``"auto"``: every step on a TTY, only the plugin build elsewhere; ``None``: silent;
     a callable: itself."""
     if progress == "auto":
+        notebook = _notebook_bars()
+        if notebook is not None:
+            return notebook
         stream = sys.stderr
         isatty = getattr(stream, "isatty", None)
         if isatty is not None and isatty():
@@ -205,3 +209,14 @@ def resolve(progress: ProgressArg) -> ProgressCallback | None:
     if progress is None or callable(progress):
         return progress
     raise ValueError(f"progress must be a callable, 'auto' or None, not {progress!r}")
+
+
+def _notebook_bars() -> ProgressCallback | None:
+    """In a Jupyter kernel, progress bars in the cell (``cdc_notebook.widgets.progress``);
+    None elsewhere, or when the widgets cannot be loaded."""
+    try:
+        from cdc_notebook.widgets.progress import NotebookProgress, in_notebook
+
+        return NotebookProgress() if in_notebook() else None
+    except Exception:  # noqa: BLE001 - no bars is better than no server
+        return None
