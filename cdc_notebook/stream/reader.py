@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import tempfile
 import threading
@@ -32,6 +33,8 @@ from cdc_notebook.stream.partition import rows_of_partition
 
 if TYPE_CHECKING:
     from cdc_notebook.stream.router import ChangeRouter
+
+log = logging.getLogger(__name__)
 
 _END = object()  # queue marker: the stream ended (position reached, or closed)
 
@@ -114,6 +117,7 @@ class TableReader:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._mem_bytes = 0
         self._spill: Any = None
+        self.spill_error: str | None = None  # why the reader could not spill, if it could not
         self._spill_bytes = 0
         self._spill_end = 0
 
@@ -147,7 +151,24 @@ class TableReader:
                 self.router._keep_alive()
             if (not self._all_reading() or self._hold_at is not None) \
                     and self._mem_bytes + item.nbytes > self.memory_limit:
-                self._spill_item(item)
+                try:
+                    self._spill_item(item)
+                except OSError as exc:
+                    # The spill directory is full (or gone): wait for room in memory instead.
+                    # Acknowledgement is held back meanwhile, so the server keeps the WAL and
+                    # nothing is lost; status() shows why the stream waits.
+                    self.spill_error = (f"cannot spill {self.name} to "
+                                        f"{self.router.spill_dir or 'the temporary directory'}: "
+                                        f"{exc}; waiting for its reader (free disk space, or "
+                                        "point TMPDIR at a larger file system)")
+                    log.warning("%s", self.spill_error)
+                    while self._mem_bytes + item.nbytes > self.memory_limit and self._queue \
+                            and not stop.is_set():
+                        self._cond.wait(0.2)
+                        self.router._keep_alive()
+                    self._mem_bytes += item.nbytes
+                else:
+                    self.spill_error = None
             else:
                 self._mem_bytes += item.nbytes
             self._queue.append(item)

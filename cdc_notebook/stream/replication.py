@@ -148,7 +148,9 @@ class ReplicationConnection:
     def _wait_readable(self, timeout: float) -> bool:
         try:
             readable, _, _ = select.select([self.pgconn.socket], [], [], timeout)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, psycopg.OperationalError) as exc:
+            # (libpq drops the socket once a write found the connection gone: its socket then
+            # raises OperationalError, which is a lost connection like any other)
             raise StreamLost(f"replication connection lost: {exc}") from exc
         return bool(readable)
 
