@@ -560,6 +560,35 @@ def test_teardown_drops_only_kit_objects(conn: psycopg.Connection[Any]) -> None:
     assert again.actions == [] and again.skipped == [f"slot {a.slot.slot_name}: does not exist"]
 
 
+def test_teardown_of_a_slot_takes_the_publication_made_for_it(
+        conn: psycopg.Connection[Any]) -> None:
+    alone = provision(conn, "public.users", slot_name="cdcnb_alone", slot_method="sql",
+                      plugin="pgoutput")
+    provision(conn, "public.orders", slot_name="cdcnb_one", publication="cdcnb_shared",
+              slot_method="sql", plugin="pgoutput")
+    provision(conn, "public.orders", slot_name="cdcnb_two", publication="cdcnb_shared",
+              slot_method="sql", plugin="pgoutput")
+    assert kit_publications(conn)["cdcnb_shared"]["slots"] == ["cdcnb_one", "cdcnb_two"]
+    assert "temporary" not in kit_publications(conn)["cdcnb_shared"]
+    report = teardown(conn, slot_name="cdcnb_alone")
+    assert report.actions == ["drop slot cdcnb_alone", f"drop publication {alone.publication} "
+                              "(made for the slots that go)"]
+    plan = plan_teardown(conn, slot_name="cdcnb_one")  # cdcnb_two still uses the publication
+    assert [s.kind for s in plan.steps] == ["drop_slot", "unrecord"]
+    plan.apply()
+    assert kit_publications(conn)["cdcnb_shared"]["slots"] == ["cdcnb_two"]
+    # a slot forgotten on the marker is no longer the kit's, whatever its name
+    conn.execute("SELECT pg_create_logical_replication_slot('cdcnb_one', 'pgoutput')")
+    assert "cdcnb_one" not in {s.slot_name for s in list_slots(conn)}
+    with pytest.raises(NotKitManaged):
+        teardown(conn, slot_name="cdcnb_one")
+    report = teardown(conn, slot_name="cdcnb_two")
+    assert report.actions == ["drop slot cdcnb_two",
+                              "drop publication cdcnb_shared (made for the slots that go)"]
+    assert slot_names(conn) == {"cdcnb_one"} and kit_publications(conn) == {}
+    conn.execute("SELECT pg_drop_replication_slot('cdcnb_one')")
+
+
 def test_list_slots_state(pg: Any, conn: psycopg.Connection[Any]) -> None:
     result = provision(conn, "public.users", slot_name="cdcnb_listed", slot_method="sql",
                        plugin="test_decoding")

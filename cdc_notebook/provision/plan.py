@@ -10,10 +10,10 @@ The seed's seven steps, each visible before it runs::
 
 * Validation (:mod:`~cdc_notebook.provision.checks`) is by capability, one function per check,
   and every problem names its fix.
-* Objects the kit creates are recognisable: slot and publication names start with ``cdcnb_``
-  (unless a slot name is given) and a kit publication carries a ``COMMENT`` marker
-  (:func:`parse_marker`) that also records its slots; teardown
-  (:mod:`~cdc_notebook.provision.teardown`) drops nothing else.
+* Objects the kit creates are recognisable: a kit publication carries a ``COMMENT`` marker
+  (:func:`~cdc_notebook.provision.records.parse_marker`) that also records its slots (and
+  which of them are temporary); teardown (:mod:`~cdc_notebook.provision.teardown`) drops
+  nothing else. Names default to ``cdcnb_...``, but a name proves nothing.
 * Running it twice changes nothing: the plan compares the wanted state with the catalog and
   only the difference becomes SQL.
 * The slot is created last (:mod:`~cdc_notebook.provision.slots`): the wait for running write
@@ -23,7 +23,6 @@ The seed's seven steps, each visible before it runs::
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -65,6 +64,14 @@ from cdc_notebook.provision.patterns import (
     match_tables,
     parse_patterns,
 )
+from cdc_notebook.provision.records import (
+    MARKER_PREFIX,
+    ROLE_MARKER,
+    kit_lock,
+    make_marker,
+    marker_slots,
+    parse_marker,
+)
 from cdc_notebook.provision.slots import (
     DEFAULT_PLUGIN,
     CreatedSlot,
@@ -78,8 +85,10 @@ from cdc_notebook.provision.status import KIT_PREFIX
 
 log = logging.getLogger(__name__)
 
-MARKER_PREFIX = "cdc_notebook "
-ROLE_MARKER = "cdc_notebook managed role"
+__all__ = ["MARKER_PREFIX", "ROLE_MARKER", "ProvisionPlan", "ProvisionResult", "Step",
+           "default_names", "parse_marker", "plan_provision", "provision", "scram_verifier",
+           "validate_publication_name"]
+
 _REDACTED = "'********'"
 
 
@@ -142,6 +151,15 @@ class ProvisionPlan:
         """Run the steps in order (publication first, the slot last). Raises the first fatal
         validation problem before changing anything."""
         self.report.raise_for_errors()
+        # Shared: clean-up of orphaned publications (exclusive) waits until the slot this
+        # plan records on its publication exists.
+        with kit_lock(self.conn, shared=True, wait=10.0) as locked:
+            if not locked:
+                log.warning("provision: the kit's lock was not free within 10 s (a clean-up "
+                            "is running?); going on without it")
+            return self._apply(progress)
+
+    def _apply(self, progress: Callable[[ProgressEvent], None] | None) -> ProvisionResult:
         actions: list[str] = []
         slot: CreatedSlot | None = None
         for step in self.steps:
@@ -202,16 +220,6 @@ def default_names(patterns: Sequence[TablePattern], plugin: str,
 # --------------------------------------------------------------------------- markers
 
 
-def _marker(slots: Iterable[str], replica_identity: dict[str, Any] | None = None) -> str:
-    """The comment that marks a publication as the kit's and records its slots, and the
-    replica identity of each table set-up changed to FULL before (``{"<oid>": {"table":
-    [schema, name], "was": "d" | "n"}}``), so teardown can restore it."""
-    data: dict[str, Any] = {"managed": True, "slots": sorted(set(slots))}
-    if replica_identity:
-        data["replica_identity"] = replica_identity
-    return MARKER_PREFIX + json.dumps(data)
-
-
 def validate_publication_name(name: object) -> str:
     """A publication name the server keeps as given: any characters (the kit quotes it on
     every path, wal2arrow's and pgoutput's ``publication_names`` included) but not empty, no
@@ -226,17 +234,6 @@ def validate_publication_name(name: object) -> str:
             hint="use 1-63 bytes without NUL (any other characters work, e.g. MyPub, 'a b', "
             "'a,b'), or leave publication= out to use the kit's name")
     return name
-
-
-def parse_marker(comment: str | None) -> dict[str, Any] | None:
-    """The kit's marker in a publication comment, or None when the kit did not create it."""
-    if not comment or not comment.startswith(MARKER_PREFIX):
-        return None
-    try:
-        data = json.loads(comment[len(MARKER_PREFIX):])
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) and data.get("managed") is True else None
 
 
 # --------------------------------------------------------------------------- the plan
@@ -317,11 +314,18 @@ def plan_provision(
     identities = {str(t.oid): {"table": [t.schema, t.name], "was": t.replica_identity}
                   for t in keyless_tables(matched)} if keyless == "full" else {}
     notes: list[str] = []
+    slot_temporary = bool(existing["temporary"]) if existing is not None else temporary
+    recorded = False
     if publication:
-        steps += _publication(conn, report, facts, publication, selected, slot_name,
-                              identities, notes)
+        pub_steps, recorded = _publication(conn, report, facts, publication, selected,
+                                           slot_name, identities, notes, slot_temporary)
+        steps += pub_steps
     elif identities:
         notes.append(_unrecorded_identity(identities, "the kit manages no publication here"))
+    if slot_name and not recorded and existing is None and create_slot:
+        notes.append(f"slot {slot_name} is recorded on no publication of the kit's (the kit "
+                     "recognises its slots by that record): teardown(stream) drops it, "
+                     "teardown(conn, slot_name=...) will not")
     if grant_to or create_role:
         steps += _grants(conn, report, facts, selected, grant_to, create_role, role_password)
     if slot_name and existing is None and create_slot:
@@ -384,8 +388,10 @@ def _unrecorded_identity(identities: dict[str, Any], why: str) -> str:
 def _publication(conn: psycopg.Connection[Any], report: ValidationReport, facts: ServerFacts,
                  name: str, tables: list[TableInfo], slot_name: str | None,
                  identities: dict[str, Any] | None = None,
-                 notes: list[str] | None = None) -> list[Step]:
-    """The publication's steps, and its checks into ``report``."""
+                 notes: list[str] | None = None,
+                 temporary: bool = False) -> tuple[list[Step], bool]:
+    """The publication's steps, and its checks into ``report``; and whether it is (or will
+    be) the kit's, recording the slot."""
     state = _publication_state(conn, name)
     if state is not None and state["marker"] is None:
         # someone else's publication: used as it is, if it covers the tables
@@ -393,10 +399,10 @@ def _publication(conn: psycopg.Connection[Any], report: ValidationReport, facts:
         if identities and notes is not None:
             notes.append(_unrecorded_identity(identities, f"publication {name} is not the "
                                               "kit's"))
-        return []
-    steps = _publication_steps(conn, name, state, tables, slot_name, identities)
+        return [], False
+    steps = _publication_steps(conn, name, state, tables, slot_name, identities, temporary)
     report.extend(check_publication_rights(facts, name, state, tables, len(steps)))
-    return steps
+    return steps, True
 
 
 def _publication_state(conn: psycopg.Connection[Any], name: str) -> dict[str, Any] | None:
@@ -419,15 +425,19 @@ def _publication_state(conn: psycopg.Connection[Any], name: str) -> dict[str, An
 
 def _publication_steps(conn: psycopg.Connection[Any], name: str, state: dict[str, Any] | None,
                        tables: list[TableInfo], slot_name: str | None,
-                       identities: dict[str, Any] | None = None) -> list[Step]:
-    """Create the kit's publication with its marker, or bring an existing one up to date."""
+                       identities: dict[str, Any] | None = None,
+                       temporary: bool = False) -> list[Step]:
+    """Create the kit's publication with its marker, or bring an existing one up to date; the
+    marker records ``slot_name`` (and whether it is ``temporary``)."""
     pub = sql.Identifier(name)
     table_list = sql.SQL(", ").join(t.sql_identifier() for t in tables)
     via_root = any(t.relkind == "p" for t in tables)
     steps: list[Step] = []
-    slots = set(state["marker"].get("slots", [])) if state else set()
+    had, had_temporary = marker_slots(state["marker"]) if state else (set(), set())
+    slots, temp = set(had), set(had_temporary)
     if slot_name:
         slots.add(slot_name)
+        temp = (temp | {slot_name}) if temporary else (temp - {slot_name})
     recorded = dict(state["marker"].get("replica_identity") or {}) if state else {}
     # the first original recorded wins: a table already FULL was not changed by this run
     identity = {**(identities or {}), **recorded}
@@ -438,7 +448,7 @@ def _publication_steps(conn: psycopg.Connection[Any], name: str, state: dict[str
         steps.append(Step("publication", f"create publication {name} for {len(tables)} table(s)",
                           stmt.as_string(conn), stmt))
         comment = sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(pub, sql.Literal(
-            _marker(slots, identity)))
+            make_marker(slots, identity, temp)))
         steps.append(Step("publication", f"mark publication {name} as the kit's",
                           comment.as_string(conn), comment))
         return steps
@@ -451,11 +461,11 @@ def _publication_steps(conn: psycopg.Connection[Any], name: str, state: dict[str
             pub, sql.SQL("true" if via_root else "false"))
         steps.append(Step("publication", f"publish partitions via their root: {via_root}",
                           stmt.as_string(conn), stmt))
-    if set(state["marker"].get("slots", [])) != slots or identity != recorded:
+    if had != slots or had_temporary != temp or identity != recorded:
         comment = sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(pub, sql.Literal(
-            _marker(slots, identity)))
+            make_marker(slots, identity, temp)))
         what = " and ".join(w for w, changed in (
-            (f"slot {slot_name}", set(state["marker"].get("slots", [])) != slots),
+            (f"slot {slot_name}", had != slots or had_temporary != temp),
             ("the replica identity set-up changed", identity != recorded)) if changed)
         steps.append(Step("publication", f"record {what} on publication {name}",
                           comment.as_string(conn), comment))

@@ -22,9 +22,10 @@ import psycopg
 
 from cdc_notebook.connection.lsn import parse_lsn_or_none
 from cdc_notebook.errors import SlotNotFound
+from cdc_notebook.provision.records import KIT_PREFIX, MARKER_PREFIX, parse_marker
 from cdc_notebook.units import format_bytes
 
-KIT_PREFIX = "cdcnb_"
+__all__ = ["KIT_PREFIX", "SlotStatus", "fetch_slot_status", "fetch_slot_statuses"]
 _MB = 1024 * 1024
 IDLE_RETENTION_ADVICE = 16 * _MB  # one WAL segment: below that an idle slot costs nothing
 
@@ -57,6 +58,7 @@ class SlotStatus:
     invalidation_reason: str | None = None  # PostgreSQL 17+
     conflicting: bool | None = None  # PostgreSQL 16+
     walsender_flush_lag: timedelta | None = None  # pg_stat_replication.flush_lag (active slot)
+    # the kit's: recorded on a kit publication of its database (records.py), whatever its name
     kit_managed: bool = False
     # filled by the reader
     oldest_unacked_commit_ts: datetime | None = None
@@ -96,9 +98,15 @@ class SlotStatus:
         out["mb_per_second"] = self.mb_per_second
         return out
 
+    @property
+    def kind(self) -> str:
+        """``"temporary"`` (goes with the connection that uses it) or ``"permanent"`` (stays,
+        retaining WAL, until dropped)."""
+        return "temporary" if self.temporary else "permanent"
+
     def summary(self) -> str:
         state = f"active (pid {self.active_pid})" if self.active else "inactive"
-        parts = [f"slot {self.slot_name}: {state}",
+        parts = [f"slot {self.slot_name} ({self.kind}): {state}",
                  f"lag {_fmt_bytes(self.lag_bytes)}",
                  f"retained WAL {_fmt_bytes(self.retained_wal_bytes)}",
                  f"wal_status {self.wal_status or 'n/a'}"]
@@ -167,7 +175,10 @@ SELECT s.slot_name::text, s.plugin::text, s.database::text, s.temporary, s.activ
        pg_wal_lsn_diff(cur.lsn, s.restart_lsn)::int8,
        s.wal_status, s.safe_wal_size,
        (SELECT setting::int8 FROM pg_settings WHERE name = 'max_slot_wal_keep_size'),
-       now(), {", ".join(extra)}, r.flush_lag
+       now(), {", ".join(extra)}, r.flush_lag,
+       s.database = current_database(),
+       ARRAY(SELECT obj_description(p.oid, 'pg_publication') FROM pg_publication p
+              WHERE obj_description(p.oid, 'pg_publication') LIKE '{MARKER_PREFIX}%%')
   FROM (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
                     ELSE pg_current_wal_lsn() END AS lsn) cur
   JOIN pg_replication_slots s ON {where}
@@ -178,7 +189,12 @@ SELECT s.slot_name::text, s.plugin::text, s.database::text, s.temporary, s.activ
 def _row_to_status(row: Any, kit_slots: set[str] | None) -> SlotStatus:
     (name, plugin, database, temporary, active, active_pid, cur, confirmed, restart, lag,
      retained, wal_status, safe, keep_mb, now, conflicting, inactive_since, reason,
-     flush_lag) = row
+     flush_lag, here, comments) = row
+    recorded = set(kit_slots or ())
+    if here:  # the kit's publications of this database record the kit's slots
+        for comment in comments or ():
+            marker = parse_marker(comment)
+            recorded.update(marker.get("slots", []) if marker else [])
     status = SlotStatus(
         slot_name=name, plugin=plugin, database=database, temporary=bool(temporary),
         active=bool(active), active_pid=active_pid, current_lsn=parse_lsn_or_none(cur) or 0,
@@ -189,7 +205,7 @@ def _row_to_status(row: Any, kit_slots: set[str] | None) -> SlotStatus:
         max_slot_wal_keep_size=None if keep_mb is None or keep_mb < 0 else int(keep_mb) * _MB,
         server_time=now, inactive_since=inactive_since, invalidation_reason=reason,
         conflicting=conflicting, walsender_flush_lag=flush_lag,
-        kit_managed=name.startswith(KIT_PREFIX) or (kit_slots is not None and name in kit_slots),
+        kit_managed=name in recorded,
     )
     return dataclasses.replace(status, lag_seconds=_lag_seconds(status), advice=_advice(status))
 
@@ -215,7 +231,9 @@ def fetch_slot_status(conn: Any, slot_name: str, *,
 
 def fetch_slot_statuses(conn: Any, *, kit_slots: set[str] | None = None,
                         all_databases: bool = False) -> list[SlotStatus]:
-    """Every logical slot of the current database (or all databases), in one query."""
+    """Every logical slot of the current database (or all databases), in one query.
+    ``kit_managed`` says which are the kit's (recorded on a kit publication of this database;
+    ``kit_slots`` adds names known otherwise)."""
     where = "s.slot_type = 'logical'"
     if not all_databases:
         where += " AND s.database = current_database()"
