@@ -156,7 +156,7 @@ class TableReader:
                 except OSError as exc:
                     # The spill directory is full (or gone): wait for room in memory instead.
                     # Acknowledgement is held back meanwhile, so the server keeps the WAL and
-                    # nothing is lost; status() shows why the stream waits.
+                    # nothing is lost; the reader's spill_error (and the log) say why it waits.
                     self.spill_error = (f"cannot spill {self.name} to "
                                         f"{self.router.spill_dir or 'the temporary directory'}: "
                                         f"{exc}; waiting for its reader (free disk space, or "
