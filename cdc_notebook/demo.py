@@ -275,7 +275,9 @@ def run_quickstart(server: PostgresServer, *, seconds: float = 10.0, rate: float
         reader.stop()
         with server.connect() as conn:
             left = one_row(conn.execute("SELECT count(*) FROM pg_replication_slots"))[0]
-        say(f"  reader stopped; the temporary slot is gone ({left} slot(s) left)")
+            pubs = one_row(conn.execute("SELECT count(*) FROM pg_publication"))[0]
+        say(f"  reader stopped; the temporary slot and its publication are gone ({left} "
+            f"slot(s), {pubs} publication(s) left)")
 
 
 def _say(msg: str) -> None:

@@ -12,6 +12,7 @@ keeps the seed's API as its README writes it::
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -49,7 +50,7 @@ from cdc_notebook.provision.patterns import (
 )
 from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.slots import DEFAULT_PLUGIN
-from cdc_notebook.provision.status import SlotStatus, fetch_slot_status
+from cdc_notebook.provision.status import SlotStatus, _fmt_bytes, fetch_slot_status
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
 from cdc_notebook.stream.names import ReaderMap
 from cdc_notebook.stream.reader import TableReader
@@ -58,6 +59,7 @@ from cdc_notebook.stream.router import CatalogChanges, ChangeRouter
 from cdc_notebook.stream.source import ReplicationSource, plugin_decoders
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # A table that matches the patterns but could not join (its ALTER PUBLICATION failed) is tried
 # again this often; sooner when it turns up in the publication (someone ran the fix).
@@ -97,6 +99,15 @@ class CDCStream:
     Parameters mirror :func:`cdc_notebook.provision.plan.plan_provision` (``tables`` patterns,
     ``slot_name``, ``publication``, ``plugin``, ``temporary``, ``keyless``...); ``conninfo`` is a
     DSN string or a dict of libpq parameters (TLS options pass through).
+
+    What it leaves on the server (docs/provisioning.md, "Leaving nothing behind"): with
+    ``temporary=True`` nothing once closed — the slot goes with the stream's connection, and the
+    kit publication made for it is dropped by :meth:`close` (also when the stream is garbage
+    collected or the interpreter exits); a publication left by a process killed mid-stream is
+    dropped by the next stream's start (:func:`~cdc_notebook.provision.teardown.
+    sweep_orphaned_publications`) or by ``teardown(conn)``. A permanent slot (the default,
+    so a reader can stop and resume) stays with its publication, retaining WAL, until
+    :meth:`teardown`; ``repr(stream)`` and ``status().summary()`` say which it is.
     """
 
     def __init__(self, conninfo: str | dict[str, Any] | None = None,
@@ -112,6 +123,7 @@ class CDCStream:
                  **provision_options: Any):
         self._source: ReplicationSource | None = None
         self._conns = _Connections(connect(conninfo))
+        created = None  # the slot this start made, until the stream stands
         try:
             self._catalog_lock = threading.Lock()
             self.conninfo = conninfo_of(self.catalog)
@@ -123,6 +135,7 @@ class CDCStream:
                            temporary=temporary, export_snapshot=snapshot,
                            slot_method="replication" if temporary or snapshot else "sql",
                            slot_timeout=slot_timeout, **provision_options)
+            _sweep(self.catalog)
             if plugin is None:
                 # wal2arrow when the server has it and allows it; pgoutput (always there) otherwise.
                 self.plan = plan_provision(self.catalog, plugin=DEFAULT_PLUGIN, **options)
@@ -141,6 +154,7 @@ class CDCStream:
                 self.plugin_reason = f"{plugin}, as asked"
                 self.plan = plan_provision(self.catalog, plugin=plugin, **options)
             result = self.plan.apply()
+            created = result.slot if result.slot is not None and result.slot.created else None
             self.tables: list[TableInfo] = result.tables
             self.publication = result.publication
             if result.slot is None:  # create_slot=False, and no slot of that name exists
@@ -183,10 +197,19 @@ class CDCStream:
             # Readers by table identity (OID), looked up by name: names.ReaderMap.
             self.readers = ReaderMap(self.router.readers)
         except BaseException:
+            if created is not None and created.temporary:
+                # nothing of a temporary stream that could not start stays behind
+                created.close()
+                publication = getattr(self, "publication", None) or self.plan.publication
+                if publication:
+                    _release(self._conns, self.conninfo, publication, created.slot_name)
             self.catalog.close()  # nothing else was opened, or it closed itself
             raise
+        # a temporary slot's publication goes with it (unless another kit slot still uses it)
+        release = (self.publication, self.conninfo) if self.slot.temporary and \
+            self.publication else None
         self._finalizer = weakref.finalize(self, CDCStream._cleanup, self.router, self._conns,
-                                           self.slot)
+                                           self.slot, release)
 
     @property
     def catalog(self) -> psycopg.Connection[Any]:
@@ -510,7 +533,56 @@ class CDCStream:
                            + (f" (fix: {problem.hint})" if problem.hint else "")),
             watcher_failures=self.router.watcher_failures)
 
+    # ---- what it leaves behind
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def slot_description(self, status: SlotStatus | None = None) -> str:
+        """What the slot is and what it costs: a temporary one goes with the stream; a
+        permanent one stays after :meth:`close`, retaining WAL (how much: from ``status``, or
+        asked of the server) until :meth:`teardown`."""
+        name = self.slot.slot_name
+        if self.slot.temporary:
+            return (f"temporary slot {name}: it goes when the stream closes, and with it the "
+                    "kit's publication made for it")
+        if status is None:
+            status = self._slot_status()
+        retained = ("" if status is None else
+                    f", now {_fmt_bytes(status.retained_wal_bytes)} of WAL")
+        return (f"permanent slot {name}: it stays after close() and retains WAL until "
+                f"dropped{retained}; stream.teardown() drops it and its publication")
+
+    def _slot_status(self) -> SlotStatus | None:
+        try:
+            if not self.closed:
+                return self.status()
+            with connect(self.conninfo, connect_timeout=3) as conn:
+                return fetch_slot_status(conn, self.slot.slot_name)
+        except Exception:  # noqa: BLE001 - a description without the figure
+            return None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        tables = [r.name for r in self.readers.values()] if hasattr(self, "readers") else []
+        return (f"<CDCStream {state}: {self.slot_description()}; plugin {self.plugin}, "
+                f"publication {self.publication}, tables {tables}>")
+
+    def teardown(self, **options: Any) -> Any:
+        """Close the stream, then drop what it stands on: its slot (a temporary one already
+        went with it) and the kit publication made for it, unless another existing kit slot
+        still uses it (then only this slot's record on it goes). Objects another tool made are
+        left. Options of :func:`~cdc_notebook.provision.teardown.plan_teardown` (``force``,
+        ``restore_replica_identity``); returns the ``TeardownReport``."""
+        from cdc_notebook.provision.teardown import teardown
+
+        return teardown(self, **options)
+
     def close(self) -> None:
+        """Stop streaming and close the connections. A temporary slot goes with them, and so
+        does the kit publication made for it (unless another kit slot still uses it); a
+        permanent slot and its publication stay (:meth:`teardown` drops them)."""
         self._finalizer()
 
     def __enter__(self) -> CDCStream:
@@ -520,7 +592,17 @@ class CDCStream:
         self.close()
 
     @staticmethod
-    def _cleanup(router: ChangeRouter, conns: _Connections, slot: Any) -> None:
+    def _cleanup(router: ChangeRouter, conns: _Connections, slot: Any,
+                 release: tuple[str, dict[str, Any]] | None = None) -> None:
+        try:
+            CDCStream._stop(router, conns, slot)
+        finally:
+            if release is not None:
+                _release(conns, release[1], release[0], slot.slot_name)
+            conns.close()
+
+    @staticmethod
+    def _stop(router: ChangeRouter, conns: _Connections, slot: Any) -> None:
         router.close()
         slot.close()
         try:
@@ -533,7 +615,39 @@ class CDCStream:
                 time.sleep(0.02)
         except psycopg.Error:
             pass  # the server is gone (or restarted): nothing holds the slot
-        conns.close()
+
+
+def _sweep(conn: psycopg.Connection[Any]) -> None:
+    """A kit start first drops the publications left by temporary streams that were killed."""
+    from cdc_notebook.provision.teardown import sweep_orphaned_publications
+
+    try:
+        sweep_orphaned_publications(conn)
+    except psycopg.Error as exc:
+        log.warning("the clean-up of orphaned kit publications failed: %s",
+                    exc.diag.message_primary or exc)
+
+
+def _release(conns: _Connections, conninfo: dict[str, Any], publication: str,
+             slot_name: str) -> None:
+    """A temporary slot went: its kit publication goes too (unless another kit slot uses it).
+    Never raises: what cannot be done now, the next kit start does."""
+    from cdc_notebook.provision.teardown import release_publication
+
+    conn = conns.catalog
+    opened = None
+    try:
+        if _broken(conn):
+            conn = opened = connect(conninfo, connect_timeout=5)
+        done = release_publication(conn, publication, slot_name)
+        if done:
+            log.info("close: %s", done)
+    except Exception as exc:  # noqa: BLE001 - at exit or in a finalizer: log, never raise
+        log.warning("publication %s of temporary slot %s was not released (%s); the next "
+                    "kit start or teardown(conn) drops it", publication, slot_name, exc)
+    finally:
+        if opened is not None:
+            opened.close()
 
 
 class ArrowCDCReaderConfig:
