@@ -31,11 +31,43 @@ def test_every_tutorial_is_here() -> None:
                      "05_pgoutput_without_the_plugin"]
 
 
+# Run first in each tutorial's kernel: every server.stop() records, just before, the slots and
+# publications still on the server (every database). A tutorial leaves none: a temporary
+# slot and its kit publication go with the reader, a permanent one is torn down on purpose.
+LEFTOVERS_WATCH = """
+from cdc_notebook.server.postgres import PostgresServer as _Server
+
+_cdc_leftovers = []
+_cdc_stop = _Server.stop
+
+
+def _cdc_recording_stop(self):
+    if self.port is not None:
+        with self.connect() as conn:
+            found = {"slots": [r[0] for r in conn.execute(
+                "SELECT slot_name FROM pg_replication_slots").fetchall()], "publications": []}
+            names = [r[0] for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn").fetchall()]
+        for name in names:
+            with self.connect(dbname=name) as conn:
+                found["publications"] += [f"{name}.{r[0]}" for r in conn.execute(
+                    "SELECT pubname FROM pg_publication").fetchall()]
+        _cdc_leftovers.append(found)
+    return _cdc_stop(self)
+
+
+_Server.stop = _cdc_recording_stop
+"""
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path: Path) -> None:
     book = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code"), \
         "notebooks are committed without outputs"
+    tutorial = list(book.cells)
+    book.cells = [nbformat.v4.new_code_cell(LEFTOVERS_WATCH), *tutorial,
+                  nbformat.v4.new_code_cell("import json\nprint(json.dumps(_cdc_leftovers))")]
     client = nbclient.NotebookClient(book, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
     try:
@@ -48,7 +80,11 @@ def test_notebook_runs_top_to_bottom(path: Path) -> None:
               or (o.get("name") == "stderr" and "Traceback" in o.get("text", ""))]
     assert not errors, errors
     # The last code cells are the checks; they ran (nbclient raises on a failing cell).
-    assert any("assert" in c.source for c in book.cells[-4:] if c.cell_type == "code")
+    assert any("assert" in c.source for c in tutorial[-4:] if c.cell_type == "code")
+    # Nothing left on the server when the tutorial stopped it: no slot, no publication.
+    leftovers = json.loads(book.cells[-1].outputs[0]["text"])
+    assert leftovers, "the tutorial never stopped its server"
+    assert all(found == {"slots": [], "publications": []} for found in leftovers), leftovers
 
 
 # --------------------------------------------------------------------------- a real kernel

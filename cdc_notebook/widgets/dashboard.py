@@ -16,7 +16,6 @@ import ipywidgets as w
 
 from cdc_notebook.live.tables import LiveFrames, LiveReader
 from cdc_notebook.widgets._base import Model, WidgetView, describe_error, esc, message_html
-from cdc_notebook.widgets.chart import StatusChart, frames_table_counters
 from cdc_notebook.widgets.connection import ConnectionModel, ConnectionWidget
 from cdc_notebook.widgets.patterns import PatternsModel, PatternsWidget, exact_pattern
 from cdc_notebook.widgets.pump import UIPump, held, set_changed
@@ -81,8 +80,10 @@ class ReaderModel(Model):
                 self.reader = reader
             if chosen:
                 self.setup.slot_name = stream.slot.slot_name
-            self._note(f"streaming {len(stream.readers)} table(s) from slot "
-                       f"{stream.slot.slot_name}")
+            describe = getattr(stream, "slot_description", None)  # temporary or permanent
+            self._note(f"streaming {len(stream.readers)} table(s) from "
+                       + (describe() if callable(describe)
+                          else f"slot {stream.slot.slot_name}"))
         return self.run("starting the reader", work)
 
     def pause(self) -> None:
@@ -167,10 +168,12 @@ class Dashboard:
         self.patterns = PatternsModel(self.connection, include=tables, clock=clock)
         self.setup = SetupModel(self.connection, self.patterns)
         self.status = StatusModel(self.connection, counters=frames_counters(self.frames),
-                                  clock=clock, reader=lambda: self.reader.reader,
-                                  table_counters=frames_table_counters(self.frames))
+                                  clock=clock, reader=lambda: self.reader.reader)
         self.reader = ReaderModel(self.connection, self.patterns, self.setup, self.frames,
                                   stream_factory=stream_factory)
+        # "Plan teardown" with no name takes down the reader's stream, stopping it first
+        self.setup.current_stream = lambda: getattr(self.reader.reader, "stream", None)
+        self.setup.stop_reader = self._stop_reader
         self.table = TableViewModel(self.frames)
         if reader is not None:
             self.reader.reader = reader
@@ -195,7 +198,6 @@ class Dashboard:
         for view in self.views:
             self.pump.add(view)
         self.pump.add(status_view.chart)
-        self.chart: StatusChart = status_view.chart  # display(dash.chart): widget + PNG
         self.pump.add(summary_view)
         self._summary_view = summary_view
         titles = ["Connection", "Tables", "Set-up", "Reader", "Status", "Live table"]
@@ -218,6 +220,10 @@ class Dashboard:
     def _sample_summary(self, now: float) -> None:
         self.summary.reader = self.reader.reader
         self._summary_view.hook(now)
+
+    def _stop_reader(self) -> None:
+        if self.reader.reader is not None:
+            self.reader.reader.stop()
 
     def _reader_slot(self) -> str | None:
         live = self.reader.reader

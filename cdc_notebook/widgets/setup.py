@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -12,9 +13,8 @@ from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.slots import DEFAULT_PLUGIN
 from cdc_notebook.provision.status import SlotStatus
 from cdc_notebook.provision.teardown import (
-    TeardownPlan,
-    kit_publications,
     list_slots,
+    orphaned_publications,
     plan_teardown,
     wait_inactive,
 )
@@ -43,7 +43,7 @@ class SetupModel(Model):
     """Plans (SQL first), confirmation, apply; slot listing and stale-slot clean-up."""
 
     def __init__(self, connection: ConnectionModel, patterns: PatternsModel, *,
-                 plugin: str = DEFAULT_PLUGIN, stale_after: float = 300.0) -> None:
+                 plugin: str = DEFAULT_PLUGIN, stale_after: float = 0.0) -> None:
         super().__init__()
         self.connection = connection
         self.patterns = patterns
@@ -59,6 +59,13 @@ class SetupModel(Model):
         self.pending_errors: list[str] = []  # why the pending plan cannot be confirmed
         self.result: Any = None
         self.slots: list[SlotStatus] = []
+        self.orphans: list[str] = []  # kit publications whose slots are all gone
+        # leftovers dropped from their row: (kind, name) -> "dropping", "dropped", "failed"
+        self.drops: dict[tuple[str, str], str] = {}
+        # set by the dashboard: () -> the reader's stream ("Plan teardown" with no name takes
+        # it down), and how to stop that reader first
+        self.current_stream: Callable[[], Any] | None = None
+        self.stop_reader: Callable[[], None] | None = None
         connection.on_change(lambda _: self.refresh_slots() if connection.connected else None)
 
     @property
@@ -105,40 +112,49 @@ class SetupModel(Model):
 
     def plan_teardown(self, slot_name: str | None = None, *, publication: str | None = None,
                       force: bool = False) -> Any:
+        """Plan the teardown of the slot (and publication) named; with no name, of the
+        reader's stream (it is stopped first), else of the kit's publications whose slots are
+        all gone. The kit publication made for a slot goes with it (teardown.py)."""
         def work() -> None:
             conn = self._conn()
             slot = slot_name or self.slot_name or None
+            pub = publication if publication is not None else (self.publication or None)
+            stream = None
+            if slot is None and pub is None and self.current_stream is not None:
+                stream = self.current_stream()
             if slot is not None and not force:
                 # A reader stopped a moment ago: its walsender lets go of the slot shortly
                 # after the connection closed.
                 wait_inactive(conn, slot, self.release_wait)
-            pub = publication if publication is not None else (self.publication or None)
-            if pub is None and slot is not None:
-                # The kit's publication made for this slot alone goes with it.
-                own = [name for name, marker in kit_publications(conn).items()
-                       if set(marker.get("slots", [])) == {slot}]
-                pub = own[0] if len(own) == 1 else None
-            plan = plan_teardown(conn, slot_name=slot, publication=pub, force=force)
+            if stream is not None:
+                plan = plan_teardown(conn, stream=stream, force=force)
+                info = (f"the reader's stream (slot {stream.slot.slot_name}; the reader stops "
+                        "first): review what will be dropped, then confirm")
+            elif slot is None and pub is None:
+                plan = plan_teardown(conn, force=force)
+                info = ("no slot named and no reader: the kit's publications whose slots are "
+                        "all gone (leftover slots are listed below, each with its Drop)")
+            else:
+                plan = plan_teardown(conn, slot_name=slot, publication=pub, force=force)
+                info = "review what will be dropped, then confirm"
             with self.lock:
                 self.pending, self.pending_kind = plan, "teardown"
                 self.pending_errors = []
-                self.info = "review what will be dropped, then confirm"
+                self.info = info
         return self.run("planning teardown", work)
 
     def plan_drop_stale(self) -> Any:
+        """Plan dropping the kit's slots nobody reads (inactive for ``stale_after`` seconds,
+        or invalidated), with their publications, and the publications whose slots are gone."""
         def work() -> None:
             conn = self._conn()
-            stale = [s for s in list_slots(conn) if is_stale(
-                s, older_than=self.stale_after)]
-            plans = [plan_teardown(conn, slot_name=s.slot_name) for s in stale]
-            steps = [step for p in plans for step in p.steps]
-            merged = TeardownPlan(conn, [s for p in plans for s in p.slots], [], [],
-                                  False, [x for p in plans for x in p.skipped], steps)
+            plan = plan_teardown(conn, stale=True, stale_after=self.stale_after)
             with self.lock:
-                self.pending, self.pending_kind = merged, "teardown"
+                self.pending, self.pending_kind = plan, "teardown"
                 self.pending_errors = []
-                self.info = (f"{len(stale)} stale slot(s): review, then confirm" if stale
-                             else "no stale slot")
+                self.info = (f"{len(plan.slots)} stale slot(s), {len(plan.publications)} "
+                             "publication(s): review, then confirm" if plan.steps
+                             else "no stale slot, no orphaned publication")
         return self.run("looking for stale slots", work)
 
     def confirm(self) -> Any:
@@ -155,6 +171,10 @@ class SetupModel(Model):
                     result.slot.close()
                 text = "; ".join(result.actions) or "nothing to change"
             else:
+                stream = getattr(plan, "stream", None)
+                if stream is not None and not getattr(stream, "closed", True) \
+                        and self.stop_reader is not None:
+                    self.stop_reader()  # the reader first (its threads, then its stream)
                 result = plan.apply()
                 text = str(result)
             with self.lock:
@@ -172,12 +192,60 @@ class SetupModel(Model):
             self.bump()
 
     def _list_slots(self) -> None:
-        slots = list_slots(self._conn())
+        conn = self._conn()
+        slots = list_slots(conn)
+        orphans = sorted(orphaned_publications(conn))
         with self.lock:
             self.slots = slots
+            self.orphans = orphans
 
     def refresh_slots(self) -> Any:
+        with self.lock:  # rows dropped earlier leave the list now
+            self.drops = {k: v for k, v in self.drops.items() if v == "dropping"}
         return self.run("listing slots", self._list_slots)
+
+    @property
+    def leftovers(self) -> list[tuple[str, str, str]]:
+        """What the kit left on this database and nobody uses, as ``(kind, name, text)``: its
+        slots nobody reads (each retains WAL) and its publications whose slots are gone."""
+        rows = []
+        for s in self.slots:
+            if s.kit_managed and (s.invalidated or not (s.active or s.temporary)):
+                since = (f" since {s.inactive_since:%Y-%m-%d %H:%M:%S}"
+                         if s.inactive_since is not None else "")
+                state = "invalidated" if s.invalidated else f"inactive{since}"
+                rows.append(("slot", s.slot_name,
+                             f"slot {s.slot_name} ({s.kind}, {state}): retains "
+                             f"{format_bytes(s.retained_wal_bytes)} of WAL"))
+        rows += [("publication", p, f"publication {p}: every slot it recorded is gone")
+                 for p in self.orphans]
+        return rows
+
+    def drop_leftover(self, name: str, *, kind: str = "slot") -> Any:
+        """Drop one leftover (a kit slot with the publication made for it, or an orphaned kit
+        publication) on the worker; ``drops[(kind, name)]`` follows it."""
+        if kind not in ("slot", "publication"):
+            raise ValueError("kind must be 'slot' or 'publication'")
+        key = (kind, name)
+        with self.lock:
+            self.drops[key] = "dropping"
+            self.bump()
+
+        def work() -> None:
+            try:
+                conn = self._conn()
+                plan = (plan_teardown(conn, slot_name=name) if kind == "slot"
+                        else plan_teardown(conn, publication=name))
+                report = plan.apply()
+            except Exception:
+                with self.lock:
+                    self.drops[key] = "failed"
+                raise
+            with self.lock:
+                self.drops[key] = "dropped"
+                self.info = str(report)
+            self._list_slots()
+        return self.run(f"dropping {kind} {name}", work)
 
     def take_slots(self, slots: list[SlotStatus]) -> None:
         """The kit's slots from another poll (the status tab's snapshot, once a second): the
@@ -191,6 +259,12 @@ class SetupModel(Model):
 KEYLESS_CHOICES = [("refuse them (the plan says which)", "error"),
                    ("REPLICA IDENTITY FULL (ALTER TABLE, restored by teardown)", "full"),
                    ("leave them out", "skip")]
+
+
+# a leftover's Drop button: what it says, disabled, style (by the drop's state)
+_DROP_STATES = {"": ("Drop", False, "danger"), "dropping": ("Dropping…", True, "warning"),
+                "dropped": ("Dropped", True, "success"),
+                "failed": ("Failed: retry", False, "danger")}
 
 
 def slots_html(slots: list[SlotStatus], stale_after: float) -> str:
@@ -215,7 +289,7 @@ def slots_html(slots: list[SlotStatus], stale_after: float) -> str:
 
 class SetupWidget(WidgetView):
     shows = ("pending_sql", "pending", "pending_errors", "busy", "error", "info", "slots",
-             "stale_after", "keyless")
+             "stale_after", "keyless", "leftovers", "drops")
 
     def __init__(self, model: SetupModel) -> None:
         super().__init__(model)
@@ -244,6 +318,9 @@ class SetupWidget(WidgetView):
         self.sql = m(w.HTML())
         self.message = m(w.HTML())
         self.slots = m(w.HTML())
+        self.leftovers = m(w.VBox())  # a row per leftover: its Drop button and what it is
+        self._rows: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._leftover_head = m(w.HTML())
         self.confirm_row = m(w.HBox([self.confirm_button, self.cancel_button]))
         self.box = m(w.VBox([
             m(w.HTML("<b>Set-up and teardown</b>")),
@@ -252,7 +329,7 @@ class SetupWidget(WidgetView):
             self.keyless,
             m(w.HBox([self.plan_button, self.teardown_button, self.stale_button,
                       self.refresh_button])),
-            self.sql, self.confirm_row, self.message, self.slots]))
+            self.sql, self.confirm_row, self.message, self.slots, self.leftovers]))
         for name in ("slot_name", "publication", "plugin", "temporary"):
             getattr(self, name).observe(
                 lambda c, n=name: setattr(model, n, c["new"]), names="value")
@@ -287,3 +364,33 @@ class SetupWidget(WidgetView):
             set_changed(self.confirm_button, disabled=bool(busy) or not pending or blocked)
             set_changed(self.keyless, value=state.keyless)
         set_changed(self.confirm_row.layout, display="" if pending else "none")
+        self._show_leftovers(state.leftovers, state.drops)
+
+    def _show_leftovers(self, leftovers: list[tuple[str, str, str]],
+                        drops: dict[tuple[str, str], str]) -> None:
+        texts = {(kind, name): text for kind, name, text in leftovers}
+        keys = list(texts) + [k for k in drops if k not in texts]
+        for key in [k for k in self._rows if k not in keys]:
+            for widget in self._rows.pop(key):
+                widget.close()
+                self._widgets.remove(widget)
+        for key in keys:
+            if key not in self._rows:
+                button = self.make(w.Button(layout=w.Layout(width="auto")))
+                label = self.make(w.HTML())
+                button.on_click(lambda _, k=key: self.model.drop_leftover(k[1], kind=k[0]))
+                self._rows[key] = (button, label, self.make(w.HBox([button, label])))
+        head = ("<b>Leftovers</b>: the kit's slots nobody reads (each keeps WAL on the server) "
+                "and publications whose slots are gone" if keys else "")
+        set_changed(self._leftover_head, value=head)
+        children = (self._leftover_head, *(self._rows[k][2] for k in keys))
+        if tuple(self.leftovers.children) != children:
+            self.leftovers.children = children
+        for key in keys:
+            button, label, _ = self._rows[key]
+            description, disabled, style = _DROP_STATES[drops.get(key, "")]
+            text = texts.get(key) or f"{key[0]} {key[1]}"
+            with held(button, label):
+                set_changed(label, value=esc(text))
+                set_changed(button, description=description, disabled=disabled,
+                            button_style=style)
