@@ -460,9 +460,10 @@ def test_status_numbers_chart_and_errors(pg: Any, tables: str, unique_name: Any,
     assert "wal_status" in view.numbers.value and setup.slot_name in view.numbers.value
     assert "events/s" in view.numbers.value and ">100<" in view.numbers.value
     assert model.status.lag_bytes > 0  # nobody reads the slot
-    png = view.chart.image.value
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and view.chart.renders >= 1
-    assert view.chart.rate_line.get_xdata()[-1] == pytest.approx(2.0)
+    svg = view.chart.html.value
+    assert "<svg" in svg and "events/s" in svg and view.chart.renders >= 1
+    assert model.history[-1].t - model.history[0].t == pytest.approx(2.0)
+    assert view.chart.png()[:8] == b"\x89PNG\r\n\x1a\n"
 
     model.slot_name = "cdcnb_no_such_slot"
     clock.now += 1.0
@@ -1003,3 +1004,123 @@ def test_catch_up_reports_how_much_wal_is_left(pg: Any, unique_name: Any) -> Non
         reader.stop()
         with pg.connect() as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# --------------------------------------------------------------------------- charts (issue 15)
+
+
+def test_the_chart_draws_a_line_per_table_in_readable_units_with_values_on_hover(
+        comms: Any) -> None:
+    from cdc_notebook.widgets.chart import ChartPoint, StatusChart, png_chart, svg_chart
+
+    points = [ChartPoint(1000.0 + i, {"shop.orders": 40_000.0 + i * 1000,
+                                      "shop.customers": 400.0},
+                         40_400.0, 12 * 2**20, (i + 1) * 3 * 2**20, 0.2 + i / 10)
+              for i in range(30)]
+    svg = svg_chart(points, ["shop.customers", "shop.orders"])
+    assert svg.count("<polyline") == 4  # two tables, lag in bytes, lag in seconds
+    assert "shop.orders" in svg and "shop.customers" in svg
+    assert ">60K<" in svg or ">50K<" in svg  # events/s in K, not 60000
+    assert "MiB<" in svg and " s<" in svg  # bytes in MiB, lag in seconds
+    assert "<title>shop.orders: 69K (now)</title>" in svg  # the exact value on hover
+    assert "data-lag-seconds='3.1'" in svg and "−29 s" in svg
+    assert png_chart(points, ["shop.orders"])[:4] == b"\x89PNG"
+
+    class Model:
+        def __init__(self) -> None:
+            self.lock = __import__("threading").RLock()
+            self.history = points
+            self.polls = 30
+
+        def view_version(self) -> int:
+            return 30
+
+    chart = StatusChart(Model())
+    chart.refresh(0)
+    assert "<svg" in chart.html.value
+    assert [b.description for b in chart.picks.children] == ["shop.customers",
+                                                              "shop.orders"]
+    chart._picked["shop.customers"].value = False  # untick a table: it is not drawn
+    chart.refresh(1)
+    assert chart.html.value.count("<polyline") == 3
+    chart.window.value = "5 minutes"
+    assert chart.version() != (30, 0)  # a new window redraws at the next tick
+    bundle = chart._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["image/png"] and "text/plain" in bundle
+    chart.close()
+
+
+def test_an_exported_notebook_shows_the_charts_png(comms: Any) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from cdc_notebook.widgets.chart import ChartPoint, StatusChart
+
+    class Model:
+        def __init__(self) -> None:
+            self.lock = __import__("threading").RLock()
+            self.history = [ChartPoint(float(i), {"t": 10.0 * i}, 10.0 * i, 0, 2**20, 0.5)
+                            for i in range(10)]
+            self.polls = 10
+
+        def view_version(self) -> int:
+            return 10
+
+    chart = StatusChart(Model())
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("dash.chart")
+    cell.outputs = [nbformat.v4.new_output("display_data", data=chart._repr_mimebundle_())]
+    nb.cells.append(cell)
+    body, _ = HTMLExporter().from_notebook_node(nb)  # no widget state saved
+    assert "data:image/png;base64," in body
+    chart.close()
+
+
+def test_lag_in_seconds_is_a_number_while_streaming(pg: Any, tables: str, comms: Any) -> None:
+    import threading
+    import time
+
+    from cdc_notebook.widgets import Dashboard
+
+    clock = Clock()
+    dash = Dashboard(server=pg, tables=f"{tables}.orders", clock=clock, start_pump=False)
+    stop = threading.Event()
+
+    def write() -> None:
+        with pg.connect() as conn:
+            i = 0
+            while not stop.is_set():
+                conn.execute(f"INSERT INTO {tables}.orders SELECT g, 'x' "
+                             f"FROM generate_series({i}, {i + 499}) g")
+                i += 500
+                stop.wait(0.05)
+
+    writer = threading.Thread(target=write, daemon=True)
+    try:
+        dash.connection.connect().result(60)
+        dash.reader.start().result(60)
+        writer.start()
+        lags = []
+        for _ in range(30):  # about 6 s of real time, each tick a poll
+            clock.now += 1.1
+            dash.pump.tick()
+            dash.wait()
+            if dash.status.status is not None:
+                lags.append(dash.status.lag_seconds)
+            if len(lags) >= 6 and any(p.tables.get(f"{tables}.orders", 0) > 0
+                                      for p in dash.status.history):
+                break
+            time.sleep(0.2)
+        assert len(lags) >= 4 and all(isinstance(v, float) for v in lags), lags
+        history = list(dash.status.history)
+        assert all(p.lag_seconds is not None for p in history[1:])
+        assert any(p.tables.get(f"{tables}.orders", 0) > 0 for p in history)
+        clock.now += 1.1
+        dash.pump.tick()
+        assert "lag (time)" in dash.chart.html.value and "data-lag-seconds=''" not in \
+            dash.chart.html.value
+    finally:
+        stop.set()
+        writer.join(10)
+        dash.stop()

@@ -16,6 +16,7 @@ import ipywidgets as w
 
 from cdc_notebook.live.tables import LiveFrames, LiveReader
 from cdc_notebook.widgets._base import Model, WidgetView, describe_error, esc, message_html
+from cdc_notebook.widgets.chart import StatusChart, frames_table_counters
 from cdc_notebook.widgets.connection import ConnectionModel, ConnectionWidget
 from cdc_notebook.widgets.patterns import PatternsModel, PatternsWidget, exact_pattern
 from cdc_notebook.widgets.pump import UIPump, held, set_changed
@@ -168,7 +169,8 @@ class Dashboard:
         self.patterns = PatternsModel(self.connection, include=tables, clock=clock)
         self.setup = SetupModel(self.connection, self.patterns)
         self.status = StatusModel(self.connection, counters=frames_counters(self.frames),
-                                  clock=clock, reader=lambda: self.reader.reader)
+                                  clock=clock, reader=lambda: self.reader.reader,
+                                  table_counters=frames_table_counters(self.frames))
         self.reader = ReaderModel(self.connection, self.patterns, self.setup, self.frames,
                                   stream_factory=stream_factory)
         # "Plan teardown" with no name takes down the reader's stream, stopping it first
@@ -198,6 +200,7 @@ class Dashboard:
         for view in self.views:
             self.pump.add(view)
         self.pump.add(status_view.chart)
+        self.chart: StatusChart = status_view.chart  # display(dash.chart): widget + PNG
         self.pump.add(summary_view)
         self._summary_view = summary_view
         titles = ["Connection", "Tables", "Set-up", "Reader", "Status", "Live table"]

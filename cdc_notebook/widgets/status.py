@@ -1,13 +1,9 @@
-"""Status: slot lag (bytes and time), retained WAL, wal_status, events/s and MB/s, a live chart.
-
-The chart is one ``matplotlib.figure.Figure`` on the Agg canvas (never pyplot's global state),
-its lines updated with ``set_data`` and rendered to PNG into an ``ipywidgets.Image`` at most
-once a second.
-"""
+"""Status: slot lag (bytes and time), retained WAL, wal_status, events/s and MiB/s, a live chart
+(:mod:`cdc_notebook.widgets.chart`: events/s per table, lag in bytes and in seconds over time,
+an SVG in the browser and a PNG for exported notebooks)."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,14 +13,13 @@ from typing import Any
 
 import ipywidgets as w
 import psycopg
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from cdc_notebook.errors import SlotNotFound
 from cdc_notebook.provision.status import SlotStatus, fetch_slot_statuses
 from cdc_notebook.provision.teardown import kit_publications
 from cdc_notebook.units import MiB, format_byte_rate, format_bytes, format_seconds
 from cdc_notebook.widgets._base import Model, WidgetView, esc, message_html
+from cdc_notebook.widgets.chart import ChartPoint, StatusChart, rates
 from cdc_notebook.widgets.connection import ConnectionModel
 from cdc_notebook.widgets.pump import held, set_changed
 
@@ -80,9 +75,10 @@ class StatusModel(Model):
 
     def __init__(self, connection: ConnectionModel, *, slot_name: str | None = None,
                  counters: Callable[[], tuple[int, int]] | None = None,
-                 poll_interval: float = 1.0, history: int = 120,
+                 poll_interval: float = 1.0, history: int = 600,
                  clock: Callable[[], float] = time.monotonic,
-                 reader: Callable[[], Any] | None = None) -> None:
+                 reader: Callable[[], Any] | None = None,
+                 table_counters: Callable[[], dict[str, int]] | None = None) -> None:
         super().__init__()
         self.connection = connection
         self.slot_name = slot_name
@@ -96,7 +92,9 @@ class StatusModel(Model):
         self.status: SlotStatus | None = None
         self.events_per_second = 0.0
         self.bytes_per_second = 0.0
-        self.history: deque[tuple[float, float, float, float]] = deque(maxlen=history)
+        self.history: deque[ChartPoint] = deque(maxlen=history)  # one point per poll
+        self.table_counters = table_counters  # () -> rows received per table (the chart)
+        self._last_tables: tuple[float, dict[str, int]] | None = None
         self.polls = 0
         self._conn: Any = None
         self._last_poll: float | None = None
@@ -158,12 +156,17 @@ class StatusModel(Model):
                 self._last_counts = (now, rows, nbytes)
                 status = status.with_reader(events_per_second=eps, bytes_per_second=bps)
             lag = lag_seconds(status, in_flight)
+            per_table: dict[str, float] = {}
+            if self.table_counters is not None:
+                counts = self.table_counters()
+                per_table = rates(self._last_tables, now, counts)
+                self._last_tables = (now, counts)
             with self.lock:
                 self.status = status
                 self.slots = kit
                 self.lag_seconds = lag
                 self.events_per_second, self.bytes_per_second = eps, bps
-                self.history.append((now, eps, bps / _MB, float(status.lag_bytes or 0)))
+                self.history.append(ChartPoint(now, per_table, eps, bps, status.lag_bytes, lag))
                 self.polls += 1
                 self.error = None
             self._told()
@@ -213,7 +216,7 @@ class StatusWidget(WidgetView):
         self.message = self.make(w.HTML())
         self.chart = StatusChart(model)
         self.box = self.make(w.VBox([self.make(w.HTML("<b>Status</b>")), self.numbers,
-                                     self.chart.image, self.message]))
+                                     self.chart.box, self.message]))
         self.refresh(0.0)
 
     def show(self, state: SimpleNamespace) -> None:
@@ -226,49 +229,3 @@ class StatusWidget(WidgetView):
     def close(self) -> None:
         self.chart.close()
         super().close()
-
-
-class StatusChart(WidgetView):
-    """Throughput and lag over time: one Figure, Agg canvas, PNG into an Image (≤ 1 Hz)."""
-
-    min_interval = 1.0
-    shows = ("history",)
-    model: StatusModel
-
-    def __init__(self, model: StatusModel, *, width: float = 6.4, height: float = 2.4) -> None:
-        super().__init__(model)
-        self.figure = Figure(figsize=(width, height), dpi=100)
-        self.canvas = FigureCanvasAgg(self.figure)
-        self.axes = self.figure.add_subplot(1, 1, 1)
-        self.lag_axes = self.axes.twinx()
-        (self.rate_line,) = self.axes.plot([], [], color="tab:blue", label="events/s")
-        (self.lag_line,) = self.lag_axes.plot([], [], color="tab:red", label="lag (bytes)")
-        self.axes.set_xlabel("seconds")
-        self.axes.set_ylabel("events/s", color="tab:blue")
-        self.lag_axes.set_ylabel("lag (bytes)", color="tab:red")
-        self.figure.tight_layout()
-        self.image = self.make(w.Image(format="png", layout=w.Layout(width=f"{int(width*100)}px")))
-        self.renders = 0
-
-    def version(self) -> int:
-        return self.model.polls  # a new point in the history, not every change of the model
-
-    def render(self, points: list[tuple[float, float, float, float]]) -> bytes:
-        if points:
-            t0 = points[0][0]
-            xs = [p[0] - t0 for p in points]
-            self.rate_line.set_data(xs, [p[1] for p in points])
-            self.lag_line.set_data(xs, [p[3] for p in points])
-            for axes in (self.axes, self.lag_axes):
-                axes.relim()
-                axes.autoscale_view()
-            self.axes.set_xlim(0, max(1.0, xs[-1]))
-        buffer = io.BytesIO()
-        self.canvas.print_png(buffer)  # type: ignore[no-untyped-call]  # matplotlib: unannotated
-        self.renders += 1
-        return buffer.getvalue()
-
-    def show(self, state: SimpleNamespace) -> None:
-        png = self.render(state.history)
-        with self.image.hold_sync():
-            self.image.value = png
