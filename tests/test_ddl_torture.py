@@ -18,6 +18,7 @@ SEEDS = (11, 12, 13, 14)  # an odd seed captures schema.tt_* (next to a table it
 STATEMENTS = 400
 
 
+@pytest.mark.torture
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("plugin", ["wal2arrow", "pgoutput"])
 def test_ddl_torture(pg, pg_version, unique_name, plugin, seed):
