@@ -1124,3 +1124,156 @@ def test_lag_in_seconds_is_a_number_while_streaming(pg: Any, tables: str, comms:
         stop.set()
         writer.join(10)
         dash.stop()
+
+
+# --------------------------------------------------------------------------- the grid (issue 15)
+
+
+def apply_deltas(copy: dict[int, dict[str, Any]], steps: list[tuple[str, Any]]) -> None:
+    for kind, frame in steps:
+        for row in frame.iter_rows(named=True):
+            if kind == "remove":
+                copy.pop(row["id"], None)
+            else:
+                copy[row["id"]] = row
+
+
+def test_mirror_deltas_follow_every_fold_and_reset_when_they_must() -> None:
+    import random
+
+    from .test_live import Model, random_changes
+
+    tx = Transactions()
+    live = LiveTable_("public.t")
+    deltas = live.subscribe(max_rows=10_000)
+    reset, steps = deltas.take()
+    assert reset and steps == []  # a new subscriber reads the mirror once
+    rng = random.Random(7)
+    model, keys, next_key = Model(), set(), [0]
+    copy: dict[int, dict[str, Any]] = {}
+    for _ in range(40):
+        changes = random_changes(rng, keys, 50, next_key)
+        model.apply(changes)
+        live.apply(tx.batch(changes))
+        live.refresh()
+        reset, steps = deltas.take()
+        assert not reset
+        apply_deltas(copy, steps)
+    mirror = live.mirror().sort("id")
+    assert sorted(copy) == mirror.get_column("id").to_list()
+    assert [copy[k]["v"] for k in sorted(copy)] == mirror.get_column("v").to_list()
+    live.truncate(tx.lsn + 1)
+    live.refresh()
+    assert deltas.take()[0]  # a TRUNCATE: read it whole again
+    live.apply(tx.batch([{"op": "c", "id": 10**6 + i, "v": i, "doc": "x", "u": None}
+                         for i in range(20_000)]))
+    live.refresh()
+    assert deltas.take()[0]  # more than max_rows piled up: a reset, not 20,000 rows held
+    deltas.close()
+    assert not live._subscribers
+
+
+def LiveTable_(name: str, **kwargs: Any) -> Any:
+    from cdc_notebook.live.tables import LiveTable
+
+    return LiveTable(name, SCHEMA, ["id"], fold_interval=3600, clock=lambda: 0.0, **kwargs)
+
+
+@pytest.mark.skipif(not __import__("cdc_notebook.widgets.grid", fromlist=["x"]).grid_available(),
+                    reason="the grid extra (perspective-python) is not installed")
+def test_the_grid_holds_a_million_row_mirror_and_follows_it_by_deltas(comms: Any) -> None:
+    from cdc_notebook.widgets.grid import LiveGrid
+
+    live = LiveTable_("public.t", max_pending_rows=10**7)
+    for i in range(10):
+        live.apply(insert_batch(i * 100_000, 100_000, 0x1000 + i * 64))
+    live.refresh()
+    grid = LiveGrid(live)
+    assert grid.table.size() == 1_000_000 and grid.index == "id"
+    comms.clear()
+    # updates, deletes, a key change: the grid gets only what changed
+    tx = Transactions(start_lsn=0x100000)
+    for step in range(5):
+        live.apply(tx.batch(
+            [{"op": "u", "id": step * 10 + j, "v": -1, "doc": "changed", "u": None}
+             for j in range(5)]
+            + [{"op": "d", "id": None, "v": None, "doc": None, "u": None,
+                "before": {"id": 500_000 + step}},
+               {"op": "u", "id": 2_000_000 + step, "v": 7, "doc": "moved", "u": None,
+                "before": {"id": 600_000 + step}}]))
+        live.refresh()
+        sent = grid.rows_sent
+        grid.refresh(step)
+        assert grid.rows_sent - sent == 5 + 1 + 1 + 1  # rows updated, removed, moved away/in
+    assert grid.table.size() == live.mirror().height == 1_000_000 - 5
+    view = grid.table.view(filter=[["v", "==", -1]], columns=["id", "doc"])
+    changed = view.to_columns()
+    assert sorted(changed["id"]) == sorted(s * 10 + j for s in range(5) for j in range(5))
+    assert set(changed["doc"]) == {"changed"}
+    moved = grid.table.view(filter=[["id", ">=", 2_000_000]]).to_columns()
+    assert sorted(moved["id"]) == [2_000_000 + s for s in range(5)]
+    # no widget message per update (the browser asks for what it shows); none is large
+    sent_msgs = [m for m in comms if m[2] == grid.widget.comm.comm_id]
+    assert len(sent_msgs) <= 2
+    assert all(len(json.dumps(m[1], default=str)) < 50_000 for m in comms)
+    grid.close()
+    assert not live._subscribers
+
+
+@pytest.mark.skipif(not __import__("cdc_notebook.widgets.grid", fromlist=["x"]).grid_available(),
+                    reason="the grid extra (perspective-python) is not installed")
+def test_the_live_table_tab_shows_a_grid_and_its_changelog(comms: Any) -> None:
+    frames = LiveFrames()
+    tx = Transactions()
+    live = frames.table("public.t", SCHEMA, ["id"])
+    live.apply(tx.batch([{"op": "c", "id": i, "v": i, "doc": f"d{i}", "u": None}
+                         for i in range(100)]))
+    live.apply(tx.batch([{"op": "d", "id": None, "v": None, "doc": None, "u": None,
+                          "before": {"id": 3}}]))
+    view = TableViewWidget(TableViewModel(frames, view="grid"))
+    assert view.grid is not None and view.holder.children == (view.grid.box,)
+    assert view.slice_controls.layout.display == "none"
+    assert view.grid.table.size() == 99 and "99 rows (mirror)" in view.info.value
+    view.source.value = "changelog"
+    view.refresh(10.0)
+    grid = view.grid
+    assert grid is not None and grid.source == "changelog"
+    cols = grid.table.view().to_columns()
+    assert cols["change"][-1] == "delete" and cols["id"][-1] == 3  # a delete shows its key
+    assert "/" in cols["lsn"][-1]
+    view.view.value = "table"
+    view.refresh(20.0)
+    assert view.grid is None and view.holder.children == (view.html,)
+    view.close()
+
+
+@pytest.mark.skipif(not __import__("cdc_notebook.widgets.grid", fromlist=["x"]).grid_available(),
+                    reason="the grid extra (perspective-python) is not installed")
+def test_the_message_budget_holds_with_the_grid(comms: Any) -> None:
+    """The budget test above with the grid shown instead of the HTML slice: the grid takes
+    every fold's delta, and the widgets still send a bounded number of small messages."""
+    clock = Clock()
+    frames = LiveFrames(clock=clock)
+    live = frames.table("public.t", SCHEMA, ["id"])
+    table_view = TableViewWidget(TableViewModel(frames, view="grid"))
+    pump = UIPump(interval=0.25, clock=clock)
+    pump.add(table_view)
+    comms.clear()
+    ticks, per_tick, rows = 300, 10, 100
+    for tick in range(ticks):
+        for i in range(per_tick):
+            n = tick * per_tick + i
+            live.apply(insert_batch(n * rows, rows, 0x1000 + n * 64))
+        clock.now += 0.05
+        pump.tick()
+    live.refresh()  # the last changes folded (the reader does it at the fold cadence)
+    clock.now += 1
+    pump.tick()
+    seconds = ticks * 0.05
+    updates = [m for m in comms if m[0] == "comm_msg"]
+    assert len(updates) / seconds <= 3 * 4
+    assert all(len(json.dumps(m[1], default=str)) < 20_000 for m in updates)
+    grid = table_view.grid
+    assert grid is not None and grid.table.size() == live.mirror().height == 300_000
+    assert grid.reloads == 0  # deltas all along, never the whole table again
+    table_view.close()

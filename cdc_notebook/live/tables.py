@@ -387,11 +387,14 @@ def fold_input(batches: Sequence[pa.RecordBatch], keys: Sequence[str],
 
 
 def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
-                 keys: Sequence[str]) -> tuple[pl.DataFrame, int]:
+                 keys: Sequence[str], delta: dict[str, pl.DataFrame] | None = None
+                 ) -> tuple[pl.DataFrame, int]:
     """Apply change rows (in stream order) to a mirror keyed by ``keys``.
 
     Returns the new mirror and the number of unchanged TOAST values whose previous version was
-    not known (left null). Pure: neither input is modified.
+    not known (left null). Pure: neither input is modified. ``delta``, when given, receives
+    what changed: ``"upserts"`` (the rows that entered the mirror) and ``"removed"`` (the keys
+    that left it and did not come back in this fold).
     """
     keys = list(keys)
     columns = mirror.columns
@@ -433,8 +436,13 @@ def fold_changes(mirror: pl.DataFrame, changes: pl.DataFrame,
     # smallest neighbours are merged (never the whole mirror at once: that copy doubled the
     # process's peak memory).
     kept = _without_keys(mirror, events, keys)
-    folded = pl.concat([kept, winners.cast(mirror.schema)], how="vertical",
-                       rechunk=False)
+    winners = winners.cast(mirror.schema)
+    if delta is not None:
+        delta["upserts"] = winners
+        delta["removed"] = events.select(keys).unique().cast(
+            {k: mirror.schema[k] for k in keys}).join(
+            winners.select(keys), on=keys, how="anti", nulls_equal=True)
+    folded = pl.concat([kept, winners], how="vertical", rechunk=False)
     if folded.n_chunks() > _MAX_MIRROR_CHUNKS:
         folded = compact_chunks(folded, _MAX_MIRROR_CHUNKS * 3 // 4)
     return folded, unresolved
@@ -457,6 +465,55 @@ def compact_chunks(frame: pl.DataFrame, target: int) -> pl.DataFrame:
 
 
 # --------------------------------------------------------------------------- one table
+
+
+class MirrorDeltas:
+    """A view's cursor over a mirror's changes (``LiveTable.subscribe()``).
+
+    :meth:`take` returns what the folds changed since the last take, in fold order, as
+    ``("remove", keys)`` and ``("upsert", rows)`` steps (apply them in order: a key removed by
+    one fold may come back in a later one), or ``reset=True`` when the copy must be read again
+    from :meth:`LiveTable.state` (the first take; after a TRUNCATE, a schema change or a
+    rebuild; when more than ``max_rows`` changed rows piled up unread, which also bounds what a
+    slow view holds). :meth:`close` ends the subscription.
+    """
+
+    def __init__(self, live: LiveTable, max_rows: int) -> None:
+        self.live = live
+        self.max_rows = max_rows
+        self._steps: list[tuple[str, pl.DataFrame]] = []
+        self._rows = 0
+        self._needs_reset = True
+
+    def _add(self, removed: pl.DataFrame, upserts: pl.DataFrame) -> None:
+        if self._needs_reset:
+            return  # the next take reads everything anyway
+        for kind, frame in (("remove", removed), ("upsert", upserts)):
+            if frame.height:
+                self._steps.append((kind, frame))
+                self._rows += frame.height
+        if self._rows > self.max_rows:
+            self._reset()
+
+    def _reset(self) -> None:
+        self._needs_reset = True
+        self._steps, self._rows = [], 0
+
+    def take(self) -> tuple[bool, list[tuple[str, pl.DataFrame]]]:
+        """``(reset, steps)``; with ``reset``, read the mirror whole instead of the steps."""
+        with self.live.lock:
+            reset, steps = self._needs_reset, self._steps
+            self._needs_reset, self._steps, self._rows = False, [], 0
+            return reset, steps
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows
+
+    def close(self) -> None:
+        with self.live.lock:
+            if self in self.live._subscribers:
+                self.live._subscribers.remove(self)
 
 
 class LiveTable:
@@ -493,6 +550,8 @@ class LiveTable:
         self._pending_rows = 0
         self._changelog: deque[pa.RecordBatch] = deque()  # as they arrived; Polars on read
         self._changelog_len = 0
+        self._changelog_total = 0  # rows ever appended (a cursor for changelog_since)
+        self._changelog_cleared = 0  # bumped by a TRUNCATE, which empties the changelog
         self._version = 0
         self._last_fold = clock()
         # High-water marks: of rows accepted (queued or folded), and of rows folded.
@@ -501,6 +560,7 @@ class LiveTable:
         self._change_lsn = 0  # highest change-record LSN accepted
         self._truncate_lsn = 0  # LSN of the last TRUNCATE applied
         self._horizon = 0  # the stream was seen complete up to here (commits, keepalives)
+        self._subscribers: list[MirrorDeltas] = []  # views that keep a copy (grids)
 
     # ------------------------------------------------------------------ properties
 
@@ -656,6 +716,7 @@ class LiveTable:
             self._pending.append(_Pending("truncate", committed, lsn=lsn))
             self._changelog.clear()
             self._changelog_len = 0
+            self._changelog_cleared += 1
             self._touch()
             self._maybe_fold()
             return True
@@ -703,6 +764,7 @@ class LiveTable:
         with self._lock:
             self._fold()
             self._mirror = frame.select(self._mirror.columns).cast(self._mirror.schema)
+            self._reset_subscribers()
             self._folded = max(self._folded, (lsn, 0))
             self._accepted = max(self._accepted, (lsn, 0))
             self._horizon = max(self._horizon, lsn)
@@ -779,6 +841,19 @@ class LiveTable:
         frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
         return frame.tail(limit)
 
+    def changelog_since(self, cursor: tuple[int, int] | None = None
+                        ) -> tuple[pl.DataFrame | None, tuple[int, int], bool]:
+        """The change rows appended since ``cursor`` (from an earlier call; None: all that the
+        changelog holds), the new cursor, and whether the changelog was emptied meanwhile (a
+        TRUNCATE: start over from these rows). At most ``changelog_rows`` rows."""
+        with self._lock:  # (reentrant: changelog() takes it too)
+            cleared, total = self._changelog_cleared, self._changelog_total
+            reset = cursor is None or cursor[0] != cleared
+            seen = 0 if reset or cursor is None else cursor[1]
+            new = min(self.changelog_rows, total - seen)
+            frame = self.changelog(new) if new > 0 else None
+            return frame, (cleared, total), reset
+
     def partitions(self, count: int, partition_of: PartitionFunction | None = None
                    ) -> dict[int, pl.DataFrame]:
         """The mirror split by key-hash partition, as the reader partitions the table.
@@ -850,6 +925,20 @@ class LiveTable:
 
     # ------------------------------------------------------------------ internals
 
+    def subscribe(self, max_rows: int = 500_000) -> MirrorDeltas:
+        """What each fold changes in the mirror from now on (:class:`MirrorDeltas`), for a
+        view that keeps a copy of it (a grid): it starts with a reset (read the whole mirror
+        once) and goes on with the rows upserted and the keys removed."""
+        with self._lock:
+            self._require_key()
+            subscriber = MirrorDeltas(self, max_rows)
+            self._subscribers.append(subscriber)
+            return subscriber
+
+    def _reset_subscribers(self) -> None:
+        for subscriber in self._subscribers:
+            subscriber._reset()
+
     def _require_key(self) -> None:
         if not self.key_columns:
             raise MirrorUnavailable(
@@ -866,6 +955,7 @@ class LiveTable:
         return max(self._folded[0], self._horizon)
 
     def _append_changelog(self, changes: pa.RecordBatch) -> None:
+        self._changelog_total += changes.num_rows
         if changes.num_rows > self.changelog_rows:
             changes = changes.slice(changes.num_rows - self.changelog_rows)
         self._changelog.append(changes)
@@ -907,6 +997,7 @@ class LiveTable:
             if item.kind == "truncate":
                 self._mirror = self._mirror.clear()
                 self.stats.truncates += 1
+                self._reset_subscribers()
             else:
                 self._alter_mirror(item)
         self._fold_run(run)
@@ -931,7 +1022,11 @@ class LiveTable:
             return
         batches = [item.batch for item in run if item.batch is not None]
         changes = fold_input(batches, self._fold_keys, self._mirror.columns)
-        self._mirror, unresolved = fold_changes(self._mirror, changes, self._fold_keys)
+        delta: dict[str, pl.DataFrame] | None = {} if self._subscribers else None
+        self._mirror, unresolved = fold_changes(self._mirror, changes, self._fold_keys, delta)
+        if delta:
+            for subscriber in self._subscribers:
+                subscriber._add(delta["removed"], delta["upserts"])
         self.stats.unresolved_toast += unresolved
         self.stats.rows_folded += changes.height
         self._pending_rows -= changes.height
@@ -967,6 +1062,7 @@ class LiveTable:
             else:
                 columns.append(pl.col(source).alias(f.name))
         self._mirror = self._mirror.select(columns)
+        self._reset_subscribers()
         self._mirror_schema = item.schema
         self._mirror_ids = item.column_ids
         if item.key_columns is not None:

@@ -176,7 +176,7 @@ class Dashboard:
         # "Plan teardown" with no name takes down the reader's stream, stopping it first
         self.setup.current_stream = lambda: getattr(self.reader.reader, "stream", None)
         self.setup.stop_reader = self._stop_reader
-        self.table = TableViewModel(self.frames)
+        self.table = TableViewModel(self.frames, view="grid")  # HTML without the grid extra
         if reader is not None:
             self.reader.reader = reader
             if tables == "public.*" and getattr(reader.stream, "tables", None):

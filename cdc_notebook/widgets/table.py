@@ -84,10 +84,18 @@ class TableViewModel(Model):
     """Which table, which frame (mirror or changelog), and which rows to show."""
 
     def __init__(self, frames: LiveFrames, *, table: str | None = None, mode: str = "tail",
-                 rows: int = 10, source: str = "mirror", where: str = "") -> None:
+                 rows: int = 10, source: str = "mirror", where: str = "",
+                 view: str | None = None) -> None:
+        from cdc_notebook.widgets.grid import grid_available
+
         super().__init__()
         self.frames = frames
         self.table = table
+        # "grid" (Perspective: sort, filter and scroll the whole frame; the grid extra; the
+        # dashboard's default when it is installed) or "table" (HTML of a bounded slice:
+        # head, tail, a Polars-SQL filter)
+        self.view = view if view is not None and (view != "grid" or grid_available()) \
+            else "table"
         self.mode = mode  # head, tail or filter
         self.rows = rows
         self.source = source  # mirror or changelog
@@ -97,7 +105,7 @@ class TableViewModel(Model):
         """Change what is shown (``table=``, ``mode=``, ``rows=``, ``source=``, ``where=``)."""
         with self.lock:
             for name, value in values.items():
-                if name not in ("table", "mode", "rows", "source", "where"):
+                if name not in ("table", "mode", "rows", "source", "where", "view"):
                     raise AttributeError(name)
                 setattr(self, name, value)
             self.rows = max(1, min(int(self.rows), MAX_ROWS))
@@ -105,6 +113,30 @@ class TableViewModel(Model):
 
     def view_version(self) -> tuple[int, int]:
         return (self.version, self.frames.version)  # the frames move without a bump
+
+    def current(self) -> str | None:
+        """The table shown: the one chosen, else the first."""
+        names = list(self.frames.tables)
+        with self.lock:
+            table = self.table
+        if table is None or table not in names:
+            return names[0] if names else None
+        return table
+
+    def describe(self) -> tuple[str, str | None]:
+        """(a line about the frame, an error) without slicing it (the grid's caption)."""
+        table = self.current()
+        if table is None:
+            return "no table yet", None
+        live = self.frames.tables[table]
+        try:
+            if self.source == "changelog":
+                return f"{table}: changelog, the last {live.changelog_rows:,} changes", None
+            state = live.state(fresh=False)
+        except MirrorUnavailable as exc:
+            return table, str(exc)
+        return (f"{table}: {state.frame.height:,} rows (mirror), consistent at LSN "
+                f"{format_lsn(state.lsn)}", None)
 
     def render(self) -> tuple[pl.DataFrame | None, str, str | None]:
         """(the bounded slice, a line about the frame, an error) — never raises."""
@@ -172,9 +204,22 @@ class TableViewWidget(WidgetView):
                               continuous_update=False))
         self.info = m(w.HTML())
         self.html = m(w.HTML())
+        from cdc_notebook.widgets.grid import grid_available
+
+        views = ["grid", "table"] if grid_available() else ["table"]
+        self.view = m(w.ToggleButtons(options=views, value=model.view if model.view in views
+                                      else views[-1]))
+        self.view.tooltip = ("grid: the whole frame, sorted, filtered and scrolled in the "
+                             "browser; table: a slice as HTML")
+        self.slice_controls = m(w.VBox([self.rows, self.mode, self.where]))
+        self.holder = m(w.Box())  # the grid, or the HTML slice
+        self.grid: Any = None
+        self._grid_for: tuple[str, str] | None = None
+        self._grid_at = float("-inf")
+        self._now = 0.0
         self.box = m(w.VBox([m(w.HTML("<b>Live table</b>")),
-                             m(w.HBox([self.table, self.rows])), self.source, self.mode,
-                             self.where, self.info, self.html]))
+                             m(w.HBox([self.table, self.view])), self.source,
+                             self.slice_controls, self.info, self.holder]))
 
         def select_table(change: dict[str, Any]) -> None:
             if change["new"]:
@@ -189,16 +234,29 @@ class TableViewWidget(WidgetView):
                 model.set(**{name: change["new"]})
             return handler
 
-        for name in ("source", "mode", "rows", "where"):
+        for name in ("source", "mode", "rows", "where", "view"):
             getattr(self, name).observe(typed(name), names="value")
         self.refresh(0.0)
 
-    shows = ("rows", "mode", "source", "where")
+    shows = ("rows", "mode", "source", "where", "view")
+
+    def refresh(self, now: float) -> None:
+        self._now = now
+        super().refresh(now)
 
     def show(self, state: SimpleNamespace) -> None:
-        frame, line, error = self.model.render()
         names = tuple(self.model.frames.tables)
-        body = frame_html(frame) if frame is not None else ""
+        if state.view == "grid" and self.view.options == ("grid", "table"):
+            self._show_grid(state.source)
+            line, error = self.model.describe()
+            body = None
+            if error:
+                self._drop_grid()
+                self.holder.children = ()
+        else:
+            frame, line, error = self.model.render()
+            body = frame_html(frame) if frame is not None else ""
+            self._drop_grid()
         # Code may change the model (table.set(rows=8)): the controls say what is shown. Only
         # what the model changed since the controls last took it is written (never an older
         # copy over what is being typed).
@@ -216,4 +274,43 @@ class TableViewWidget(WidgetView):
             if wanted is not None and self.table.value != wanted:
                 self.table.value = wanted
             set_changed(self.info, value=esc(line) + message_html(error))
-            set_changed(self.html, value=body)
+            if body is not None:
+                set_changed(self.html, value=body)
+        if body is not None and self.holder.children != (self.html,):
+            self.holder.children = (self.html,)
+        set_changed(self.slice_controls.layout,
+                    display="none" if body is None else "")
+
+    def _show_grid(self, source: str) -> None:
+        """The grid of the table and source shown, made (or remade) when they change, fed at
+        its own rate (LiveGrid.min_interval)."""
+        from cdc_notebook.widgets.grid import LiveGrid
+
+        table = self.model.current()
+        if table is None:
+            self._drop_grid()
+            self.holder.children = ()
+            return
+        wanted = (table, source)
+        if self._grid_for != wanted:
+            self._drop_grid()
+            try:
+                self.grid = LiveGrid(self.model.frames.tables[table], source=source)
+            except MirrorUnavailable:
+                return
+            self._grid_for = wanted
+            self._grid_at = self._now
+            self.holder.children = (self.grid.box,)
+            return
+        if self.grid is not None and self._now - self._grid_at >= self.grid.min_interval:
+            self._grid_at = self._now
+            self.grid.refresh(self._now)
+
+    def _drop_grid(self) -> None:
+        if self.grid is not None:
+            self.grid.close()
+            self.grid, self._grid_for = None, None
+
+    def close(self) -> None:
+        self._drop_grid()
+        super().close()
