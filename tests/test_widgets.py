@@ -1277,3 +1277,56 @@ def test_the_message_budget_holds_with_the_grid(comms: Any) -> None:
     assert grid is not None and grid.table.size() == live.mirror().height == 300_000
     assert grid.reloads == 0  # deltas all along, never the whole table again
     table_view.close()
+
+
+# --------------------------------------------------------------------------- honest controls (issue 15)
+
+
+def test_reader_controls_are_handled_off_the_main_shell_and_pause_does_not_block(
+        comms: Any) -> None:
+    import threading
+
+    from cdc_notebook.widgets import ReaderModel, ReaderWidget
+    from cdc_notebook.widgets._base import CONTROL_CSS, off_main_shell
+
+    class KernelComm:  # ipykernel 7's comm routes a front-end message back to one shell
+        def _reply_subshell_for(self, data: Any, default: Any) -> Any:
+            return None  # the main shell: a click waits for the running cell
+
+    class Control:  # what off_main_shell uses of a widget
+        def __init__(self) -> None:
+            self.comm = KernelComm()
+            self.classes: list[str] = []
+
+        def add_class(self, name: str) -> None:
+            self.classes.append(name)
+
+    control = Control()
+    assert off_main_shell(control)
+    assert control.comm._reply_subshell_for({}, "subshell-1") == "subshell-1"  # kept
+    assert control.classes == ["cdc-control"]
+
+    class Reader:
+        def __init__(self) -> None:
+            self.state = "running"
+            self.error = None
+            self.paused_with: list[float] = []
+
+        def pause(self, timeout: float = 10.0) -> None:
+            self.paused_with.append(timeout)
+            self.state = "paused"
+
+    model = ReaderModel(None, None, None, LiveFrames())  # type: ignore[arg-type]
+    reader = Reader()
+    model.reader = reader  # type: ignore[assignment]
+    view = ReaderWidget(model)
+    assert CONTROL_CSS in [c.value for c in view.box.children if hasattr(c, "value")]
+    assert all("cdc-control" in b._dom_classes for b in (view.pause_button,
+                                                          view.stop_button))
+    done = threading.Event()
+    threading.Thread(target=lambda: (view.pause_button.click(), done.set())).start()
+    assert done.wait(1.0)  # a click returns at once
+    assert reader.paused_with == [0.5] and model.state == "paused"
+    view.refresh(0)
+    assert "paused" in view.state.value and view.pause_button.disabled
+    view.close()

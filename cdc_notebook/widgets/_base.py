@@ -21,7 +21,31 @@ from typing import Any
 
 from cdc_notebook.briefly import describe_error
 
-__all__ = ["Model", "WidgetView", "describe_error", "esc", "message_html"]
+__all__ = ["CONTROL_CSS", "Model", "WidgetView", "describe_error", "esc", "message_html",
+           "off_main_shell"]
+
+
+# What a clicked control shows until the click is handled (the pump then disables it): at once
+# and in the browser alone, so a click that waits behind a running cell says so.
+CONTROL_CLASS = "cdc-control"
+CONTROL_CSS = ("<style>.cdc-control:focus:not(:disabled)::after{content:' (requested…)';"
+               "font-style:italic}</style>")
+
+
+def off_main_shell(widget: Any) -> bool:
+    """Handle the front-end's messages to ``widget`` (a click) on the kernel subshell the
+    front-end sends them to, not on the main shell, where they wait until the running cell
+    ends. JupyterLab ≥ 4.4 sends widget messages to a subshell of ipykernel ≥ 7, which routes
+    each back to the shell that last wrote to the widget, the main one for a widget made in a
+    cell; this keeps the front-end's choice. Only for widgets whose handlers are thread-safe
+    (model methods that take the model's lock and hand work to its worker). Returns whether it
+    applies (ipykernel 7's comms); elsewhere the click waits and :data:`CONTROL_CSS` says so."""
+    widget.add_class(CONTROL_CLASS)
+    comm = getattr(widget, "comm", None)
+    if comm is None or not hasattr(comm, "_reply_subshell_for"):
+        return False
+    comm._reply_subshell_for = lambda data, default: default
+    return True
 
 
 def esc(value: Any) -> str:

@@ -15,7 +15,15 @@ from typing import Any
 import ipywidgets as w
 
 from cdc_notebook.live.tables import LiveFrames, LiveReader
-from cdc_notebook.widgets._base import Model, WidgetView, describe_error, esc, message_html
+from cdc_notebook.widgets._base import (
+    CONTROL_CSS,
+    Model,
+    WidgetView,
+    describe_error,
+    esc,
+    message_html,
+    off_main_shell,
+)
 from cdc_notebook.widgets.chart import StatusChart, frames_table_counters
 from cdc_notebook.widgets.connection import ConnectionModel, ConnectionWidget
 from cdc_notebook.widgets.patterns import PatternsModel, PatternsWidget, exact_pattern
@@ -88,8 +96,10 @@ class ReaderModel(Model):
         return self.run("starting the reader", work)
 
     def pause(self) -> None:
+        """Stop applying changes (the threads stop after the event each is applying): a
+        click waits for that half a second at most, so it always answers within a second."""
         if self.reader is not None:
-            self.reader.pause()
+            self.reader.pause(timeout=0.5)
             self._note("paused")
         self.bump()
 
@@ -128,6 +138,12 @@ class ReaderWidget(WidgetView):
         self.pause_button.on_click(lambda _: model.pause())
         self.resume_button.on_click(lambda _: model.resume())
         self.stop_button.on_click(lambda _: model.stop())
+        # A click while a cell runs: handled on a subshell within the pump's next tick
+        # (ipykernel 7 + JupyterLab 4.4+), else shown as requested until the cell ends.
+        applied = [off_main_shell(b) for b in (self.start_button, self.pause_button,
+                                               self.resume_button, self.stop_button)]
+        self.concurrent = all(applied)
+        self.box.children = (*self.box.children, m(w.HTML(CONTROL_CSS)))
         self.refresh(0.0)
 
     def show(self, shown: SimpleNamespace) -> None:
