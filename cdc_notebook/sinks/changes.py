@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_notebook.decode.events import METADATA_COLUMNS
+from cdc_notebook.stream.markers import one_row
 from cdc_notebook.stream.partition import partition_of
 
 OP = "_cdc_op"
@@ -79,14 +80,7 @@ def truncate_row(schema: pa.Schema, *, lsn: int, end_lsn: int, ordinal: int, com
         END: end_lsn, "_cdc_commit_ts": commit_ts or None, "_cdc_xid": xid, ORDINAL: ordinal,
         TOAST: [], "_cdc_unrepresentable": [],
     }
-    arrays = []
-    for field in schema:
-        value = values.get(field.name)
-        if field.name == "_cdc_commit_ts" and value is not None:
-            arrays.append(pa.array([value], pa.int64()).cast(field.type))
-        else:
-            arrays.append(pa.array([value], field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    return one_row(schema, values)
 
 
 # --------------------------------------------------------------------------- Delta types

@@ -10,6 +10,8 @@ takes an ordinal of its own on both plugins), so the high-water mark treats it a
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 from cdc_notebook.decode.events import Truncate
@@ -30,6 +32,12 @@ def truncate_marker(schema: pa.Schema, event: Truncate) -> pa.RecordBatch:
         "_cdc_unchanged_toast": [],
         "_cdc_unrepresentable": [],
     }
+    return one_row(schema, values)
+
+
+def one_row(schema: pa.Schema, values: dict[str, Any]) -> pa.RecordBatch:
+    """A one-row batch of ``schema``: ``values`` by column name (``_cdc_commit_ts`` in
+    microseconds), every other column null."""
     arrays = []
     for field in schema:
         value = values.get(field.name)
