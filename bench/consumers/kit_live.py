@@ -29,6 +29,50 @@ def _conninfo(job: Job) -> dict[str, Any]:
     return conninfo
 
 
+_FLOOR_SCRIPT = """
+import sys
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (what the live path imports)
+import pyarrow.ipc as ipc
+import psycopg  # noqa: F401
+frames = []
+for path in sys.argv[1:]:
+    with pa.OSFile(path) as source:
+        frames.append(pl.from_arrow(ipc.open_file(source).read_all()))
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print(int(line.split()[1]))
+"""
+
+
+def _floor_rss_kb(tables: list[Any]) -> int | None:
+    """The floor under the live path's peak RSS: a fresh process that imports the libraries
+    the live path uses and holds the same mirrors as Polars frames, nothing else (no stream,
+    no fold). What the live path's peak adds above it is the kit's own cost."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    with tempfile.TemporaryDirectory(prefix="cdc-bench-floor-") as tmp:  # 0700, private
+        paths = []
+        for i, table in enumerate(tables):
+            path = os.path.join(tmp, f"mirror{i}.arrow")
+            with pa.OSFile(path, "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table)
+            paths.append(path)
+        del tables
+        proc = subprocess.run([sys.executable, "-c", _FLOOR_SCRIPT, *paths],
+                              capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    return int(proc.stdout.split()[-1])
+
+
 class KitLive(Consumer):
     group = 1
     role = "kit"
@@ -77,10 +121,12 @@ class KitLive(Consumer):
                     mirror_bytes += live.to_arrow().get_total_buffer_size()
             polars_bytes = sum(int(t.state().frame.estimated_size())
                                for t in frames.tables.values() if t.has_key)
+            floor = _floor_rss_kb([t.to_arrow() for t in frames.tables.values() if t.has_key])
         finally:
             reader.stop()
         return window.result(rows, mirror_rows=mirror_rows, mirror_arrow_bytes=mirror_bytes,
-                             mirror_polars_bytes=polars_bytes, folds=folds, peak_rss_kb=peak)
+                             mirror_polars_bytes=polars_bytes, folds=folds, peak_rss_kb=peak,
+                             floor_rss_kb=floor)
 
     @staticmethod
     def _latency(stream, job: Job) -> dict[str, Any]:
