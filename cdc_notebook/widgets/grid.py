@@ -27,9 +27,51 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from cdc_notebook.widgets._base import WidgetView
+from cdc_notebook.widgets._base import WidgetView, off_main_shell
 
 KEY = "__key__"
+
+# perspective-python's widget is an anywidget whose front-end module (6 MB, one file) defines
+# custom elements; anywidget evaluates a widget's module once per widget, so a second grid in
+# a page (another table, a cell run again, a restarted kernel) failed with "the name
+# 'regular-layout' has already been used". This module loads it once per page and hands every
+# widget the same one.
+_ONCE_PER_PAGE = """const SOURCE = __SOURCE__;
+const KEY = "__cdc_notebook_perspective__";
+function load() {
+  if (!globalThis[KEY]) {
+    const url = URL.createObjectURL(new Blob([SOURCE], { type: "text/javascript" }));
+    globalThis[KEY] = import(/* webpackIgnore: true */ url);
+  }
+  return globalThis[KEY];
+}
+export default async function () {
+  const mod = await load();
+  return typeof mod.default === "function" ? mod.default() : mod.default;
+}
+"""
+_WIDGET_CLASS: Any = None
+
+
+def perspective_widget_class() -> Any:
+    """``PerspectiveWidget`` with its front-end module loaded once per page (see above)."""
+    global _WIDGET_CLASS
+    if _WIDGET_CLASS is None:
+        import json
+        from pathlib import Path
+
+        import perspective.widget
+        from perspective.widget import PerspectiveWidget
+
+        source = Path(perspective.widget.__file__).parent / "static" / \
+            "perspective-anywidget.js"
+        esm = _ONCE_PER_PAGE.replace("__SOURCE__", json.dumps(source.read_text()))
+
+        class OncePerPagePerspectiveWidget(PerspectiveWidget):  # type: ignore[misc]
+            _esm = esm
+
+        _WIDGET_CLASS = OncePerPagePerspectiveWidget
+    return _WIDGET_CLASS
 
 
 def grid_available() -> bool:
@@ -83,8 +125,8 @@ class LiveGrid(WidgetView):
     def __init__(self, live: Any, *, source: str = "mirror", max_rows: int = 500_000,
                  height: str = "420px", **viewer: Any) -> None:
         import perspective
-        from perspective.widget import PerspectiveWidget
 
+        PerspectiveWidget = perspective_widget_class()
         super().__init__(live)
         self.live = live
         self.source = source
@@ -104,7 +146,21 @@ class LiveGrid(WidgetView):
         self.widget = self.make(PerspectiveWidget(self.table, plugin="Datagrid",
                                                   settings=False, **viewer))
         self.widget.layout.height = height
-        self.box = self.widget
+        self.widget.layout.width = "100%"
+        # the browser's requests (the rows on screen) answered beside a running cell
+        off_main_shell(self.widget)
+        # The grid's size, in px and !important: anywidget shares one style element between
+        # the widgets of a class and removes it with the first of them to close, and inside a
+        # box (a flex item) the viewer's 100% height resolved to 0 (measured in chromium).
+        import ipywidgets as w
+
+        self.style = self.make(w.HTML(
+            "<style>.PSPContainer{display:block;flex:none!important;width:100%;"
+            f"height:{height}!important;min-height:{height}!important;overflow:hidden}}"
+            f".PSPContainer perspective-viewer{{display:block;height:{height}!important}}"
+            "</style>"))
+        self.box = self.make(w.VBox([self.style, self.widget],
+                                    layout=w.Layout(width="100%")))
 
     def version(self) -> Any:
         return self.live.version

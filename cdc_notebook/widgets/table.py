@@ -212,7 +212,7 @@ class TableViewWidget(WidgetView):
         self.view.tooltip = ("grid: the whole frame, sorted, filtered and scrolled in the "
                              "browser; table: a slice as HTML")
         self.slice_controls = m(w.VBox([self.rows, self.mode, self.where]))
-        self.holder = m(w.Box())  # the grid, or the HTML slice
+        self.holder = m(w.VBox(layout=w.Layout(width="100%")))  # the grid, or the HTML slice
         self.grid: Any = None
         self._grid_for: tuple[str, str] | None = None
         self._grid_at = float("-inf")
