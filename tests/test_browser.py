@@ -32,6 +32,8 @@ import nbformat
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from cdc_notebook.widgets.summary import HEARTBEAT, STALE_AFTER
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 QUICKSTART = NOTEBOOKS / "01_quickstart.ipynb"
@@ -124,25 +126,52 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
+# The status bar's kernel item ("Python 3 (ipykernel) | Idle"): idle once the kernel has
+# answered kernel_info on its websocket (before that: "No Kernel | Initializing", then
+# "Connecting", "Unknown").
+KERNEL_IDLE_JS = """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e =>
+    (e.title || '').startsWith('Change kernel') && !e.innerText.startsWith('No Kernel')
+    && /\\|\\s*Idle$/.test(e.innerText.trim()))"""
+
+
 def _open(browser: object, lab: str, name: str) -> Page:
     page: Page = browser.new_page(viewport={"width": 1400, "height": 1800})  # type: ignore[attr-defined]
     # a workspace of its own, reset: only this notebook in the page
     workspace = re.sub(r"\W", "", name.split(".")[0])
     page.goto(f"{lab}/lab/workspaces/{workspace}/tree/{name}?reset")
     page.wait_for_selector(".jp-Notebook", timeout=90_000)
-    page.wait_for_timeout(1500)
+    # The kernel ready, or a dialog asking which kernel (the tutorials name theirs). Not the
+    # toolbar's execution indicator: it says idle before there is a kernel at all, and a cell
+    # run then is not sent (its prompt stays empty and the next cells fail).
+    page.wait_for_function(f"() => ({KERNEL_IDLE_JS})() || document.querySelector("
+                           "'.jp-Dialog .jp-mod-accept')", timeout=90_000)
     if page.locator(".jp-Dialog button:has-text('Select')").count():
-        page.click(".jp-Dialog button:has-text('Select')")  # the kernel, if it asks
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                           timeout=90_000)
+        page.click(".jp-Dialog button:has-text('Select')")
+    page.wait_for_function(KERNEL_IDLE_JS, timeout=90_000)
     page.click(".jp-Notebook .jp-Cell >> nth=0")
     return page
 
 
+ACTIVE_CELL_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].findIndex(
+    c => c.classList.contains('jp-mod-active'))"""
+# the cell ``n`` moved on from (the active one is past it) and, a code cell, sent to the
+# kernel: its prompt is [*] or [N], never left empty
+RAN_JS = """n => {
+    const cells = [...document.querySelectorAll('.jp-Notebook .jp-Cell')];
+    if (cells.findIndex(c => c.classList.contains('jp-mod-active')) <= n) return false;
+    const prompt = cells[n].classList.contains('jp-CodeCell')
+        ? cells[n].querySelector('.jp-InputPrompt').innerText : '[*]';
+    return /\\[(\\*|\\d+)\\]/.test(prompt);
+}"""
+
+
 def _run_cells(page: Page, count: int) -> None:
+    """Shift+Enter ``count`` times from the active cell, each press seen to land before the
+    next: the next cell active and, a code cell, this one queued in the kernel."""
     for _ in range(count):
+        before = page.evaluate(ACTIVE_CELL_JS)
         page.keyboard.press("Shift+Enter")
-        page.wait_for_timeout(150)
+        page.wait_for_function(RAN_JS, arg=before, timeout=15_000)
 
 
 def _wait_ran(page: Page, cells: int, timeout: float) -> None:
@@ -162,13 +191,25 @@ def _errors(page: Page) -> list[str]:
     return page.locator("[data-mime-type='application/vnd.jupyter.error']").all_inner_texts()
 
 
-def _into_view(page: Page, selector: str) -> None:
-    """Scroll the notebook to ``selector`` (JupyterLab scrolls inside its panel, so a
-    screenshot shows the viewport, not the page)."""
-    locator = page.locator(selector).first
-    if locator.count():
-        locator.scroll_into_view_if_needed()
-        page.wait_for_timeout(500)
+SCROLL_JS = """([selector, last]) => {
+    const found = document.querySelectorAll(selector);
+    const element = found[last ? found.length - 1 : 0];
+    if (!element) return false;
+    element.scrollIntoView({block: 'start'});
+    const box = element.getBoundingClientRect();
+    return box.height > 0 && box.top >= 0 && box.top < window.innerHeight;
+}"""
+
+
+def _into_view(page: Page, selector: str, *, last: bool = False) -> None:
+    """Scroll the notebook until ``selector`` (a CSS selector; its last match with ``last``)
+    is in the viewport: JupyterLab scrolls inside its panel, so a screenshot shows the
+    viewport, not the page.
+
+    Found, scrolled to and measured in one step inside the page: the dashboard's outputs are
+    HTML written again at every status update (a new ``.cdc-summary``, a new chart), so an
+    element handle taken first is detached by the time Playwright scrolls to it."""
+    page.wait_for_function(SCROLL_JS, arg=[selector, last], timeout=30_000)
 
 
 def _text(page: Page) -> str:
@@ -179,6 +220,9 @@ def _click_tab(page: Page, title: str) -> None:
     page.locator(".jupyter-widgets.widget-tab .lm-TabBar-tab", has_text=title).first.click()
 
 
+# the stale summary's label shown (a CSS animation grows it after STALE_AFTER s unwritten)
+DISCONNECTED_JS = """() => [...document.querySelectorAll('.cdc-disconnected')].some(
+    e => parseFloat(getComputedStyle(e).fontSize) > 0)"""
 GRID_SIZE_JS = """async () => {
     const viewer = document.querySelector('perspective-viewer');
     if (!viewer) return -1;
@@ -217,9 +261,11 @@ def test_quickstart_grid_chart_controls_and_a_restart(lab: str, browser: object)
                 break
             page.wait_for_timeout(1000)
         assert size >= 100_000, size
-        first = (size, page.evaluate(GRID_ROWS_JS))
-        page.wait_for_timeout(2500)
-        later = (page.evaluate(GRID_SIZE_JS), page.evaluate(GRID_ROWS_JS))
+        first = later = (size, page.evaluate(GRID_ROWS_JS))
+        deadline = time.monotonic() + 15
+        while later == first and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+            later = (page.evaluate(GRID_SIZE_JS), page.evaluate(GRID_ROWS_JS))
         assert later != first, "the grid did not change while the workload ran"
         _into_view(page, ".cdc-summary")
         page.screenshot(path=str(ARTIFACTS / "browser_01_quickstart.png"), full_page=True)
@@ -245,7 +291,12 @@ def test_quickstart_grid_chart_controls_and_a_restart(lab: str, browser: object)
         _click_tab(page, "Reader")
         page.click(f".jp-Notebook .jp-Cell >> nth={busy}")
         page.keyboard.press("Shift+Enter")  # the busy cell runs...
-        page.wait_for_timeout(1000)
+        page.wait_for_function(
+            "n => document.querySelectorAll('.jp-Notebook .jp-Cell')[n]"
+            "?.querySelector('.jp-InputPrompt')?.innerText.includes('[*]')",
+            arg=busy, timeout=30_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='busy']",
+                               timeout=30_000)
         state = page.locator(".jupyter-widgets .widget-html-content",
                              has_text="reader:").first
         assert "running" in state.inner_text()
@@ -270,18 +321,16 @@ def test_quickstart_grid_chart_controls_and_a_restart(lab: str, browser: object)
                              if c.cell_type == "code"]) + 1, timeout=300)
         assert "the live frames equal the tables" in _text(page)
         assert not _errors(page), _errors(page)
-        # A kernel restart: the stale dashboard says so (nothing writes it any more).
+        # A kernel restart: the stale dashboard says so (nothing writes it any more). While
+        # the kernel lives it does not: the dashboard has been up far longer than STALE_AFTER
+        # (the checks waited for the workload), and the pump writes it every HEARTBEAT s.
+        assert not page.evaluate(DISCONNECTED_JS), "disconnected while the kernel runs"
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Kernel$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Restart Kernel")).first.click()
         page.locator(".jp-Dialog-footer button", has_text=re.compile(r"^Restart$")).first.click()
-        page.wait_for_timeout(10_000)
-        visible = page.evaluate(
-            "() => [...document.querySelectorAll('.cdc-disconnected')].some("
-            "e => parseFloat(getComputedStyle(e).fontSize) > 0)")
-        page.evaluate("() => document.querySelector('.cdc-summary')"
-                      "?.scrollIntoView({block: 'start'})")
+        page.wait_for_function(DISCONNECTED_JS, timeout=1000 * (STALE_AFTER + HEARTBEAT + 10))
+        _into_view(page, ".cdc-live")  # the label above the dimmed summary
         page.screenshot(path=str(ARTIFACTS / "browser_01_quickstart_disconnected.png"))
-        assert visible, "the stale summary does not say disconnected"
     except Exception:
         page.screenshot(path=str(ARTIFACTS / "browser_01_quickstart_failed.png"))
         raise
@@ -313,13 +362,18 @@ def test_tutorial_runs_in_the_browser(lab: str, browser: object, name: str) -> N
                 "() => document.querySelector('.jp-Notebook').innerText.match("
                 "/2 table\\(s\\) match/)", timeout=30_000)
             include.fill("sales.*")
+            page.wait_for_function(
+                "() => document.querySelector('.jp-Notebook').innerText.match("
+                "/3 table\\(s\\) match/)", timeout=30_000)
+            # its screenshot now: the cells below close the widget (its view goes away)
+            _into_view(page, ".jp-Cell:has(.jupyter-widgets input[type='text'])")
+            page.screenshot(path=str(ARTIFACTS / f"browser_{name.split('.')[0]}.png"),
+                            full_page=True)
             page.click(f".jp-Notebook .jp-Cell >> nth={widget_cell + 1}")
             _run_cells(page, len(book.cells) - widget_cell - 1)
         else:
             _run_cells(page, len(book.cells))
         _wait_ran(page, len(code), timeout=420)
-        if name.startswith("02"):
-            _into_view(page, ".jupyter-widgets input[type='text']")
         if name.startswith("03"):
             page.wait_for_selector("svg.cdc-chart polyline", timeout=30_000)
             assert page.get_attribute("svg.cdc-chart", "data-lag-bytes")
@@ -328,9 +382,10 @@ def test_tutorial_runs_in_the_browser(lab: str, browser: object, name: str) -> N
             assert "✓ snapshot of" in _text(page)  # the snapshot's progress bars
             assert page.locator(".jupyter-widgets .widget-hprogress, "
                                 ".jupyter-widgets progress").count() >= 1
-            _into_view(page, ".jupyter-widgets .widget-hprogress >> nth=-1")
-        page.screenshot(path=str(ARTIFACTS / f"browser_{name.split('.')[0]}.png"),
-                        full_page=True)
+            _into_view(page, ".jupyter-widgets .widget-hprogress", last=True)
+        if not name.startswith("02"):
+            page.screenshot(path=str(ARTIFACTS / f"browser_{name.split('.')[0]}.png"),
+                            full_page=True)
         assert not _errors(page), _errors(page)
     except Exception:
         page.screenshot(path=str(ARTIFACTS / f"browser_{name.split('.')[0]}_failed.png"))
