@@ -355,8 +355,7 @@ def test_leftovers_are_listed_with_their_wal_and_each_drop_button_drops_one(
         assert "Leftovers" in view._leftover_head.value
         button, label, _row = view._rows[("slot", slot)]
         assert "permanent" in label.value and "retains" in label.value
-        assert "KiB of WAL" in label.value or "MiB of WAL" in label.value or \
-            "kB of WAL" in label.value or "MB of WAL" in label.value
+        assert "KiB of WAL" in label.value or "MiB of WAL" in label.value
         assert button.description == "Drop" and not button.disabled
         assert ("publication", orphan) in view._rows
         assert not [k for k in view._rows if k[1] == foreign]
@@ -749,6 +748,27 @@ def test_sizes_are_in_iec_units_and_lsns_in_one_format() -> None:
                           16.09 * 2**20, 12, "s", 30_860_232, 1.5, 0)
     assert "16.09 MiB/s" in summary.text() and "slot lag 29.4 MiB (1.5 s)" in summary.text()
     assert "0/91FF960" in summary.html() and "MB" not in summary.text().replace("MiB", "")
+    # the terminal's texts too: the plugin build's download, the snapshot's bar, the sink's line
+    import io
+    from dataclasses import replace
+
+    from cdc_notebook.server.progress import ProgressEvent, TerminalProgress
+    from cdc_notebook.sinks.delta import SinkProgress
+    from cdc_notebook.snapshot.tables import ProgressBar, SnapshotProgress
+
+    event = ProgressEvent("download", "fetching nanoarrow", "update", 1_572_864, 30_860_232, "B")
+    assert event.amount() == "1.5 MiB/29.4 MiB" and "MiB" in event.text()
+    out = io.StringIO()
+    terminal = TerminalProgress(out, tty=False)
+    terminal(replace(event, state="start", done=0))
+    terminal(replace(event, state="done", done=30_860_232))
+    bar = io.StringIO()
+    ProgressBar(stream=bar)(SnapshotProgress("t", 50_000, 30_860_232, 2.0, 25, 100, done=True))
+    line = SinkProgress(1.0, 10, 10, 10.0, 10.0, 1, 1, 0x91FF960, 0, 0, 1, 1,
+                        lag_bytes=30_860_232).line()
+    for text in (out.getvalue(), bar.getvalue(), line):
+        assert "29.4 MiB" in text and "MB" not in text.replace("MiB", ""), text
+    assert "14.72 MiB/s" in bar.getvalue() and "0/91FF960" in line
 
 
 def test_every_tab_shows_the_same_status_snapshot(pg: Any, tables: str, unique_name: Any,

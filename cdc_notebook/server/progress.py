@@ -47,12 +47,15 @@ class ProgressEvent:
         return min(1.0, self.done / self.total)
 
     def amount(self) -> str:
-        """``1.2/3.9 MB`` or ``12/18 files``; empty when nothing is counted."""
+        """``1.2 MiB/3.9 MiB`` or ``12/18 files``; empty when nothing is counted. Sizes in
+        IEC units, as everywhere in the kit (:mod:`cdc_notebook.units`)."""
+        from cdc_notebook.units import format_bytes
+
         if self.done is None:
             return ""
         if self.unit == "B":
-            done = f"{self.done / 1e6:.1f}"
-            return f"{done}/{self.total / 1e6:.1f} MB" if self.total else f"{done} MB"
+            done = format_bytes(self.done)
+            return f"{done}/{format_bytes(self.total)}" if self.total else done
         total = f"/{self.total:.0f}" if self.total else ""
         return f"{self.done:.0f}{total} {self.unit}".rstrip()
 
@@ -145,7 +148,9 @@ class TerminalProgress:
         if not event.total:
             return ""
         if event.unit == "B":
-            return f" ({event.total / 1e6:.1f} MB)"
+            from cdc_notebook.units import format_bytes
+
+            return f" ({format_bytes(event.total)})"
         return f" ({event.total:.0f} {event.unit})"
 
     def _tty(self, event: ProgressEvent) -> None:

@@ -188,8 +188,9 @@ class SinkProgress:
 
     def line(self) -> str:
         from cdc_notebook.connection.lsn import format_lsn
+        from cdc_notebook.units import format_bytes
 
-        lag = "" if self.lag_bytes is None else f" | lag {self.lag_bytes / 1e6:,.1f} MB"
+        lag = "" if self.lag_bytes is None else f" | lag {format_bytes(self.lag_bytes)}"
         extra = f" | {self.note}" if self.note else ""
         return (f"{self.elapsed:7.1f} s | {self.committed:,} changes committed "
                 f"({self.recent_rate:,.0f}/s now, {self.rate:,.0f}/s overall) | "

@@ -281,6 +281,8 @@ class ProgressBar:
         self._last = 0.0
 
     def __call__(self, p: SnapshotProgress) -> None:
+        from cdc_notebook.units import format_byte_rate, format_bytes
+
         now = time.monotonic()
         if not p.done and now - self._last < self.min_interval:
             return
@@ -288,8 +290,8 @@ class ProgressBar:
         filled = int(self.width * p.fraction)
         eta = "" if p.eta is None else f" ETA {p.eta:5.1f}s"
         line = (f"\r{p.table} [{'#' * filled}{'.' * (self.width - filled)}] "
-                f"{p.rows:,} rows {p.bytes / 1e6:,.1f} MB "
-                f"{p.rows_per_second:,.0f} rows/s {p.bytes_per_second / 1e6:,.1f} MB/s{eta}")
+                f"{p.rows:,} rows {format_bytes(p.bytes)} "
+                f"{p.rows_per_second:,.0f} rows/s {format_byte_rate(p.bytes_per_second)}{eta}")
         self.stream.write(line + ("\n" if p.done else ""))
         self.stream.flush()
 
