@@ -31,6 +31,20 @@ def test_every_tutorial_is_here() -> None:
                      "05_pgoutput_without_the_plugin"]
 
 
+def test_a_changelog_shown_in_a_tutorial_shows_what_a_delete_deleted() -> None:
+    """Issue 15: the changelog opened on rows of nulls. The workload deletes in every
+    transaction, so the newest changes are often deletes, whose after-image is null: a
+    tutorial that shows chosen changelog columns shows the before-image (the deleted key)."""
+    shown = 0
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and ".changelog(" in source and ".select(" in source:
+                shown += 1
+                assert "_cdc_before" in source, (path.name, source)
+    assert shown >= 3
+
+
 # Run first in each tutorial's kernel: every server.stop() records, just before, the slots and
 # publications still on the server (every database). A tutorial leaves none: a temporary
 # slot and its kit publication go with the reader, a permanent one is torn down on purpose.
