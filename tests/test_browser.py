@@ -1,7 +1,9 @@
 """The tutorials in a real browser: JupyterLab on 127.0.0.1 (empty token), Debian's chromium
 driven headless by Playwright (no browser download: its executable path), each notebook run
 cell by cell as a person would. Every tutorial runs to its end without an error and leaves a
-screenshot under tests/artifacts/ (``browser_<notebook>.png``).
+screenshot under tests/artifacts/ (``browser_<notebook>.png``; the quickstart also its chart,
+paused and disconnected states; ``browser_<notebook>_failed.png`` when a test fails). The
+directory is git-ignored: CI keeps it as the run's artifacts (``.ci/run`` lists it).
 
 The quickstart is also used by hand, as issue 15 asks:
 
@@ -245,6 +247,7 @@ def test_quickstart_grid_chart_controls_and_a_restart(lab: str, browser: object)
     checks = next(i for i, c in enumerate(book.cells)
                   if c.cell_type == "markdown" and c.source.startswith("## Checks")) + 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "browser_01_quickstart_failed.png").unlink(missing_ok=True)  # an old run's
     page = _open(browser, lab, QUICKSTART.name)
     frames: list[float] = []
     page.on("websocket", lambda ws: ws.on("framereceived", lambda _f: frames.append(
@@ -349,6 +352,7 @@ def test_tutorial_runs_in_the_browser(lab: str, browser: object, name: str) -> N
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     code = [i for i, c in enumerate(book.cells) if c.cell_type == "code"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"browser_{name.split('.')[0]}_failed.png").unlink(missing_ok=True)
     page = _open(browser, lab, name)
     try:
         if name.startswith("02"):
