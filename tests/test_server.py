@@ -167,8 +167,13 @@ def test_plugin_compile_error_quotes_the_compiler(tmp_path: Path, monkeypatch, p
         subprocess.run(["rm", "-rf", str(broken / junk)], check=True)
     (broken / "src" / "zz_broken.c").write_text("int broken(void) { return undeclared_thing; }\n")
     monkeypatch.setenv("CDC_WAL2ARROW_SRC", str(broken))
+    events: list = []
     with pytest.raises(PluginBuildError, match=r"(?s)failed to build.*undeclared_thing"):
-        build_plugin(pg.pg_config)
+        build_plugin(pg.pg_config, progress=events.append)
+    # the build reports its progress (issue 15: a notebook shows it as a bar), here to its end
+    compile_events = [e for e in events if e.step == "compile"]
+    assert compile_events[0].state == "start" and compile_events[0].total
+    assert compile_events[0].unit == "files" and compile_events[-1].state == "failed"
 
 
 # ---------------------------------------------------------------- the demo, interrupted or killed
