@@ -8,7 +8,9 @@ pump runs on an injected clock.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import comm
@@ -750,7 +752,6 @@ def test_sizes_are_in_iec_units_and_lsns_in_one_format() -> None:
     assert "0/91FF960" in summary.html() and "MB" not in summary.text().replace("MiB", "")
     # the terminal's texts too: the plugin build's download, the snapshot's bar, the sink's line
     import io
-    from dataclasses import replace
 
     from cdc_notebook.server.progress import ProgressEvent, TerminalProgress
     from cdc_notebook.sinks.delta import SinkProgress
@@ -1045,6 +1046,16 @@ def test_the_chart_draws_a_line_per_table_in_readable_units_with_values_on_hover
     assert "<title>shop.orders: 69K (now)</title>" in svg  # the exact value on hover
     assert "data-lag-seconds='3.1'" in svg and "−29 s" in svg
     assert png_chart(points, ["shop.orders"])[:4] == b"\x89PNG"
+    # a lag of a few milliseconds: every tick of the seconds axis has a label of its own
+    from cdc_notebook.units import format_seconds
+    from cdc_notebook.widgets.chart import seconds_ticks
+
+    for high in (0.0, 0.0023, 0.04, 0.8, 3.1, 250.0):
+        labels = [format_seconds(t) for t in seconds_ticks(high)]
+        assert len(set(labels)) == len(labels) >= 2 and seconds_ticks(high)[-1] >= high, labels
+    quick = [replace(p, lag_seconds=0.0023 * (i % 2)) for i, p in enumerate(points)]
+    axis = re.findall(r"fill='#555'>([^<]*)</text>", svg_chart(quick, ["shop.orders"]))
+    assert [a for a in axis if a.endswith(" ms")] == ["0 ms", "1 ms", "2 ms", "3 ms", "4 ms"]
 
     class Model:
         def __init__(self) -> None:

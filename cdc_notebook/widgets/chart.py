@@ -74,6 +74,12 @@ def byte_ticks(high: float, count: int = 4) -> list[float]:
     return [t * unit for t in nice_ticks(high / unit, count)]
 
 
+def seconds_ticks(high: float, count: int = 4) -> list[float]:
+    """Ticks on a seconds axis at least a millisecond apart: ``format_seconds`` writes whole
+    milliseconds below a second, so finer steps would label two ticks alike (2 ms, 2 ms)."""
+    return [t / 1000 for t in nice_ticks(max(high * 1000, count), count)]
+
+
 def _time_label(seconds_ago: float) -> str:
     if seconds_ago < 0.5:
         return "now"
@@ -100,7 +106,7 @@ def _panels(points: Sequence[ChartPoint], tables: Sequence[str]) -> list[_Panel]
                                     for p in points])], format_bytes, byte_ticks),
         _Panel("lag (time since the oldest unacknowledged commit)",
                [("lag (time)", LAG_TIME_COLOR, [p.lag_seconds for p in points])],
-               format_seconds, nice_ticks),
+               format_seconds, seconds_ticks),
     ]
 
 
