@@ -55,7 +55,7 @@ from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
 from cdc_notebook.stream.names import ReaderMap
 from cdc_notebook.stream.reader import TableReader
 from cdc_notebook.stream.replication import ReplicationConnection
-from cdc_notebook.stream.router import CatalogChanges, ChangeRouter
+from cdc_notebook.stream.router import CatalogChanges, ChangeRouter, WalsenderState
 from cdc_notebook.stream.source import ReplicationSource, plugin_decoders
 
 T = TypeVar("T")
@@ -185,7 +185,8 @@ class CDCStream:
             self.router = ChangeRouter(self._open_source, current_wal_lsn=self.current_wal_lsn,
                                        memory_limit=memory_limit, reconnect=reconnect,
                                        status_interval=status_interval,
-                                       table_changes=self._table_changes)
+                                       table_changes=self._table_changes,
+                                       walsender_state=self._walsender_state)
             self.router.acks.durable_only = acknowledge == "durable"
             self._join_failures: dict[int, tuple[WatcherError, float]] = {}
             # The names read now label the tables from this WAL position on: a rename the
@@ -453,6 +454,18 @@ class CDCStream:
 
     def current_wal_lsn(self) -> int:
         return self._on_catalog(_wal_lsn)
+
+    def _walsender_state(self, pid: int) -> WalsenderState:
+        """The stream's walsender ``pid`` and slot as the server sees them (asked by the router
+        while a reader holds the stream back)."""
+        def query(conn: psycopg.Connection[Any]) -> WalsenderState:
+            row = one_row(conn.execute(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = %s), "
+                "(SELECT wait_event FROM pg_stat_activity WHERE pid = %s), "
+                "(SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s)",
+                (pid, pid, self.slot.slot_name)))
+            return WalsenderState(bool(row[0]), row[1], row[2])
+        return self._on_catalog(query)
 
     # ---- acknowledgement (docs/delivery.md)
 

@@ -144,11 +144,12 @@ class TableReader:
             # make room: spill instead.
             # (Never while a join holds items back: nobody could make room until the stream
             # reads the high watermark.)
+            since = time.monotonic()
             while (self._all_reading() and self._hold_at is None
                    and self._mem_bytes + item.nbytes > self.memory_limit
                    and self._queue and not stop.is_set()):
                 self._cond.wait(0.2)
-                self.router._keep_alive()
+                self._held(item, since)
             if (not self._all_reading() or self._hold_at is not None) \
                     and self._mem_bytes + item.nbytes > self.memory_limit:
                 try:
@@ -162,10 +163,11 @@ class TableReader:
                                         f"{exc}; waiting for its reader (free disk space, or "
                                         "point TMPDIR at a larger file system)")
                     log.warning("%s", self.spill_error)
+                    since = time.monotonic()
                     while self._mem_bytes + item.nbytes > self.memory_limit and self._queue \
                             and not stop.is_set():
                         self._cond.wait(0.2)
-                        self.router._keep_alive()
+                        self._held(item, since)
                     self._mem_bytes += item.nbytes
                 else:
                     self.spill_error = None
@@ -174,6 +176,18 @@ class TableReader:
             self._queue.append(item)
             self._cond.notify_all()
             self._wake()
+
+    def _held(self, item: QueuedItem, since: float) -> None:
+        """The stream waits for room for ``item`` (since ``since``): the router keeps the
+        connection alive, or drops it (its walsender is ending: ``ChangeRouter._held``); then
+        ``item`` is not queued (the server sends it again) and its transaction no longer
+        waits for it."""
+        try:
+            self.router._held(since)
+        except BaseException:
+            if item.txn is not None:
+                self.router.acks.consumed(item.txn)
+            raise
 
     def _spill_item(self, item: QueuedItem) -> None:
         """Write the batch to this reader's spill file as one Arrow IPC message (no schema):

@@ -12,7 +12,11 @@ follows the server's keepalives so an idle slot pins no WAL.
 
 Queues are bounded: while a reader is being iterated, a full queue makes the stream wait
 (backpressure reaches the server; status updates keep flowing so the walsender does not time
-out). A reader nobody iterates keeps its batches, spilled to disk past its memory bound, and
+out). While it waits the stream reads nothing, so what the server says last before it ends a
+walsender (terminated, its slot invalidated) would wait behind the data, and the walsender with
+it, for as long as the consumer holds its batch: a stream held back that long looks at its
+walsender (``walsender_state``) and lets go of a connection whose walsender is ending, then
+reconnects as after any lost connection. A reader nobody iterates keeps its batches, spilled to disk past its memory bound, and
 holds back acknowledgement (shown as WAL held back) until it is read or closed.
 
 Delivery is at-least-once: after a crash the server may resend what was acknowledged, so each
@@ -43,7 +47,7 @@ from cdc_notebook.decode.events import (
     Truncate,
     WatcherError,
 )
-from cdc_notebook.errors import CDCError, is_transient
+from cdc_notebook.errors import CDCError, StreamLost, is_transient
 from cdc_notebook.stream.acks import AckTracker, Transaction
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin, stamp_at_watermark
 from cdc_notebook.stream.names import table_label
@@ -96,7 +100,9 @@ class ChangeRouter:
                  spill_dir: str | None = None, reconnect: bool = True,
                  max_backoff: float = 10.0, status_interval: float = 1.0,
                  table_changes: Callable[[], CatalogChanges] | None = None,
-                 table_check_interval: float = 2.0):
+                 table_check_interval: float = 2.0,
+                 walsender_state: Callable[[int], WalsenderState] | None = None,
+                 hold_check_interval: float = 2.0):
         self._source_factory = source_factory
         self._current_wal_lsn = current_wal_lsn
         self.memory_limit = memory_limit
@@ -135,6 +141,15 @@ class ChangeRouter:
         self.joins: dict[str, TableJoin] = {}
         self._joins_at_commit: list[TableJoin] = []
         self.messages: TableReader | None = None  # logical messages, once asked for
+        # Held back (backpressure): is the walsender ending? (see the module's docstring)
+        self._walsender_state = walsender_state
+        self.hold_check_interval = hold_check_interval
+        self._pumping = False
+        self._hold_check: threading.Thread | None = None
+        self._hold_checked = 0.0
+        self._hold_suspect: tuple[int, int] = (0, 0)  # (walsender pid, times seen ending)
+        self._let_go: tuple[int, str] | None = None  # (walsender pid, why)
+        self.let_go = 0  # connections dropped because their walsender was ending
 
     # ---- set-up
 
@@ -210,6 +225,62 @@ class ChangeRouter:
             self._sent_flush = flushed
             self._last_status = now
 
+    def _held(self, since: float) -> None:
+        """Called by a reader while the stream waits on its full queue (since ``since``):
+        status updates go on; past ``hold_check_interval`` the walsender is looked at (in a
+        thread of its own: the stream thread never waits on it) and a connection whose
+        walsender is ending is dropped here (:class:`StreamLost`: the stream reconnects)."""
+        self._keep_alive()
+        if not self._pumping or threading.current_thread() is not self._thread:
+            return
+        pid = _backend_pid(self._source)
+        let_go = self._let_go
+        if let_go is not None:
+            self._let_go = None
+            if let_go[0] == pid:
+                self.let_go += 1
+                raise StreamLost(let_go[1])
+        now = time.monotonic()
+        if (self._walsender_state is None or pid is None
+                or now - since < self.hold_check_interval
+                or now - self._hold_checked < self.hold_check_interval
+                or (self._hold_check is not None and self._hold_check.is_alive())):
+            return
+        self._hold_checked = now
+        self._hold_check = threading.Thread(target=self._check_walsender, args=(pid,),
+                                            name="cdc-hold-check", daemon=True)
+        self._hold_check.start()
+
+    def _check_walsender(self, pid: int) -> None:
+        """Is walsender ``pid`` ending while the stream holds it back? Then say why
+        (``_let_go``): a slot invalidated (``wal_status = lost``); a walsender gone; one stuck in
+        a blocking write (``ClientWrite``, seen twice in a row: a healthy walsender that waits on
+        its client waits in ``WalSenderWriteData``; a blocking write is its last message, an
+        error or its termination, which waits behind the data the stream does not read)."""
+        assert self._walsender_state is not None
+        try:
+            state = self._walsender_state(pid)
+        except Exception:  # noqa: BLE001 - the next check tries again
+            return
+        why = None
+        if state.wal_status == "lost":
+            why = (f"the slot was invalidated (wal_status = lost) while the stream was held "
+                   f"back: let go of walsender {pid} so the server can end it")
+        elif not state.alive:
+            why = f"walsender {pid} is gone, but its connection was still open"
+        elif state.wait_event == "ClientWrite":
+            seen = self._hold_suspect[1] + 1 if self._hold_suspect[0] == pid else 1
+            self._hold_suspect = (pid, seen)
+            if seen >= 2:
+                why = (f"walsender {pid} is ending (terminated, or its slot being invalidated) "
+                       "and cannot say so while the stream is held back by a reader that does "
+                       "not read: let go of it, reconnect")
+        else:
+            self._hold_suspect = (pid, 0)
+        if why is not None:
+            log.warning("%s", why)
+            self._let_go = (pid, why)
+
     def _run(self) -> None:
         try:
             if self._source is None:
@@ -280,9 +351,16 @@ class ChangeRouter:
             reader._finish()
 
     def _pump(self) -> None:
+        source = self._source
+        self._pumping = True
+        try:
+            self._pump_events(source)
+        finally:
+            self._pumping = False
+
+    def _pump_events(self, source: Any) -> None:
         from cdc_notebook.decode.events import Begin, Commit
 
-        source = self._source
         while not self._stop.is_set():
             self._keep_alive()
             self._check_tables()
@@ -550,6 +628,23 @@ class ChangeRouter:
         for reader in list(self.readers.values()):
             reader._finish()
             reader._drop_spill()
+
+
+@dataclass(frozen=True)
+class WalsenderState:
+    """What the server says of the stream's walsender (``walsender_state(pid)``)."""
+
+    alive: bool  # the backend is there (pg_stat_activity)
+    wait_event: str | None
+    wal_status: str | None  # of the stream's slot
+
+
+def _backend_pid(source: Any) -> int | None:
+    rc = getattr(source, "rc", None)
+    try:
+        return int(rc.backend_pid) if rc is not None else None
+    except Exception:  # noqa: BLE001 - a closed connection has no backend
+        return None
 
 
 def _watcher_error(exc: BaseException) -> WatcherError:
