@@ -135,6 +135,14 @@ class Result:
         d["ok"] = self.ok
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        """A result as ``as_dict()`` wrote it (``--json``)."""
+        d = {k: v for k, v in d.items() if k != "ok"}
+        if d.get("comparison") is not None:
+            d["comparison"] = Comparison(**d["comparison"])
+        return cls(**d)
+
 
 class _ConsumerProc:
     def __init__(self, run: FaultRun, index: int):

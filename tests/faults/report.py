@@ -12,8 +12,8 @@ from pathlib import Path
 from tests.faults.harness import FAULTS, Result
 
 HEADER = ("| fault | plugin | PG | written | delivered | lost | duplicated | out of order "
-          "| reconnects | recovery s | outcome |")
-RULE = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+          "| reconnects | recovery s | run s | outcome |")
+RULE = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 
 
 def _outcome(r: Result) -> str:
@@ -40,7 +40,7 @@ def row(r: Result) -> str:
         cells += [f"{c.written:,}", f"{c.delivered:,}", lost, f"{c.duplicated:,}",
                   f"{c.out_of_order:,}"]
     cells += [str(r.reconnects), "–" if r.recovery_s is None else f"{r.recovery_s:.2f}",
-              _outcome(r)]
+              f"{r.elapsed_s:.0f}", _outcome(r)]
     return "| " + " | ".join(cells) + " |"
 
 
