@@ -525,8 +525,12 @@ class LiveTable:
                  clock: Callable[[], float] = time.monotonic,
                  lock: threading.RLock | None = None,
                  on_change: Callable[[], None] | None = None,
-                 column_ids: Sequence[int] = ()) -> None:
+                 column_ids: Sequence[int] = (), relid: int = 0) -> None:
+        # The table is its identity (``relid``, its OID; 0 when not known); ``name`` is a
+        # label that follows renames (the reader's: ``schema.table`` quoted where needed).
+        self.relid = relid
         self.name = name
+        self.dropped = False  # the table was dropped (TableDropped): no more changes come
         self.arrow_schema = arrow_schema  # the batch schema, metadata columns and field metadata
         self.schema_version = schema_version
         self.key_columns = tuple(key_columns)
@@ -591,7 +595,7 @@ class LiveTable:
         return table_schema(self.arrow_schema)
 
     def __repr__(self) -> str:
-        return (f"LiveTable({self.name!r}, rows={self._mirror.height}, "
+        return (f"LiveTable({self.name!r}, relid={self.relid}, rows={self._mirror.height}, "
                 f"pending={self._pending_rows}, version={self._version})")
 
     # ------------------------------------------------------------------ ingest
@@ -883,6 +887,7 @@ class LiveTable:
         with self._lock:
             info = {
                 "table": self.name,
+                "relid": self.relid,
                 "key_columns": list(self.key_columns),
                 "lsn": state.lsn,
                 "high_water_mark": list(self._folded),
@@ -911,7 +916,8 @@ class LiveTable:
         info = json.loads(meta)
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(info["arrow_schema"])))
         live = cls(info["table"], schema, info["key_columns"],
-                   schema_version=info["schema_version"], **kwargs)
+                   schema_version=info["schema_version"], relid=int(info.get("relid", 0)),
+                   **kwargs)
         frame = pl.from_arrow(table.replace_schema_metadata(None))
         assert isinstance(frame, pl.DataFrame)  # a Table converts to a frame, not a Series
         live._mirror = frame.cast(live._mirror.schema)
@@ -1138,13 +1144,22 @@ class LiveFrames:
 
     ``handle(event)`` takes the reader's events (``RelationSchema``, ``ChangeBatch``,
     ``Truncate``, ``Begin``/``Commit``...); the tables share one lock and one version counter.
+
+    A table is its identity (its OID, ``LiveTable.relid``), never its name: two tables that
+    swap names keep their own frames, and a table created under a dropped table's name gets
+    frames of its own. Names are labels that follow renames: :attr:`tables` and ``[...]``
+    look a table up by its current name (a dropped table's frames stay reachable by its last
+    name until another table takes it, and always by OID: ``frames[oid]``, :attr:`by_relid`).
     """
 
     def __init__(self, *, changelog_rows: int = 10_000, fold_interval: float = 0.25,
                  max_pending_rows: int = 500_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lock = threading.RLock()
-        self.tables: dict[str, LiveTable] = {}
+        # By identity: the table's OID, or its name for frames fed without one (a table
+        # made by name, or loaded from a checkpoint that predates OIDs: bound to its OID
+        # when the stream first names it).
+        self._live: dict[int | str, LiveTable] = {}
         self.dropped: list[str] = []
         self._options: _TableOptions = {
             "changelog_rows": changelog_rows, "fold_interval": fold_interval,
@@ -1165,14 +1180,39 @@ class LiveFrames:
     def _bump(self) -> None:
         self._version += 1
 
-    def __getitem__(self, name: str) -> LiveTable:
-        if name in self.tables:
-            return self.tables[name]
+    @property
+    def tables(self) -> dict[str, LiveTable]:
+        """The tables by their current names (a copy): each existing table once; a dropped
+        table's under its last name while no existing table has that name."""
+        with self.lock:
+            every = list(self._live.values())
+            current = {live.name for live in every if not live.dropped}
+            out: dict[str, LiveTable] = {}
+            for live in every:
+                if not live.dropped or live.name not in current:
+                    out[live.name] = live  # (the newest dropped one of a name)
+            return out
+
+    @property
+    def by_relid(self) -> dict[int, LiveTable]:
+        """The tables by their OID (a copy), dropped ones included."""
+        with self.lock:
+            return {live.relid: live for live in self._live.values() if live.relid}
+
+    def __getitem__(self, name: str | int) -> LiveTable:
+        if isinstance(name, int) and not isinstance(name, bool):
+            live = self.by_relid.get(name)
+            if live is None:
+                raise KeyError(name)
+            return live
+        tables = self.tables
+        if name in tables:
+            return tables[name]
         # tables are named as their readers: schema.table quoted where needed ('public."Users"')
-        plain = [t for q, t in self.tables.items() if q.replace('"', "") == name]
+        plain = [t for q, t in tables.items() if q.replace('"', "") == name]
         if len(plain) == 1:
             return plain[0]
-        matches = [t for q, t in self.tables.items() if q.split(".", 1)[-1] == name]
+        matches = [t for q, t in tables.items() if q.split(".", 1)[-1] == name]
         if len(matches) == 1:
             return matches[0]
         raise KeyError(name)
@@ -1190,26 +1230,48 @@ class LiveFrames:
     def __len__(self) -> int:
         return len(self.tables)
 
-    def table(self, name: str, arrow_schema: pa.Schema, key_columns: Sequence[str],
-              schema_version: int = 0) -> LiveTable:
-        """The table's live frames, created on first use."""
+    def get(self, relid: int = 0, name: str | None = None) -> LiveTable | None:
+        """The frames of the table with OID ``relid`` (the frames of ``name`` not yet tied to
+        an OID are tied to it now); without an OID, the existing table called ``name``."""
         with self.lock:
-            live = self.tables.get(name)
+            if relid:
+                live = self._live.get(relid)
+                if live is None and name is not None:
+                    unbound = self._live.get(name)
+                    if unbound is not None and not unbound.relid:
+                        del self._live[name]
+                        unbound.relid = relid
+                        self._live[relid] = live = unbound
+                return live
+            if name is None:
+                return None
+            live = self._live.get(name)
+            if live is not None:
+                return live
+            named = [t for t in self._live.values() if t.name == name and not t.dropped]
+            return named[-1] if named else None
+
+    def table(self, name: str, arrow_schema: pa.Schema, key_columns: Sequence[str],
+              schema_version: int = 0, *, relid: int = 0) -> LiveTable:
+        """The table's live frames (the table with OID ``relid``, else the one called
+        ``name``), created on first use."""
+        with self.lock:
+            live = self.get(relid, name)
             if live is None:
                 live = LiveTable(name, arrow_schema, key_columns, schema_version=schema_version,
-                                 lock=self.lock, on_change=self._bump,
+                                 lock=self.lock, on_change=self._bump, relid=relid,
                                  **self._options)
-                self.tables[name] = live
+                self._live[relid or name] = live
                 self._bump()
             return live
 
-    def rename(self, old: str, new: str) -> None:
-        """The table called ``old`` here is now ``new`` (its reader's table was renamed)."""
+    def rename(self, old: str, new: str, relid: int = 0) -> None:
+        """The table (with OID ``relid``, else the one called ``old`` here) is now called
+        ``new`` (its reader's table was renamed)."""
         with self.lock:
-            live = self.tables.pop(old, None)
-            if live is not None:
+            live = self.get(relid, old) if relid else self.get(0, old)
+            if live is not None and live.name != new:
                 live.name = new
-                self.tables[new] = live
                 self._bump()
 
     def attach(self, live: LiveTable) -> LiveTable:
@@ -1217,35 +1279,43 @@ class LiveFrames:
         with self.lock:
             live._lock = self.lock
             live._on_change = self._bump
-            self.tables[live.name] = live
+            self._live[live.relid or live.name] = live
             self._bump()
             return live
 
-    def handle(self, event: object, name: str | None = None) -> None:
-        """Apply one event. ``name``: the table's name in these frames when the event is one
-        table's and the frames follow a reader (a LiveReader passes the reader's name: quoted
-        where needed, following renames), instead of the decoder's ``schema.table``."""
+    def handle(self, event: object, name: str | None = None, relid: int = 0) -> None:
+        """Apply one event. ``relid``: the table the event is about when the frames follow a
+        reader (a LiveReader passes its reader's OID; otherwise the event's own is used);
+        ``name``: that table's name in these frames (the reader's: quoted where needed,
+        following renames), instead of the decoder's ``schema.table``."""
         if name is not None:
             from dataclasses import replace
 
             if isinstance(event, Truncate):
-                event = replace(event, tables=(name,))
+                event = replace(event, tables=(name,), relids=(relid,) if relid
+                                else event.relids[:1])
             elif isinstance(event, TableDropped):
                 event = replace(event, qualified_name=name)
         with self.lock:
             if isinstance(event, ChangeBatch):
-                live = self.tables.get(name or event.qualified_name)
+                label = name or event.qualified_name
+                ident = relid or event.relid
+                live = self.get(ident, label)
                 if live is None:
-                    live = self.table(name or event.qualified_name, event.batch.schema, (),
-                                      event.schema_version)
+                    live = self.table(label, event.batch.schema, (), event.schema_version,
+                                      relid=ident)
                 live.apply(event.batch, committed=event.xid not in self._open_xids)
             elif isinstance(event, RelationSchema):
-                live = self.tables.get(name or event.qualified_name)
+                label = name or event.qualified_name
+                live = self.get(relid or event.relid, label)
                 if live is None:
-                    live = self.table(name or event.qualified_name, event.arrow_schema,
-                                      event.key_columns, event.schema_version)
+                    live = self.table(label, event.arrow_schema, event.key_columns,
+                                      event.schema_version, relid=relid or event.relid)
                     live.column_ids = live._mirror_ids = tuple(event.column_ids)
-                elif live.arrow_schema != event.arrow_schema or \
+                    return
+                if live.name != label:  # the schema carries the table's name: it follows
+                    live.name = label
+                if live.arrow_schema != event.arrow_schema or \
                         live.key_columns != tuple(event.key_columns) or \
                         _ids_differ(live.column_ids, event.column_ids):
                     live.change_schema(event.arrow_schema, event.key_columns,
@@ -1260,27 +1330,33 @@ class LiveFrames:
                         if not live._pending:
                             live._mirror_ids = live.column_ids
             elif isinstance(event, DecodeFailed):
-                live = self.tables.get(name or event.qualified_name)
+                live = self.get(relid or event.relid, name or event.qualified_name)
                 if live is not None:
                     live.decode_failed(event)
             elif isinstance(event, Begin):
                 self._open_xids.add(event.xid)
             elif isinstance(event, (Commit, StreamCommit)):
                 self._open_xids.discard(event.xid)
-                for live in self.tables.values():
+                for live in self._live.values():
                     live.commit(event.end_lsn)
                 self._last_lsn = max(self._last_lsn, event.end_lsn)
             elif isinstance(event, StreamAbort):
                 if event.xid == event.subxid:
                     self._open_xids.discard(event.xid)
-                    for live in self.tables.values():
+                    for live in self._live.values():
                         live.abort()
             elif isinstance(event, Truncate):
                 committed = event.xid not in self._open_xids
-                for name in event.tables:
-                    if name in self.tables:
-                        self.tables[name].truncate(event.lsn, committed=committed)
+                for i, table in enumerate(event.tables):
+                    ident = event.relids[i] if i < len(event.relids) else 0
+                    live = self.get(ident, table)
+                    if live is not None:
+                        live.truncate(event.lsn, committed=committed)
             elif isinstance(event, TableDropped):
+                live = self.get(relid or event.relid, event.qualified_name)
+                if live is not None and not live.dropped:
+                    live.dropped = True
+                    live._touch()
                 self.dropped.append(event.qualified_name)
                 self._bump()
 
@@ -1288,15 +1364,16 @@ class LiveFrames:
         """Everything up to ``lsn`` was seen (a keepalive with nothing in flight)."""
         with self.lock:
             self._last_lsn = max(self._last_lsn, lsn)
-            for live in self.tables.values():
+            for live in self._live.values():
                 live.advance(lsn)
 
     def save(self, directory: str | os.PathLike[str]) -> dict[str, int]:
-        """Checkpoint every keyed table into ``directory`` (one Parquet file per table)."""
+        """Checkpoint every keyed table into ``directory`` (one Parquet file per table, named
+        as it is now; a dropped table's frames are not saved: nothing more comes for them)."""
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         return {name: live.save(target / f"{name}.parquet")
-                for name, live in list(self.tables.items()) if live.has_key}
+                for name, live in self.tables.items() if live.has_key and not live.dropped}
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], **kwargs: Any) -> LiveFrames:
@@ -1308,7 +1385,8 @@ class LiveFrames:
     def resume_lsn(self) -> int:
         """Where a reader re-attached to the slot should start: the oldest table's LSN."""
         with self.lock:
-            lsns = [live.state().lsn for live in self.tables.values() if live.has_key]
+            lsns = [live.state().lsn for live in self._live.values()
+                    if live.has_key and not live.dropped]
             return min(lsns) if lsns else 0
 
 
@@ -1442,7 +1520,10 @@ class LiveReader:
         self._threads: list[threading.Thread] = []
         self._adopted: set[int] = set()  # id() of the readers that have a thread (a
         # renamed table keeps its reader: readers are told apart by identity, not name)
-        self._synced: dict[str, int] = {}  # per table: stream position with nothing queued
+        # Per table (its OID, or its name when the reader has none): the stream position with
+        # nothing of it queued; and the tables whose reader ended (dropped: all was applied).
+        self._synced: dict[int | str, int] = {}
+        self._ended: set[int | str] = set()
         self._adopt_lock = threading.Lock()
         self._parked: set[str] = set()  # names of the threads waiting while paused
         self._parked_cond = threading.Condition()
@@ -1455,14 +1536,22 @@ class LiveReader:
     def __getitem__(self, name: str) -> LiveTable:
         return self.frames[name]
 
+    def _readers(self) -> list[tuple[str, Any]]:
+        """The stream's readers, each with its table's current name (a dropped table's reader
+        too while it holds changes: the stream lists it under a label of its own)."""
+        readers = getattr(self.stream, "readers", None) or {}
+        return [(str(getattr(reader, "name", None) or label), reader)
+                for label, reader in list(readers.items())]
+
     def start(self) -> LiveReader:
         if self._threads:
             return self.resume()
-        readers = getattr(self.stream, "readers", {})
-        for name, reader in readers.items():
+        for name, reader in self._readers():
             key = tuple(getattr(reader, "key_columns", ()))
-            if name not in self.frames.tables and getattr(reader, "schema", None) is not None:
-                self.frames.table(name, reader.schema, key)
+            relid = _relid_of(reader)
+            if self.frames.get(relid, name) is None \
+                    and getattr(reader, "schema", None) is not None:
+                self.frames.table(name, reader.schema, key, relid=relid)
             self._bound_queue(reader)
             thread = threading.Thread(target=self._consume, args=(name, reader, key),
                                       name=f"cdc-live-{name}", daemon=True)
@@ -1512,9 +1601,8 @@ class LiveReader:
     def _adopt_new_readers(self) -> None:
         """Tables that joined the running stream (they started matching its patterns) get a
         thread of their own."""
-        readers = getattr(self.stream, "readers", {})
         with self._adopt_lock:
-            for name, reader in list(readers.items()):
+            for name, reader in self._readers():
                 if id(reader) in self._adopted or self._stop.is_set():
                     continue
                 self._adopted.add(id(reader))
@@ -1598,16 +1686,28 @@ class LiveReader:
         finally:
             self._catching_up -= 1
 
+    def _followed(self) -> list[tuple[int | str, str, LiveTable | None]]:
+        """The tables being followed: (identity, name, frames), the stream's readers (those
+        that ended left out: their table was dropped and all of it applied), or without
+        readers the frames' tables."""
+        if getattr(self.stream, "readers", None):
+            out: list[tuple[int | str, str, LiveTable | None]] = []
+            for name, reader in self._readers():
+                relid = _relid_of(reader)
+                ident = relid or name
+                if ident not in self._ended:
+                    out.append((ident, name, self.frames.get(relid, name)))
+            return out
+        return [(live.relid or name, name, live) for name, live in self.frames.tables.items()]
+
     def consistent_position(self) -> int:
         """Where every table's frames stand (the oldest of them): each table's consistent LSN,
         or the stream's position when nothing of it is left to read."""
         with self.frames.lock:
-            names = list(getattr(self.stream, "readers", None) or self.frames.tables)
             positions = []
-            for name in names:
-                live = self.frames.tables.get(name)
+            for ident, _name, live in self._followed():
                 mine = live._consistent_lsn() if live is not None else 0
-                positions.append(max(mine, self._synced.get(name, 0)))
+                positions.append(max(mine, self._synced.get(ident, 0)))
         return min(positions) if positions else 0
 
     def _catch_up(self, target: int, router: Any, deadline: float, timeout: float,
@@ -1615,12 +1715,10 @@ class LiveReader:
         while True:
             if self.error is not None:
                 raise self.error
-            names = list(getattr(self.stream, "readers", None) or self.frames.tables)
             with self.frames.lock:
                 behind = []
-                for name in names:
-                    live = self.frames.tables.get(name)
-                    if self._synced.get(name, 0) < target:
+                for ident, name, live in self._followed():
+                    if self._synced.get(ident, 0) < target:
                         behind.append(name)
                     elif live is not None and live._pending_rows:
                         live.refresh()  # all there: fold now rather than at the cadence
@@ -1642,6 +1740,8 @@ class LiveReader:
 
     def _consume(self, name: str, reader: Any, key: tuple[str, ...]) -> None:
         frames = self.frames
+        relid = _relid_of(reader)
+        ident: int | str = relid or name
         last_sync = last_event = 0.0
         me = threading.current_thread().name
         try:
@@ -1661,29 +1761,35 @@ class LiveReader:
                                                timeout=self._quick_poll if busy else self.poll):
                         last_event = time.monotonic()
                         if isinstance(event, TableRenamed):  # the frames follow the table
-                            self.frames.rename(name, event.new)
-                            self._synced[event.new] = self._synced.pop(name, 0)
+                            self.frames.rename(name, event.new, relid)
+                            if not relid:
+                                self._synced[event.new] = self._synced.pop(name, 0)
+                                ident = event.new
                             name = event.new
-                        self._apply(name, key, event)
+                        self._apply(name, relid, key, event)
                         if self._stop.is_set() or not self._run.is_set() or not busy:
                             break  # (not busy: look again with the short timeout)
                         now = time.monotonic()
                         if now - last_sync >= self.sync_interval:
-                            self._sync(name, reader)
+                            self._sync(ident, name, reader)
                             last_sync = now
                     else:
-                        return  # the reader ended (closed, or its table was dropped)
+                        # The reader ended (closed, or its table was dropped and everything
+                        # before the drop was applied): nothing more to wait for.
+                        self._sync(ident, name, reader)
+                        self._ended.add(ident)
+                        return
                 except TimeoutError:
                     pass  # nothing new: look at the pause/stop flags again
                 if self._run.is_set():
-                    self._sync(name, reader)
+                    self._sync(ident, name, reader)
                     last_sync = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - kept for the status widget
             self.error = exc
             self.state = "failed"
         del frames
 
-    def _sync(self, name: str, reader: Any) -> None:
+    def _sync(self, ident: int | str, name: str, reader: Any) -> None:
         """Release the batches of transactions that committed meanwhile and, when nothing of
         this table is left to read, move its consistent LSN to the stream's position."""
         # Read the position first: a transaction's batches are queued before its commit moves
@@ -1696,14 +1802,14 @@ class LiveReader:
             return
         complete = reader.queued_batches == 0
         if complete:
-            self._synced[name] = max(self._synced.get(name, 0), position)
-        live = self.frames.tables.get(name)
+            self._synced[ident] = max(self._synced.get(ident, 0), position)
+        live = self.frames.get(ident if isinstance(ident, int) else 0, name)
         if live is not None:
             live.commit(position, complete=complete)
             if live.has_key:
                 live.fold_if_due()
 
-    def _apply(self, name: str, key: tuple[str, ...], event: Any) -> None:
+    def _apply(self, name: str, relid: int, key: tuple[str, ...], event: Any) -> None:
         frames = self.frames
         if isinstance(event, pa.RecordBatch):
             position = self.stream_position()
@@ -1711,7 +1817,14 @@ class LiveReader:
             if position is not None and event.num_rows:
                 committed = int(pc.max(event.column(END_LSN)).as_py() or 0) <= position
             with frames.lock:
-                live = frames.tables.get(name) or frames.table(name, event.schema, key)
+                live = frames.get(relid, name) or frames.table(name, event.schema, key,
+                                                               relid=relid)
                 live.apply(event, committed=committed)
         elif isinstance(event, (RelationSchema, Truncate, TableDropped, DecodeFailed)):
-            frames.handle(event, name)
+            frames.handle(event, name, relid)
+
+
+def _relid_of(reader: Any) -> int:
+    """A reader's table OID (0 when it has none: its table is known by name only)."""
+    relid = getattr(reader, "relid", 0)
+    return relid if isinstance(relid, int) and not isinstance(relid, bool) else 0

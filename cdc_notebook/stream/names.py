@@ -17,7 +17,10 @@ by
 
 A spelling that fits several tables raises :class:`TableLookupError` (a ``KeyError``) naming
 them. A dropped table's reader stays reachable by its name until a new table takes the name
-(a table the catalog no longer has counts as dropped here, before its reader has ended).
+(a table the catalog no longer has counts as dropped here, before its reader has ended); then,
+while it still holds changes nobody read, the map lists it under a label of its own,
+``'public.users (dropped, OID 16385)'`` (:func:`dropped_label`), so iterating the map reaches
+every change up to the drop; once read to its end it is reachable by its OID only.
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ class TableLookupError(KeyError):
 class ReaderMap(Mapping[str, "TableReader"]):
     """``{label: reader}``, a live view of the router's readers (keyed by OID).
 
-    Iteration gives each current table's label once (a dropped table's reader is left out once
-    a new table has its name); ``[...]`` accepts the spellings of the module docstring.
+    Iteration gives each current table's label once, and a dropped table's reader under its
+    last name, or, once a new table has that name and while it holds unread changes, under
+    :func:`dropped_label`; ``[...]`` accepts the spellings of the module docstring.
     """
 
     def __init__(self, by_relid: dict[int, TableReader]):
@@ -75,6 +79,12 @@ class ReaderMap(Mapping[str, "TableReader"]):
                     out[reader.name] = reader  # the newest dropped one of that name
             else:
                 out[reader.name] = reader
+        # A dropped table's reader whose name another table took is listed under a label of
+        # its own while it holds what nobody read yet (its changes up to the drop, then
+        # TableDropped): a consumer of the map reads it to its end; then it leaves the map.
+        for reader in readers:
+            if _gone(reader) and out.get(reader.name) is not reader and _undrained(reader):
+                out[dropped_label(reader)] = reader
         return out
 
     def __iter__(self) -> Iterator[str]:
@@ -104,6 +114,9 @@ class ReaderMap(Mapping[str, "TableReader"]):
             return reader
         if not isinstance(key, str):
             raise TableLookupError(f"look a reader up by its table's name or OID, not {key!r}")
+        visible = self._visible()
+        if key in visible and visible[key].name != key:  # a dropped table's own label
+            return visible[key]
         readers = list(self._by_relid.values())
         found = (_pick(key, [r for r in readers if r.name == key])
                  or _pick(key, [r for r in readers if f"{r.schema_name}.{r.table_name}" == key])
@@ -116,6 +129,16 @@ class ReaderMap(Mapping[str, "TableReader"]):
 
     def __repr__(self) -> str:
         return f"ReaderMap({self._visible()!r})"
+
+
+def dropped_label(reader: TableReader) -> str:
+    """The map's label of a dropped table's reader whose name another table has now."""
+    return f"{reader.name} (dropped, OID {reader.relid})"
+
+
+def _undrained(reader: TableReader) -> bool:
+    """Its consumer has not read it to its end (the TableDropped event) and it is open."""
+    return not (reader.dropped or reader.closed)
 
 
 def _gone(reader: TableReader) -> bool:
