@@ -533,10 +533,12 @@ def _finish_copy(conn: psycopg.Connection[Any]) -> None:
 class _Worker(threading.Thread):
     """One connection in the snapshot: imports it, copies chunks, decodes, queues batches."""
 
-    def __init__(self, owner: _TableSnapshotRun, conninfo: Mapping[str, Any] | str):
+    def __init__(self, owner: _TableSnapshotRun, conninfo: Mapping[str, Any] | str,
+                 connection: psycopg.Connection[Any] | None = None):
         super().__init__(daemon=True, name=f"cdc-snapshot-{owner.plan.qualified_name}")
         self.owner = owner
         self.conninfo = conninfo
+        self.connection = connection  # the caller's, in the snapshot already (not closed)
         self._texts_conn: psycopg.Connection[Any] | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -553,16 +555,12 @@ class _Worker(threading.Thread):
     def run(self) -> None:
         owner = self.owner
         try:
-            with self._connect() as conn:
-                while not owner.stop.is_set():
-                    chunk = owner.next_chunk()
-                    if chunk is None:
-                        break
-                    if not self._copy(conn, chunk):
-                        # stopped in the middle of a COPY: the connection is dropped with it
-                        conn.close()
-                        return
-                conn.rollback()
+            if self.connection is not None:
+                self._read(self.connection)
+            else:
+                with self._connect() as conn:
+                    if self._read(conn):
+                        conn.rollback()
         except psycopg.Error as exc:
             owner.fail(_classify(exc, owner.plan.qualified_name, owner.snapshot_name))
         except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
@@ -571,6 +569,19 @@ class _Worker(threading.Thread):
             if self._texts_conn is not None:
                 self._texts_conn.close()
             owner.worker_done()
+
+    def _read(self, conn: psycopg.Connection[Any]) -> bool:
+        """Copy chunks until none is left (True) or the snapshot was stopped (False)."""
+        owner = self.owner
+        while not owner.stop.is_set():
+            chunk = owner.next_chunk()
+            if chunk is None:
+                break
+            if not self._copy(conn, chunk):
+                # stopped in the middle of a COPY: the connection is dropped with it
+                conn.close()
+                return False
+        return True
 
     def _copy(self, conn: psycopg.Connection[Any], chunk: _Chunk) -> bool:
         """Read one chunk; False if the snapshot was stopped before its end."""
@@ -706,7 +717,8 @@ def snapshot_table(conninfo: Mapping[str, Any] | str, table: str | int | TableSn
                    chunk_pages: int = DEFAULT_CHUNK_PAGES,
                    batch_rows: int = DEFAULT_BATCH_ROWS, batch_bytes: int = DEFAULT_BATCH_BYTES,
                    publication: str | None = None,
-                   progress: Callable[[SnapshotProgress], None] | None = None
+                   progress: Callable[[SnapshotProgress], None] | None = None,
+                   connection: psycopg.Connection[Any] | None = None
                    ) -> Iterator[pa.RecordBatch]:
     """Yield a table's rows at the snapshot as change batches (``_cdc_op = 'r'``).
 
@@ -714,7 +726,10 @@ def snapshot_table(conninfo: Mapping[str, Any] | str, table: str | int | TableSn
     Chunks of ``chunk_pages`` heap pages are read by up to ``workers`` connections; batches
     hold at most ``batch_rows`` rows (about ``batch_bytes``) and at most ``2 * workers`` of them
     wait in memory. Chunks come in no fixed order; ``_cdc_ordinal`` is ``chunk << 32 | row``.
-    ``progress`` is called after every batch and once at the end.
+    ``progress`` is called after every batch and once at the end. ``connection``: a
+    connection already in the snapshot's transaction (with the kit's session settings) that
+    reads every chunk itself, instead of ``workers`` new ones (a table locked by that
+    transaction is read without asking for the lock again: stream/cdc_stream.py's joins).
     """
     if isinstance(snapshot, ExportedSnapshot):
         if not snapshot.open:
@@ -738,7 +753,8 @@ def snapshot_table(conninfo: Mapping[str, Any] | str, table: str | int | TableSn
     run = _TableSnapshotRun(plan, snapshot_name, lsn, chunk_pages=max(1, chunk_pages),
                             batch_rows=batch_rows, batch_bytes=batch_bytes,
                             queue_size=2 * max(1, workers), progress=progress)
-    threads = [_Worker(run, conninfo) for _ in range(max(1, min(workers, len(run.chunks))))]
+    threads = [_Worker(run, conninfo, connection)] if connection is not None else \
+        [_Worker(run, conninfo) for _ in range(max(1, min(workers, len(run.chunks))))]
     run.workers_left = len(threads)
     for t in threads:
         t.start()

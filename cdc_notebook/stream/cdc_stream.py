@@ -26,6 +26,7 @@ from psycopg import sql
 from cdc_notebook.connection.conninfo import (
     apply_session_settings,
     connect,
+    connect_session,
     conninfo_of,
     one_row,
     session_conninfo,
@@ -38,7 +39,9 @@ from cdc_notebook.errors import (
     PublicationNotFound,
     ServerUnreachable,
     SlotNotFound,
+    SnapshotError,
     SnapshotUnavailable,
+    TableDroppedDuringSnapshot,
     TemporarySlotLost,
 )
 from cdc_notebook.provision.patterns import (
@@ -51,7 +54,7 @@ from cdc_notebook.provision.patterns import (
 from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.slots import DEFAULT_PLUGIN
 from cdc_notebook.provision.status import SlotStatus, _fmt_bytes, fetch_slot_status
-from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin
+from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin, snapshot_relation
 from cdc_notebook.stream.names import ReaderMap
 from cdc_notebook.stream.reader import TableReader
 from cdc_notebook.stream.replication import ReplicationConnection
@@ -60,6 +63,14 @@ from cdc_notebook.stream.source import ReplicationSource, plugin_decoders
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# How many times a joining table's snapshot is tried when DDL gets in its way.
+JOIN_SNAPSHOT_ATTEMPTS = 20
+
+
+class _TryAgain(Exception):
+    """DDL got in the way of a joining table's snapshot (see _read_joining_table)."""
+
 
 # A table that matches the patterns but could not join (its ALTER PUBLICATION failed) is tried
 # again this often; sooner when it turns up in the publication (someone ran the fix).
@@ -412,7 +423,8 @@ class CDCStream:
                          info.quoted_name, keys, relid=info.oid,
                          spill_dir=self.router.spill_dir)
         self.router.joins[join.id] = join  # before the reader appears: wait_for_joins sees it
-        reader = self.router.add_reader(info.oid, info.schema, info.name, keys, label_lsn=lsn)
+        reader = self.router.add_reader(info.oid, info.schema, info.name, keys, label_lsn=lsn,
+                                        joining=True)
         self.tables.append(info)
         threading.Thread(target=self._snapshot_joining_table, args=(info, join),
                          name=f"cdc-join-{reader.name}", daemon=True).start()
@@ -430,27 +442,95 @@ class CDCStream:
         return True
 
     def _snapshot_joining_table(self, info: TableInfo, join: TableJoin) -> None:
-        from cdc_notebook.snapshot.tables import snapshot_table
-
         emit = "SELECT pg_logical_emit_message(true, %s, %s)"
         try:
             with connect(self.conninfo) as conn:
                 conn.execute(emit, (WATERMARK_PREFIX, f"low {join.id}"))
-                with connect(self.conninfo, autocommit=False) as reader_conn:
-                    reader_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    name = one_row(reader_conn.execute("SELECT pg_export_snapshot()"))[0]
-                    lsn = parse_lsn(one_row(reader_conn.execute(
-                        "SELECT pg_current_wal_lsn()::text"))[0])
-                    for batch in snapshot_table(self.conninfo, info.oid, (name, lsn),
-                                                workers=1):
-                        join.spool(batch)  # to a private file: a big table stays on disk
-                    join.finish_spool()
-                    reader_conn.rollback()
+                for attempt in range(1, JOIN_SNAPSHOT_ATTEMPTS + 1):
+                    try:
+                        self._read_joining_table(conn, info, join)
+                        break
+                    except _TryAgain as why:
+                        join.discard()
+                        join.spooled_rows = 0
+                        if attempt == JOIN_SNAPSHOT_ATTEMPTS:
+                            raise SnapshotError(
+                                f"the snapshot of joining table {join.name} could not be "
+                                f"read in {attempt} attempts: {why}",
+                                hint="DDL on the table kept getting in the way; it joins "
+                                "again when the stream is opened again") from None
+                        time.sleep(min(1.0, 0.05 * attempt))
                 join.ready.set()
                 conn.execute(emit, (WATERMARK_PREFIX, f"high {join.id}"))
         except BaseException as exc:  # noqa: BLE001 - reported on the stream
             join.error = exc
             join.ready.set()
+            # The high watermark ends the window whatever happened: the reader's hold is
+            # lifted there (with the error; or, for a table dropped meanwhile, with what it
+            # holds delivered as it is).
+            try:
+                with connect(self.conninfo) as conn:
+                    conn.execute(emit, (WATERMARK_PREFIX, f"high {join.id}"))
+            except Exception as again:  # noqa: BLE001 - the reader stays held: say why
+                log.warning("the high watermark of %s could not be written (%s): its reader "
+                            "holds its changes until the stream is opened again", join.name,
+                            again)
+
+    def _read_joining_table(self, conn: psycopg.Connection[Any], info: TableInfo,
+                            join: TableJoin) -> None:
+        """Read a joining table at a snapshot into ``join``'s spool, with the table locked
+        (ACCESS SHARE, as any read) before the snapshot is taken and until it was read: no
+        DDL commits between the catalog the snapshot sees (the columns, their names, the
+        rows' labels) and the COPY, which names the table and its columns as they are now.
+        The COPY runs on the locking transaction's own connection: a second connection
+        asking for the lock would queue behind an ALTER waiting for this one. Raises
+        :class:`_TryAgain` when the table was renamed before it was locked."""
+        from cdc_notebook.snapshot.tables import plan_table, snapshot_table
+
+        where = conn.execute(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = %s::oid", (info.oid,)).fetchone()
+        if where is None:
+            raise TableDroppedDuringSnapshot(
+                f"table {join.name} (OID {info.oid}) was dropped before its snapshot was read",
+                hint="nothing to read: its changes up to the drop are delivered as they are")
+        with connect_session(self.conninfo, autocommit=False) as reader_conn:
+            reader_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            try:  # (LOCK takes no snapshot: the snapshot is taken after the lock)
+                reader_conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+                    sql.Identifier(*where)))
+            except psycopg.errors.UndefinedTable:
+                raise _TryAgain(f"{where[0]}.{where[1]} was renamed or dropped") from None
+            locked = reader_conn.execute(
+                "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                "c.relnamespace WHERE n.nspname = %s AND c.relname = %s", where).fetchone()
+            if locked is None or int(locked[0]) != info.oid:
+                raise _TryAgain(f"{where[0]}.{where[1]} is another table now")
+            name = one_row(reader_conn.execute("SELECT pg_export_snapshot()"))[0]
+            lsn = parse_lsn(one_row(reader_conn.execute(
+                "SELECT pg_current_wal_lsn()::text"))[0])
+            # The table as the snapshot sees it: its columns (the rows' schema), and their
+            # names, key and attnums, which label the rows (a column renamed since is the
+            # same column under another name).
+            plan = plan_table(reader_conn, info.oid, publication=self.publication)
+            join.relation = snapshot_relation(reader_conn, plan.relid, plan.namespace,
+                                              plan.name, plan.schema)
+            # (A second connection reads only the text of unusual arrays; it waits for its
+            # lock no longer than a second: a wait means an ALTER queued behind this one's.)
+            params = dict(self.conninfo)
+            params["options"] = (str(params.get("options") or "")
+                                 + " -c lock_timeout=1000").strip()
+            try:
+                for batch in snapshot_table(params, plan, (name, lsn),
+                                            connection=reader_conn):
+                    join.spool(batch)  # to a private file: a big table stays on disk
+            except SnapshotError as exc:
+                if exc.sqlstate == "55P03":  # lock_not_available
+                    raise _TryAgain(f"an ALTER of {join.name} was waiting") from None
+                raise
+            join.finish_spool()
+            if not reader_conn.closed:
+                reader_conn.rollback()
 
     def current_wal_lsn(self) -> int:
         return self._on_catalog(_wal_lsn)

@@ -49,6 +49,10 @@ class QueuedItem:
     snapshot: bool = False  # rows of the initial snapshot (op 'r'): never redelivered
     ipc: Any = None  # the batch's Arrow IPC message as received, if the decoder kept it
     schema: pa.Schema | None = None  # a spilled batch's schema (the file holds no schema)
+    # A joining table's item from before its low watermark: the snapshot holds its effect, so
+    # it goes when the snapshot rows come (kept when there is no snapshot: the table was
+    # dropped first). Only ever in the held part of the queue (stream/joins.py).
+    provisional: bool = False
 
 
 Partition = tuple[int, int] | None  # (index, count), or None for the whole table
@@ -223,16 +227,35 @@ class TableReader:
         return pa.ipc.read_record_batch(pa.py_buffer(data), item.schema)
 
     def _hold(self) -> None:
-        """From here on, items wait for :meth:`_release_hold` (a joining table's window)."""
+        """From here on, items wait for :meth:`_release_hold` (a joining table's window; a
+        hold already in place stays where it is)."""
         with self._cond:
-            self._hold_at = self._base + len(self._queue)
+            if self._hold_at is None:
+                self._hold_at = self._base + len(self._queue)
 
-    def _release_hold(self, items: Iterator[QueuedItem]) -> None:
+    def _release_hold(self, items: Iterator[QueuedItem], *,
+                      keep_provisional: bool = False) -> None:
         """Put ``items`` (the joining table's snapshot) before what was held, then let the
-        consumers read on. Items past the memory bound are spilled as they come."""
+        consumers read on. Items past the memory bound are spilled as they come. The held
+        provisional items (from before the low watermark) go first, unless
+        ``keep_provisional`` (no snapshot replaces them: they are delivered as they are)."""
         with self._cond:
             at = max(0, (self._hold_at if self._hold_at is not None else self._base
                          + len(self._queue)) - self._base)
+            if not keep_provisional:
+                kept: collections.deque[QueuedItem] = collections.deque()
+                for index, item in enumerate(self._queue):
+                    if index < at or not item.provisional:
+                        kept.append(item)
+                        continue
+                    # never read by anyone (held): gone, as consumed
+                    if item.spilled is None:
+                        self._mem_bytes -= item.nbytes
+                    else:
+                        self._spill_bytes -= item.spilled[1]
+                    if item.txn is not None:
+                        self.router.acks.consumed(item.txn)
+                self._queue = kept
             for item in items:
                 if self.closed:
                     break

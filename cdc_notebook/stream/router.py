@@ -47,7 +47,7 @@ from cdc_notebook.decode.events import (
     Truncate,
     WatcherError,
 )
-from cdc_notebook.errors import CDCError, StreamLost, is_transient
+from cdc_notebook.errors import CDCError, StreamLost, TableDroppedDuringSnapshot, is_transient
 from cdc_notebook.stream.acks import AckTracker, Transaction
 from cdc_notebook.stream.joins import WATERMARK_PREFIX, TableJoin, stamp_at_watermark
 from cdc_notebook.stream.names import table_label
@@ -150,16 +150,20 @@ class ChangeRouter:
         self._hold_suspect: tuple[int, int] = (0, 0)  # (walsender pid, times seen ending)
         self._let_go: tuple[int, str] | None = None  # (walsender pid, why)
         self.let_go = 0  # connections dropped because their walsender was ending
+        self._relations: dict[int, RelationSchema] = {}  # the newest schema of each table
 
     # ---- set-up
 
     def add_reader(self, relid: int, schema: str, table: str, key_columns: tuple[str, ...] = (),
-                   *, label_lsn: int = 0) -> TableReader:
+                   *, label_lsn: int = 0, joining: bool = False) -> TableReader:
         """A reader for the table with OID ``relid`` (now called ``schema.table``, seen so at
-        WAL position ``label_lsn``)."""
+        WAL position ``label_lsn``). A ``joining`` table's reader holds everything until its
+        snapshot is delivered (stream/joins.py)."""
         reader = TableReader(self, table_label(schema, table), key_columns,
                              memory_limit=max(1 << 20, self.memory_limit // 4), relid=relid,
                              schema_name=schema, table_name=table, label_lsn=label_lsn)
+        if joining:
+            reader._hold()
         self.readers[relid] = reader
         return reader
 
@@ -392,14 +396,18 @@ class ChangeRouter:
                         if lsn > reader.label_lsn:
                             self._rename(reader, event.namespace, event.name, lsn)
                         reader.schema = event.arrow_schema
-                        reader._put(QueuedItem(event, None), self._stop)
+                        self._relations[event.relid] = event
+                        reader._put(QueuedItem(event, None, provisional=self._before_snapshot(
+                            event.relid)), self._stop)
                 elif isinstance(event, Truncate):
                     for relid in event.relids:
                         reader = self.readers.get(relid)
                         if reader is not None:
                             if self._txn is not None:
                                 self.acks.add(self._txn)
-                            reader._put(QueuedItem(event, self._txn), self._stop)
+                            reader._put(QueuedItem(event, self._txn,
+                                                   provisional=self._before_snapshot(relid)),
+                                        self._stop)
                 elif isinstance(event, DecodeFailed):
                     self._put_in_txn(self.readers.get(event.relid), event)
                 elif isinstance(event, LogicalMessage):
@@ -420,7 +428,9 @@ class ChangeRouter:
         if reader is not None and not reader.closed:
             if self._txn is not None:
                 self.acks.add(self._txn)
-            reader._put(QueuedItem(event, self._txn), self._stop)
+            relid = getattr(event, "relid", 0)
+            reader._put(QueuedItem(event, self._txn, provisional=bool(relid) and
+                                   self._before_snapshot(relid)), self._stop)
 
     def enable_messages(self) -> TableReader:
         """Keep the stream's logical messages (``pg_logical_emit_message``, except the kit's
@@ -530,6 +540,9 @@ class ChangeRouter:
         if kind == "low":
             join.window_open = join.low_seen = True
             join.low_end = self._txn.end_lsn if self._txn is not None else 0
+            # the window's changes are of the schema in force here (announced again after
+            # the snapshot rows, which have theirs)
+            join.relation_at_low = self._relations.get(join.relid)
             reader = self.readers.get(join.relid)
             if reader is not None:
                 reader._hold()  # the window's changes wait for the snapshot rows
@@ -551,7 +564,13 @@ class ChangeRouter:
                 join.error = join.error or TimeoutError(
                     f"snapshot of {join.name} not ready at its watermark")
                 join.discard()
-                if reader is not None:  # that reader fails; the others go on
+                if reader is not None and isinstance(join.error, TableDroppedDuringSnapshot):
+                    # No snapshot: what the reader holds (every change up to the drop) is
+                    # delivered as it is; the watcher's TableDropped follows.
+                    log.info("table %s was dropped while joining: its changes up to the drop "
+                             "are delivered without a snapshot", join.name)
+                    reader._release_hold(iter(()), keep_provisional=True)
+                elif reader is not None:  # that reader fails; the others go on
                     reader._release_hold(iter([QueuedItem(join.error, None)]))
             elif reader is not None:
                 reader._release_hold(self._snapshot_items(join))
@@ -562,6 +581,10 @@ class ChangeRouter:
         self._joins_at_commit = []
 
     def _snapshot_items(self, join: TableJoin) -> Iterator[QueuedItem]:
+        """The snapshot rows, after the table's schema as the snapshot saw it, and before the
+        schema in force at the low watermark (the window's changes are of that one)."""
+        if join.relation is not None:
+            yield QueuedItem(join.relation, None)
         ordinal = 0
         for batch in join.read_back():
             stamped = stamp_at_watermark(batch, join.low_end, ordinal)
@@ -570,14 +593,20 @@ class ChangeRouter:
             self.stats.rows += batch.num_rows
             self.stats.bytes += nbytes
             yield QueuedItem(stamped, None, nbytes, snapshot=True)
+        if join.relation_at_low is not None:
+            yield QueuedItem(join.relation_at_low, None)
+
+    def _before_snapshot(self, relid: int) -> bool:
+        """Whether a change of ``relid`` now is before its join's low watermark: its effect
+        is in the snapshot (stream/joins.py)."""
+        return any(join.relid == relid and not join.low_seen
+                   for join in list(self.joins.values()))  # (the watcher thread adds joins)
 
     def _route_batch(self, event: ChangeBatch) -> None:
-        before_snapshot = False
-        for join in list(self.joins.values()):  # the watcher thread adds joins
-            if join.relid == event.relid and not join.low_seen:
-                # Committed before the joining table's low watermark: its snapshot (read
-                # after that) holds this change, delivered at the high watermark.
-                before_snapshot = True
+        # Committed before the joining table's low watermark: its snapshot (read after that)
+        # holds this change: it waits, provisional, until the snapshot rows replace it (or
+        # is delivered as it is if the table is dropped before it could be read).
+        before_snapshot = self._before_snapshot(event.relid)
         reader = self.readers.get(event.relid)
         batch = event.batch
         self.stats.rows += batch.num_rows
@@ -586,13 +615,14 @@ class ChangeRouter:
         message = event.ipc_message
         nbytes = message.size if message is not None else batch.get_total_buffer_size()
         self.stats.bytes += nbytes
-        if reader is None or reader.closed or before_snapshot:
+        if reader is None or reader.closed:
             return
         txn = self._txn
         if txn is not None:
             self.acks.add(txn)
         end_lsn = txn.end_lsn if txn is not None else 0
-        reader._put(QueuedItem(batch, txn, nbytes, end_lsn, ipc=message), self._stop)
+        reader._put(QueuedItem(batch, txn, nbytes, end_lsn, ipc=message,
+                               provisional=before_snapshot), self._stop)
 
     def put_snapshot(self, relid: int, batch: pa.RecordBatch) -> None:
         """Deliver a batch of the initial snapshot (before the stream starts)."""
