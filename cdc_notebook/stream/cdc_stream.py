@@ -445,6 +445,7 @@ class CDCStream:
         emit = "SELECT pg_logical_emit_message(true, %s, %s)"
         try:
             with connect(self.conninfo) as conn:
+                self._wait_for_writers(conn, info)
                 conn.execute(emit, (WATERMARK_PREFIX, f"low {join.id}"))
                 for attempt in range(1, JOIN_SNAPSHOT_ATTEMPTS + 1):
                     try:
@@ -475,6 +476,26 @@ class CDCStream:
                 log.warning("the high watermark of %s could not be written (%s): its reader "
                             "holds its changes until the stream is opened again", join.name,
                             again)
+
+    @staticmethod
+    def _wait_for_writers(conn: psycopg.Connection[Any], info: TableInfo) -> None:
+        """Wait until every transaction that wrote to the joining table before it was added
+        to the publication has ended. Logical decoding decodes a transaction with the catalog
+        as of its changes: what such a transaction wrote before the table was published is
+        not sent even if it commits later, so it must commit before the low watermark (then
+        the snapshot has it). A SHARE lock waits for every writer (ROW EXCLUSIVE) of the
+        table, and is released at once."""
+        where = conn.execute(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = %s::oid", (info.oid,)).fetchone()
+        if where is None:
+            return  # dropped: nothing to wait for (its snapshot says so)
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
+                    sql.Identifier(*where)))
+        except psycopg.errors.UndefinedTable:
+            pass  # renamed or dropped meanwhile: the snapshot's look finds out which
 
     def _read_joining_table(self, conn: psycopg.Connection[Any], info: TableInfo,
                             join: TableJoin) -> None:
