@@ -1109,7 +1109,35 @@ def column_sources(old: pa.Schema, old_ids: Sequence[int], new: pa.Schema,
             sources.append(None)
         else:
             sources.append(name)
+    _sources_between_anchors(sources, old_names, old_id, new_id, by_id)
     return sources
+
+
+def _sources_between_anchors(sources: list[str | None], old_names: list[str],
+                             old_id: dict[str, int], new_id: list[int],
+                             by_id: dict[int, str]) -> None:
+    """Columns of unknown identity (id 0: pgoutput's derived ids, docs/pgoutput.md) that lie
+    between two columns known by id: a column added later has a higher attnum than every
+    column before it, so a live column before a column the old schema has was in the old
+    schema too, between the same two known columns. Where a stretch between two known
+    columns has as many unknown columns as the old schema had there, they are those columns
+    in the same order (renamed, perhaps retyped): ``sources`` is set so (in place). The stretch
+    after the last known column is left alone (a column there may be new)."""
+    if not old_id or not any(new_id):
+        return
+    anchors = [(j, old_names.index(by_id[i])) for j, i in enumerate(new_id) if i and i in by_id]
+    previous = (-1, -1)
+    for j, k in anchors:
+        pj, pk = previous
+        previous = (j, k)
+        if k <= pk or j - pj < 2:
+            continue
+        if any(new_id[x] for x in range(pj + 1, j)):
+            continue  # a column known by an id the old schema lacks: not a stretch of old ones
+        old_stretch = old_names[pk + 1:k]
+        if len(old_stretch) == j - pj - 1:
+            for x, name in zip(range(pj + 1, j), old_stretch, strict=True):
+                sources[x] = name
 
 
 def _describe_change(table: str, version: int, old: pa.Schema, new: pa.Schema,
