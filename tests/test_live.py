@@ -402,6 +402,24 @@ def test_schema_change_add_drop_and_cast() -> None:
     assert live.schema_changes == [change]
 
 
+def test_a_schema_change_where_every_column_is_new_keeps_the_mirrors_height() -> None:
+    """Torture finding (issue 12, an extra all-NULL row): when no column of the new schema
+    continues an old one, the mirror was rebuilt from literals alone, which polars broadcasts
+    to ONE row: an empty mirror gained an all-NULL row, a full one collapsed to one row."""
+    other = [pa.field("k", pa.int64()), pa.field("w", pa.string())]
+    for rows in (0, 3):
+        tx = Transactions()
+        live = LiveTable("public.t", SCHEMA, ["id"])
+        if rows:
+            live.apply(tx.batch([{"op": "c", "id": i, "v": i, "doc": "x", "u": None}
+                                 for i in range(rows)]))
+        live.change_schema(contract_schema(other), ["k"], column_ids=(7, 8))
+        frame = live.mirror()
+        assert frame.columns == ["k", "w"]
+        assert frame.height == rows
+        assert frame.null_count().row(0) == (rows, rows)
+
+
 def test_retype_that_does_not_cast_marks_the_frame_for_rebuild() -> None:
     tx = Transactions()
     live = LiveTable("public.t", SCHEMA, ["id"])

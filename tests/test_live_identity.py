@@ -302,3 +302,37 @@ def test_a_table_dropped_while_joining_ends_its_reader_with_table_dropped(
         assert isinstance(events[-1], TableDropped) and events[-1].relid == oid_t
     finally:
         stream.close()
+
+
+# --------------------------------------------------------------------------- 6
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_a_live_reader_started_after_a_key_rename_has_no_all_null_row(pg, unique_name, plugin):
+    """Torture finding (tests/torture/repro/all_new_columns_queued.sql): the LiveReader starts
+    after the stream queued a table's changes across a rename of its only column; its frame
+    is made with the reader's newest schema, so the first schema it applies has no column in
+    common with the (empty) mirror: the mirror gained an all-NULL row (polars broadcast the
+    literals of the new columns to one row)."""
+    schema = unique_name("allnew")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY)")
+        oid = _oid(conn, f"{schema}.t")
+    stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin).start()  # nobody reads
+    live = LiveReader(stream)
+    try:
+        with pg.connect() as conn:
+            conn.execute(f"INSERT INTO {schema}.t VALUES (1), (2)")
+            conn.execute(f"ALTER TABLE {schema}.t RENAME COLUMN id TO k")
+            conn.execute(f"INSERT INTO {schema}.t VALUES (3)")
+        _wait_for(lambda: getattr(stream.router.readers[oid].schema, "names", [""])[0] == "k",
+                  "the stream did not queue the renamed schema")
+        live.start()
+        live.catch_up(timeout=30)
+        assert live.error is None, live.error
+        frame = live.frames.by_relid[oid].mirror()
+        assert frame.columns == ["k"]
+        assert _rows(frame, "k") == [(1,), (2,), (3,)]
+    finally:
+        _stop(pg, live, stream)

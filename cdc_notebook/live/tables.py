@@ -1067,7 +1067,13 @@ class LiveTable:
                     rebuild.append(f.name)
             else:
                 columns.append(pl.col(source).alias(f.name))
-        self._mirror = self._mirror.select(columns)
+        # Staged next to the old columns, then selected: a select of literals alone (every
+        # column new) would broadcast them to ONE row, whatever the mirror's height (an empty
+        # mirror gained an all-NULL row, a full one collapsed to one row).
+        staged = self._mirror.with_columns(
+            [c.alias(f"__cdc_new_{i}") for i, c in enumerate(columns)])
+        self._mirror = staged.select([pl.col(f"__cdc_new_{i}").alias(f.name)
+                                      for i, f in enumerate(new_fields)])
         self._reset_subscribers()
         self._mirror_schema = item.schema
         self._mirror_ids = item.column_ids
