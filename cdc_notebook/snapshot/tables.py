@@ -174,9 +174,27 @@ WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated
 ORDER BY a.attnum
 """
 
+# The publication's column list of a table (its own entry's, else its nearest partitioned
+# ancestor's), from the catalog alone: pg_publication_tables (pg_get_publication_tables) opens
+# every table of the publication with ACCESS SHARE on PostgreSQL 16+, so a joiner reading this
+# with its table locked waited for any other published table an application's DDL held, while
+# that DDL waited for the joiner's table: a deadlock (tests/test_join_locks.py). No column list:
+# an empty array. (prattrs: PostgreSQL 15+.)
 _PUBLICATION_COLUMNS_QUERY = """
-SELECT attnames::text[] FROM pg_catalog.pg_publication_tables
-WHERE pubname = %s AND schemaname = %s AND tablename = %s
+WITH RECURSIVE up(relid, depth) AS (
+    SELECT %(relid)s::oid, 0
+    UNION ALL
+    SELECT i.inhparent, up.depth + 1
+    FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.relid
+    JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid AND c.relispartition
+)
+SELECT ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs::int2[])
+             ORDER BY a.attnum)
+FROM up JOIN pg_catalog.pg_publication_rel pr ON pr.prrelid = up.relid
+JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+WHERE p.pubname = %(pub)s
+ORDER BY up.depth LIMIT 1
 """
 
 # pg_partition_tree() is empty for a plain table: then the table is its own leaf
@@ -219,8 +237,9 @@ def plan_table(conn: psycopg.Connection[Any], table: str | int,
             f"no SELECT privilege on {nsp}.{name}",
             hint=f'GRANT SELECT ON "{nsp}"."{name}" TO <the CDC role>;', sqlstate="42501")
     cols = conn.execute(_COLUMNS_QUERY, (relid,)).fetchall()
-    if publication:
-        pub = conn.execute(_PUBLICATION_COLUMNS_QUERY, (publication, nsp, name)).fetchone()
+    if publication and conn.info.server_version >= 150000:  # (column lists: 15+)
+        pub = conn.execute(_PUBLICATION_COLUMNS_QUERY,
+                           {"relid": relid, "pub": publication}).fetchone()
         if pub and pub[0]:
             allowed = set(pub[0])
             cols = [c for c in cols if c[0] in allowed]

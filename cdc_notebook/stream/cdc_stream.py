@@ -13,6 +13,7 @@ keeps the seed's API as its README writes it::
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import weakref
@@ -64,12 +65,80 @@ from cdc_notebook.stream.source import ReplicationSource, plugin_decoders
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# How many times a joining table's snapshot is tried when DDL gets in its way.
+# How many times a joining table's snapshot is tried when the table is renamed under it.
 JOIN_SNAPSHOT_ATTEMPTS = 20
+# The joiner's locks never make an application's transaction fail (docs/reader.md, "Joins and
+# locks"): each lock it asks for is waited for at most JOIN_LOCK_TIMEOUT_MS, and at most a
+# fifth of the server's deadlock_timeout (the application's deadlock check comes later); when
+# the wait ends, the attempt lets go of everything it held, backs off and tries again. Past
+# JOIN_LOCK_DEADLINE_SECONDS (counted from the join's start, the wait for earlier writers
+# included) the join fails with an error naming the table and the sessions in its way.
+JOIN_LOCK_TIMEOUT_MS = 200
+JOIN_LOCK_DEADLINE_SECONDS = 300.0
+# How many times the joiner gives up a read of the table because an application's lock request
+# (an ALTER TABLE) waits for it; after that it reads to the end (the ALTER waits for the read).
+JOIN_YIELDS = 10
+
+# The transactions that hold a lock on the table (or a partition of it) that a writer holds:
+# they may have written to it before it was added to the publication. (pg_inherits, not
+# pg_partition_tree(), which locks every partition.)
+_TABLE_TREE = """
+WITH RECURSIVE tree(relid) AS (
+    SELECT %(relid)s::oid
+    UNION ALL
+    SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid
+)"""
+_WRITERS = _TABLE_TREE + """
+SELECT DISTINCT l.virtualtransaction, l.pid FROM pg_catalog.pg_locks l
+WHERE l.locktype = 'relation' AND l.granted
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+  AND l.relation IN (SELECT relid FROM tree)
+  AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                 'AccessExclusiveLock')
+  AND l.pid IS DISTINCT FROM pg_backend_pid()
+"""
+_STILL_OPEN = """
+SELECT DISTINCT virtualtransaction, pid FROM pg_catalog.pg_locks
+WHERE virtualtransaction = ANY(%s)
+"""
+# A session whose lock request on the table waits for the joiner's read (its ACCESS SHARE).
+_WAITING_FOR_READER = """
+SELECT l.pid FROM pg_catalog.pg_locks l
+WHERE l.locktype = 'relation' AND NOT l.granted AND l.relation = ANY(%s::oid[])
+  AND %s = ANY(pg_catalog.pg_blocking_pids(l.pid))
+LIMIT 1
+"""
+# Who holds the table in a way the joiner's ACCESS SHARE waits for (for the error).
+_HOLDERS = _TABLE_TREE + """
+SELECT DISTINCT l.pid FROM pg_catalog.pg_locks l
+WHERE l.locktype = 'relation' AND l.relation IN (SELECT relid FROM tree)
+  AND l.mode = 'AccessExclusiveLock' AND l.pid IS DISTINCT FROM pg_backend_pid()
+ORDER BY 1
+"""
 
 
 class _TryAgain(Exception):
-    """DDL got in the way of a joining table's snapshot (see _read_joining_table)."""
+    """DDL got in the way of a joining table's snapshot (see _read_joining_table): the attempt
+    let go of everything it held; tried again."""
+
+
+class _LockBusy(_TryAgain):
+    """A lock the joiner asked for was not free within its lock_timeout, or it gave way to
+    an application waiting for the table: tried again until JOIN_LOCK_DEADLINE_SECONDS."""
+
+
+def _join_lock_timeout_ms(conn: psycopg.Connection[Any]) -> int:
+    """The joiner's lock_timeout: JOIN_LOCK_TIMEOUT_MS, at most a fifth of the server's
+    deadlock_timeout (milliseconds), at least 10 ms."""
+    row = conn.execute("SELECT setting::int8 FROM pg_catalog.pg_settings "
+                       "WHERE name = 'deadlock_timeout'").fetchone()
+    deadlock_ms = int(row[0]) if row else 1000
+    return max(10, min(JOIN_LOCK_TIMEOUT_MS, deadlock_ms // 5))
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before a joiner's next try: doubling from 25 ms to 2 s, jittered."""
+    return float(min(2.0, 0.025 * 2 ** min(attempt, 7)) * random.uniform(0.5, 1.0))
 
 
 # A table that matches the patterns but could not join (its ALTER PUBLICATION failed) is tried
@@ -445,22 +514,32 @@ class CDCStream:
         emit = "SELECT pg_logical_emit_message(true, %s, %s)"
         try:
             with connect(self.conninfo) as conn:
-                self._wait_for_writers(conn, info)
+                deadline = time.monotonic() + JOIN_LOCK_DEADLINE_SECONDS
+                self._wait_for_writers(conn, info, join, deadline)
                 conn.execute(emit, (WATERMARK_PREFIX, f"low {join.id}"))
-                for attempt in range(1, JOIN_SNAPSHOT_ATTEMPTS + 1):
+                renamed = 0
+                while True:
+                    join.attempts += 1
                     try:
                         self._read_joining_table(conn, info, join)
                         break
                     except _TryAgain as why:
+                        # (the attempt's transaction is gone: it holds nothing any more)
                         join.discard()
                         join.spooled_rows = 0
-                        if attempt == JOIN_SNAPSHOT_ATTEMPTS:
-                            raise SnapshotError(
-                                f"the snapshot of joining table {join.name} could not be "
-                                f"read in {attempt} attempts: {why}",
-                                hint="DDL on the table kept getting in the way; it joins "
-                                "again when the stream is opened again") from None
-                        time.sleep(min(1.0, 0.05 * attempt))
+                        if not isinstance(why, _LockBusy):
+                            renamed += 1
+                            if renamed >= JOIN_SNAPSHOT_ATTEMPTS:
+                                raise SnapshotError(
+                                    f"the snapshot of joining table {join.name} could not be "
+                                    f"read in {renamed} attempts: {why}",
+                                    hint="DDL on the table kept getting in the way; it joins "
+                                    "again when the stream is opened again") from None
+                        elif time.monotonic() >= deadline:
+                            raise self._lock_deadline_error(conn, info, join, why) from None
+                        log.debug("joining %s: try %d gave way (%s)", join.name,
+                                  join.attempts, why)
+                        time.sleep(_backoff(join.attempts))
                 join.ready.set()
                 conn.execute(emit, (WATERMARK_PREFIX, f"high {join.id}"))
         except BaseException as exc:  # noqa: BLE001 - reported on the stream
@@ -478,81 +557,176 @@ class CDCStream:
                             again)
 
     @staticmethod
-    def _wait_for_writers(conn: psycopg.Connection[Any], info: TableInfo) -> None:
+    def _lock_deadline_error(conn: psycopg.Connection[Any], info: TableInfo, join: TableJoin,
+                             why: BaseException) -> SnapshotError:
+        try:
+            pids = [int(r[0]) for r in conn.execute(_HOLDERS, {"relid": info.oid}).fetchall()]
+        except psycopg.Error:
+            pids = []
+        who = (f"session(s) {', '.join(map(str, pids))} hold it (ACCESS EXCLUSIVE; see "
+               "pg_stat_activity)" if pids else "other sessions kept it locked")
+        return SnapshotError(
+            f"the snapshot of joining table {join.name} could not lock it for reading within "
+            f"{JOIN_LOCK_DEADLINE_SECONDS:.0f} s ({join.attempts} tries, {join.yields} given "
+            f"up for an application waiting for the table): {why}",
+            hint=f"{who}. The joiner gives way to other sessions' locks rather than block or "
+            "deadlock them; end those transactions (or let their DDL finish), then open the "
+            "stream again: the table joins again (the deadline is cdc_notebook.stream."
+            "cdc_stream.JOIN_LOCK_DEADLINE_SECONDS)")
+
+    @staticmethod
+    def _wait_for_writers(conn: psycopg.Connection[Any], info: TableInfo, join: TableJoin,
+                          deadline: float) -> None:
         """Wait until every transaction that wrote to the joining table before it was added
         to the publication has ended. Logical decoding decodes a transaction with the catalog
         as of its changes: what such a transaction wrote before the table was published is
         not sent even if it commits later, so it must commit before the low watermark (then
-        the snapshot has it). A SHARE lock waits for every writer (ROW EXCLUSIVE) of the
-        table, and is released at once."""
-        where = conn.execute(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.oid = %s::oid", (info.oid,)).fetchone()
-        if where is None:
-            return  # dropped: nothing to wait for (its snapshot says so)
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(
-                    sql.Identifier(*where)))
-        except psycopg.errors.UndefinedTable:
-            pass  # renamed or dropped meanwhile: the snapshot's look finds out which
+        the snapshot has it). The transactions holding a writer's lock on the table now (read
+        after the table was published) are waited for by watching ``pg_locks``: no lock is
+        asked for, so no writer queues behind the joiner (a SHARE lock made every later
+        INSERT wait for the oldest open writer) and no deadlock can involve it."""
+        open_ = {(r[0], r[1]) for r in conn.execute(_WRITERS, {"relid": info.oid}).fetchall()}
+        pause = 0.02
+        warned = time.monotonic()
+        while open_:
+            if time.monotonic() >= deadline:
+                pids = ", ".join(str(pid) for _, pid in sorted(open_, key=str))
+                raise SnapshotError(
+                    f"the snapshot of joining table {join.name} waited "
+                    f"{JOIN_LOCK_DEADLINE_SECONDS:.0f} s for transactions that wrote to it "
+                    "before it joined the publication",
+                    hint=f"session(s) {pids} (pg_stat_activity) still have them open: their "
+                    "changes to the table are not decoded, so the snapshot must come after "
+                    "their commit. Commit or roll them back, then open the stream again: the "
+                    "table joins again")
+            if time.monotonic() - warned > 30:
+                warned = time.monotonic()
+                log.warning("joining %s waits for open transactions that wrote to it before "
+                            "it was published (pids %s)", join.name,
+                            sorted(pid for _, pid in open_ if pid is not None))
+            time.sleep(pause)
+            pause = min(0.5, pause * 2)
+            still = {(r[0], r[1]) for r in conn.execute(
+                _STILL_OPEN, ([vxid for vxid, _ in open_],)).fetchall()}
+            open_ &= still
 
     def _read_joining_table(self, conn: psycopg.Connection[Any], info: TableInfo,
                             join: TableJoin) -> None:
         """Read a joining table at a snapshot into ``join``'s spool, with the table locked
         (ACCESS SHARE, as any read) before the snapshot is taken and until it was read: no
         DDL commits between the catalog the snapshot sees (the columns, their names, the
-        rows' labels) and the COPY, which names the table and its columns as they are now.
-        The COPY runs on the locking transaction's own connection: a second connection
-        asking for the lock would queue behind an ALTER waiting for this one. Raises
-        :class:`_TryAgain` when the table was renamed before it was locked."""
-        from cdc_notebook.snapshot.tables import plan_table, snapshot_table
+        rows' labels) and the COPY, which names the table and its columns as they are now
+        (and a rewrite committed after the snapshot would hide its rows from it).
+
+        The locks never make an application wait in a cycle with the joiner: the table is
+        the only lock asked for (a partitioned table's partitions with it, NOWAIT), every
+        query run while it is held reads the catalog alone (not pg_publication_tables, which
+        opens every published table on PostgreSQL 16+), and every wait is bounded by a
+        lock_timeout below the server's deadlock_timeout. While the table is read, a session
+        whose lock request waits for the read (an ALTER TABLE) makes the joiner give up the
+        read (JOIN_YIELDS times at most). The COPY runs on the locking transaction's own
+        connection: a second connection asking for the lock would queue behind an ALTER
+        waiting for this one. Raises :class:`_TryAgain` when the table was renamed before it
+        was locked, :class:`_LockBusy` when a lock was not free in time or the read gave way.
+        """
+        from cdc_notebook.snapshot.tables import plan_table
 
         where = conn.execute(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.oid = %s::oid", (info.oid,)).fetchone()
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::oid",
+            (info.oid,)).fetchone()
         if where is None:
             raise TableDroppedDuringSnapshot(
                 f"table {join.name} (OID {info.oid}) was dropped before its snapshot was read",
                 hint="nothing to read: its changes up to the drop are delivered as they are")
+        nsp, rel, relkind = where
+        timeout_ms = _join_lock_timeout_ms(conn)
         with connect_session(self.conninfo, autocommit=False) as reader_conn:
-            reader_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            try:  # (LOCK takes no snapshot: the snapshot is taken after the lock)
-                reader_conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
-                    sql.Identifier(*where)))
-            except psycopg.errors.UndefinedTable:
-                raise _TryAgain(f"{where[0]}.{where[1]} was renamed or dropped") from None
-            locked = reader_conn.execute(
-                "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                "c.relnamespace WHERE n.nspname = %s AND c.relname = %s", where).fetchone()
-            if locked is None or int(locked[0]) != info.oid:
-                raise _TryAgain(f"{where[0]}.{where[1]} is another table now")
-            name = one_row(reader_conn.execute("SELECT pg_export_snapshot()"))[0]
-            lsn = parse_lsn(one_row(reader_conn.execute(
-                "SELECT pg_current_wal_lsn()::text"))[0])
-            # The table as the snapshot sees it: its columns (the rows' schema), and their
-            # names, key and attnums, which label the rows (a column renamed since is the
-            # same column under another name).
-            plan = plan_table(reader_conn, info.oid, publication=self.publication)
-            join.relation = snapshot_relation(reader_conn, plan.relid, plan.namespace,
-                                              plan.name, plan.schema)
-            # (A second connection reads only the text of unusual arrays; it waits for its
-            # lock no longer than a second: a wait means an ALTER queued behind this one's.)
-            params = dict(self.conninfo)
-            params["options"] = (str(params.get("options") or "")
-                                 + " -c lock_timeout=1000").strip()
             try:
-                for batch in snapshot_table(params, plan, (name, lsn),
-                                            connection=reader_conn):
-                    join.spool(batch)  # to a private file: a big table stays on disk
-            except SnapshotError as exc:
-                if exc.sqlstate == "55P03":  # lock_not_available
-                    raise _TryAgain(f"an ALTER of {join.name} was waiting") from None
-                raise
-            join.finish_spool()
+                reader_conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                reader_conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{timeout_ms}ms")))
+                # (LOCK takes no snapshot: the snapshot is taken after the lock. A partitioned
+                # table's partitions are locked after it: NOWAIT, no wait while holding it.)
+                lock = sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE" +
+                               (" NOWAIT" if relkind == "p" else "")).format(
+                    sql.Identifier(nsp, rel))
+                try:
+                    reader_conn.execute(lock)
+                except psycopg.errors.UndefinedTable:
+                    raise _TryAgain(f"{nsp}.{rel} was renamed or dropped") from None
+                locked = reader_conn.execute(
+                    "SELECT c.oid::int8 FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                    "c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                    (nsp, rel)).fetchone()
+                if locked is None or int(locked[0]) != info.oid:
+                    raise _TryAgain(f"{nsp}.{rel} is another table now")
+                name = one_row(reader_conn.execute("SELECT pg_export_snapshot()"))[0]
+                lsn = parse_lsn(one_row(reader_conn.execute(
+                    "SELECT pg_current_wal_lsn()::text"))[0])
+                # The table as the snapshot sees it: its columns (the rows' schema), and their
+                # names, key and attnums, which label the rows (a column renamed since is the
+                # same column under another name).
+                plan = plan_table(reader_conn, info.oid, publication=self.publication)
+                join.relation = snapshot_relation(reader_conn, plan.relid, plan.namespace,
+                                                  plan.name, plan.schema)
+                self._copy_joining_table(conn, reader_conn, join, plan, (name, lsn),
+                                         timeout_ms)
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+                raise _LockBusy(f"{join.name} was locked by another session: "
+                                f"{exc.diag.message_primary or exc}") from None
             if not reader_conn.closed:
                 reader_conn.rollback()
 
+    def _copy_joining_table(self, conn: psycopg.Connection[Any],
+                            reader_conn: psycopg.Connection[Any], join: TableJoin, plan: Any,
+                            snapshot: tuple[str, int], timeout_ms: int) -> None:
+        """COPY the locked table on ``reader_conn`` into the spool; ``conn`` (idle meanwhile)
+        watches for a session whose lock request waits for the read, and cancels the read
+        for it (the caller tries again later)."""
+        from cdc_notebook.snapshot.tables import snapshot_table
+
+        # (A second connection reads only the text of unusual arrays: its lock waits end
+        # after the same lock_timeout; a wait means an ALTER queued behind this one's.)
+        params = dict(self.conninfo)
+        params["options"] = (str(params.get("options") or "")
+                             + f" -c lock_timeout={timeout_ms}").strip()
+        relids = sorted({plan.relid, *(leaf[0] for leaf in plan.leaves)})
+        gave_way = threading.Event()
+        stop = threading.Event()
+        pid = reader_conn.info.backend_pid
+
+        def watch() -> None:
+            try:
+                while not stop.wait(max(0.05, timeout_ms / 1000)):
+                    waiting = conn.execute(_WAITING_FOR_READER, (relids, pid)).fetchone()
+                    if waiting is not None and not stop.is_set():
+                        gave_way.set()
+                        reader_conn.cancel_safe()
+                        return
+            except Exception as exc:  # noqa: BLE001 - the read goes on without a watch
+                log.debug("the watch of %s's read ended: %s", join.name, exc)
+
+        watcher = None
+        if join.yields < JOIN_YIELDS:
+            watcher = threading.Thread(target=watch, daemon=True,
+                                       name=f"cdc-join-watch-{join.name}")
+            watcher.start()
+        try:
+            for batch in snapshot_table(params, plan, snapshot, connection=reader_conn):
+                join.spool(batch)  # to a private file: a big table stays on disk
+            join.finish_spool()
+        except (SnapshotError, psycopg.Error) as exc:
+            if gave_way.is_set():
+                join.yields += 1
+                raise _LockBusy(f"gave way to a session waiting for {join.name}") from None
+            if exc.sqlstate in ("55P03", "40P01"):  # lock_not_available, deadlock_detected
+                raise _LockBusy(f"an ALTER of {join.name} was waiting") from None
+            raise
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.join()
     def current_wal_lsn(self) -> int:
         return self._on_catalog(_wal_lsn)
 

@@ -97,6 +97,10 @@ class TableJoin:
         # stream's schema in force at the low watermark (announces the window's changes).
         self.relation: RelationSchema | None = None
         self.relation_at_low: RelationSchema | None = None
+        # The joiner's tries at reading the table (each lets go of everything it held when a
+        # lock was not free in time or an application waited for the table: stream/cdc_stream.py)
+        self.attempts = 0
+        self.yields = 0  # reads given up because an application's lock request waited for them
         self.ready = threading.Event()
         self.done = threading.Event()
         self.error: BaseException | None = None
