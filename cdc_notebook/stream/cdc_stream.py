@@ -117,6 +117,14 @@ ORDER BY 1
 """
 
 
+# Whether the publication lists a table by itself (catalog only: no table is opened).
+_PUBLISHED = """
+    SELECT 1 FROM pg_catalog.pg_publication_rel pr
+    JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+    WHERE p.pubname = %s AND pr.prrelid = %s::oid
+"""
+
+
 class _TryAgain(Exception):
     """DDL got in the way of a joining table's snapshot (see _read_joining_table): the attempt
     let go of everything it held; tried again."""
@@ -144,6 +152,9 @@ def _backoff(attempt: int) -> float:
 # A table that matches the patterns but could not join (its ALTER PUBLICATION failed) is tried
 # again this often; sooner when it turns up in the publication (someone ran the fix).
 JOIN_RETRY_SECONDS = 30.0
+# Tries at adding a joining table to the publication under its current name (each one undone
+# when the name turned out to be another table's by then: CDCStream._publish).
+JOIN_PUBLISH_ATTEMPTS = 5
 
 
 class _Connections:
@@ -468,26 +479,8 @@ class CDCStream:
         if self.publication is None:  # watch is off without a publication: nothing joins
             raise RuntimeError(f"internal error: {info.quoted_name} joins a stream without a "
                                "publication")
-        if not self._in_publication(conn, info.oid):
-            statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                sql.Identifier(self.publication), sql.Identifier(info.schema, info.name))
-            try:
-                conn.execute(statement)
-            except psycopg.errors.DuplicateObject:
-                pass  # added meanwhile
-            except psycopg.errors.UndefinedTable:
-                return  # dropped meanwhile
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise OwnershipRequired(
-                    str(exc.diag.message_primary or exc),
-                    hint=f"as the owner of table {info.quoted_name} and of publication "
-                    f"{self.publication} (or a superuser) run: {statement.as_string(conn)}; "
-                    "the table then joins by itself", sqlstate=exc.sqlstate) from None
-            except (psycopg.OperationalError, psycopg.InterfaceError):
-                raise
-            except psycopg.Error as exc:
-                raise CDCError(str(exc.diag.message_primary or exc),
-                               sqlstate=exc.sqlstate) from None
+        if not self._publish(conn, info):
+            return  # dropped meanwhile
         join = TableJoin(f"{self.slot.slot_name}:{info.oid}:{time.monotonic_ns()}",
                          info.quoted_name, keys, relid=info.oid,
                          spill_dir=self.router.spill_dir)
@@ -500,6 +493,54 @@ class CDCStream:
         self.joined.append(reader.name)
         if self.on_table_added is not None:
             self.on_table_added(reader.name)
+
+    def _publish(self, conn: psycopg.Connection[Any], info: TableInfo) -> bool:
+        """Add the table with OID ``info.oid`` to the publication (False: it was dropped).
+
+        ``ALTER PUBLICATION ... ADD TABLE`` takes a name, and a name is a label: the joining
+        table may have been renamed since the catalog was read, and another table may have
+        its old name (or take it while the ALTER waits for the lock): the ALTER then publishes
+        that other table (or fails as "already member"), the joining table gets a reader but
+        is never published, and every change it has from then on is lost. So the name is read
+        by OID, and the ALTER runs in a transaction that checks, by OID, that it published
+        this table (the ALTER's lock on the table keeps its name until the commit); if it did
+        not, it is rolled back and tried again under the table's current name."""
+        statement: sql.Composable = sql.SQL("")
+        for _ in range(JOIN_PUBLISH_ATTEMPTS):
+            if self._in_publication(conn, info.oid):
+                return True  # (added by someone else meanwhile)
+            where = conn.execute(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::oid",
+                (info.oid,)).fetchone()
+            if where is None:
+                return False
+            statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(self.publication or ""), sql.Identifier(*where))
+            try:
+                with conn.transaction():
+                    conn.execute(statement)
+                    if not conn.execute(_PUBLISHED, (self.publication, info.oid)).fetchall():
+                        raise _TryAgain(f"{where[0]}.{where[1]} is another table now")
+                return True
+            except (_TryAgain, psycopg.errors.DuplicateObject, psycopg.errors.UndefinedTable):
+                continue  # the name is another table's now (or no table's): look again
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise OwnershipRequired(
+                    str(exc.diag.message_primary or exc),
+                    hint=f"as the owner of table {info.quoted_name} and of publication "
+                    f"{self.publication} (or a superuser) run: {statement.as_string(conn)}; "
+                    "the table then joins by itself", sqlstate=exc.sqlstate) from None
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except psycopg.Error as exc:
+                raise CDCError(str(exc.diag.message_primary or exc),
+                               sqlstate=exc.sqlstate) from None
+        raise CDCError(
+            f"table {info.quoted_name} (OID {info.oid}) could not be added to publication "
+            f"{self.publication}: it was renamed during each of {JOIN_PUBLISH_ATTEMPTS} tries",
+            hint="nothing to do: the watcher tries again (its changes are not sent until it "
+            "joins; its snapshot then has them)")
 
     def wait_for_joins(self, timeout: float = 60.0) -> bool:
         """Wait until every table that joined the stream has had its snapshot delivered (its
