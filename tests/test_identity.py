@@ -2,7 +2,8 @@
 
 Each test is a regression test for one finding, on both plugins:
 
-* 4: a renamed table keeps its reader (which says so), and the catalog watcher goes on;
+* 4: a renamed table keeps its reader (which says so), and the catalog watcher goes on; a
+  table renamed while it joins, its old name taken by another, is the one published;
 * 5: DROP + CREATE under the same name is a new table, and it joins;
 * 6: after a server restart the watcher reconnects (its errors are surfaced, not hidden), new
   tables join, and ``status()`` reconnects;
@@ -105,6 +106,58 @@ def test_a_renamed_table_keeps_its_reader(pg, unique_name, plugin):
         status = stream.status()
         assert status.watcher_error is None, status.watcher_error
         assert set(status.tables) == {f"{schema}.members", f"{schema}.later"}
+    finally:
+        _close(pg, stream)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_a_table_renamed_while_joining_whose_name_another_takes_is_published(pg, unique_name,
+                                                                             plugin):
+    """The torture test's lost changes of a table renamed then dropped (repro
+    ``tests/torture/repro/join_while_renamed_name_taken.sql``): the watcher added a joining
+    table to the publication by the name it had read, after the table was renamed and another
+    one took that name; it published the other one, and the joining table's changes never
+    came. The rename is held open until the watcher's ALTER PUBLICATION waits for it."""
+    schema = unique_name("joinren")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.keep (id int PRIMARY KEY, v text)")
+    stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin)
+    try:
+        stream.start()
+        app = pg.connect()
+        try:
+            app.execute(f"CREATE TABLE {schema}.joining (id int PRIMARY KEY, w int)")
+            app.execute(f"INSERT INTO {schema}.joining VALUES (1, 10)")
+            relid = int(app.execute(f"SELECT '{schema}.joining'::regclass::oid::int8")
+                        .fetchall()[0][0])
+            app.autocommit = False
+            app.execute(f"ALTER TABLE {schema}.joining RENAME TO moved")
+            with pg.connect() as watch:  # the watcher waits for the renamed table's lock
+                _wait_for(lambda: watch.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'ALTER PUBLICATION%%'").fetchall(),
+                    "the watcher did not try to add the joining table")
+            app.execute(f"ALTER TABLE {schema}.keep RENAME TO joining")  # takes the old name
+            app.commit()
+        finally:
+            app.close()
+        _wait_for(lambda: relid in stream.readers, "the renamed table did not join")
+        reader = stream.readers[relid]
+        assert stream.wait_for_joins(timeout=60)
+        with pg.connect() as conn:
+            published = conn.execute(
+                "SELECT c.relname::text FROM pg_publication_rel pr JOIN pg_publication p "
+                "ON p.oid = pr.prpubid JOIN pg_class c ON c.oid = pr.prrelid "
+                "WHERE p.pubname = %s ORDER BY 1", (stream.publication,)).fetchall()
+            conn.execute(f"INSERT INTO {schema}.moved VALUES (2, 20)")
+            conn.execute(f"UPDATE {schema}.moved SET w = 11 WHERE id = 1")
+            conn.execute(f"DROP TABLE {schema}.moved")
+        events = _events_until(reader, lambda ev: isinstance(ev[-1], TableDropped))
+        assert [(r["id"], r["w"], r["_cdc_op"]) for r in _rows(events)] == [
+            (1, 10, "r"), (2, 20, "c"), (1, 11, "u")]
+        assert [r[0] for r in published] == ["joining", "moved"]  # (before the drop)
+        assert stream.status().watcher_error is None
     finally:
         _close(pg, stream)
 
