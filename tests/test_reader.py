@@ -186,6 +186,38 @@ def test_server_restart_mid_stream_loses_nothing(pg_factory, unique_name):
     stream.close()
 
 
+def test_the_first_connection_of_the_stream_thread_is_retried_like_a_reconnect(
+        pg_factory, unique_name):
+    """The stream thread opens its replication connection after the stream was set up; a
+    server that restarts in between (the connection refused, a transient failure) is waited
+    for as any reconnect is, not a stream that is dead for good."""
+    server = pg_factory()
+    with server.connect() as conn:
+        _make_tables(conn, "fc", ["t"])
+    stream = CDCStream(server.conninfo(), "fc.t")
+    try:
+        reader = stream["fc.t"]
+        server.kill()  # down before the stream thread's first connection
+        stream.start()
+        deadline = time.monotonic() + 10
+        while stream.router.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stream.router.last_error is not None  # it tried, and failed, while down
+        assert stream.router.failed is None
+        server.start_again()
+        with server.connect() as conn:
+            conn.execute("INSERT INTO fc.t SELECT g, g, 'a' FROM generate_series(1, 100) g")
+        seen: list[int] = []
+        for batch in reader.batches(follow=True, timeout=60):
+            seen.extend(batch.column("id").to_pylist())
+            if len(seen) >= 100:
+                break
+        assert sorted(seen) == list(range(1, 101))
+        assert stream.router.failed is None and stream.router.reconnects >= 1
+    finally:
+        stream.close()
+
+
 def test_seed_readme_usage_runs_as_written(pg, unique_name):
     db = unique_name("seeddb")
     with pg.connect() as conn:

@@ -291,8 +291,16 @@ class ChangeRouter:
                 try:
                     self._source = self._source_factory(0)
                 except BaseException as exc:  # noqa: BLE001 - the readers raise it
-                    self._fail(exc)
-                    return
+                    # The stream was set up on this server moments ago: a transient failure
+                    # here (a server restarting, a dropped connection) is retried as any
+                    # reconnect is; a permanent one (authentication, a missing slot) fails.
+                    if self._stop.is_set() or not self.reconnect or not is_transient(exc):
+                        self._fail(exc)
+                        return
+                    self.last_error = exc
+                    self.reconnects += 1
+                    if not self._reconnect(0.5, 0):
+                        return
             self._stream()
         finally:
             # The stream thread owns the connection: it says goodbye on it, never another
@@ -336,18 +344,28 @@ class ChangeRouter:
                 except Exception:  # noqa: BLE001 - closing a broken connection
                     pass
                 self._source = None
-                delay = 0.0 if restart else backoff
-                while not self._stop.wait(delay):
-                    try:
-                        self._source = self._source_factory(self.acks.flushed)
-                        backoff = 0.5
-                        break
-                    except BaseException as again:  # noqa: BLE001
-                        if not is_transient(again):
-                            self._fail(again)
-                            return
-                    delay = backoff
-                    backoff = min(backoff * 2, self.max_backoff)
+                if not self._reconnect(0.0 if restart else backoff, None):
+                    return
+                backoff = 0.5
+
+    def _reconnect(self, delay: float, start_lsn: int | None) -> bool:
+        """Open a new source from ``start_lsn`` (None: what is acknowledged at each attempt)
+        after ``delay``, retrying transient failures with exponential back-off. False when the
+        stream stopped or failed meanwhile."""
+        backoff = max(delay, 0.5)
+        while not self._stop.wait(delay):
+            try:
+                self._source = self._source_factory(
+                    self.acks.flushed if start_lsn is None else start_lsn)
+                return True
+            except BaseException as again:  # noqa: BLE001
+                if not is_transient(again):
+                    self._fail(again)
+                    return False
+                self.last_error = again
+            delay = backoff
+            backoff = min(backoff * 2, self.max_backoff)
+        return False
 
     def _fail(self, exc: BaseException) -> None:
         self.failed = exc
