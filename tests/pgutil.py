@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -30,3 +30,17 @@ def create_publication(conn: psycopg.Connection[Any], name: str, tables: Iterabl
     idents = [sql.Identifier(*t.split(".", 1)) for t in tables]
     conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
         sql.Identifier(name), sql.SQL(", ").join(idents)))
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0,
+             interval: float = 0.05) -> None:
+    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(interval)
+
+
+def relid_of(conn: Any, name: str) -> int:
+    """The OID of the relation ``name`` (as ``regclass`` reads it)."""
+    return int(conn.execute("SELECT %s::regclass::oid::int8", (name,)).fetchone()[0])

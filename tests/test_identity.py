@@ -30,7 +30,7 @@ from cdc_notebook.provision.teardown import plan_teardown, teardown
 from cdc_notebook.stream.cdc_stream import CDCStream
 from cdc_notebook.stream.reader import TableReader
 
-from .pgutil import drop_slot
+from .pgutil import drop_slot, wait_for
 
 PLUGINS = ["wal2arrow", "pgoutput"]
 
@@ -54,12 +54,6 @@ def _events_until(reader: TableReader, done: Callable[[list[Any]], bool],
 def _rows(events: list[Any]) -> list[dict[str, Any]]:
     return [r for e in events if isinstance(e, pa.RecordBatch) for r in e.to_pylist()]
 
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def _close(server: Any, stream: CDCStream) -> None:
@@ -100,7 +94,7 @@ def test_a_renamed_table_keeps_its_reader(pg, unique_name, plugin):
         with pg.connect() as conn:
             conn.execute(f"CREATE TABLE {schema}.later (id int PRIMARY KEY, note text)")
             conn.execute(f"INSERT INTO {schema}.later VALUES (3, 'later')")
-        _wait_for(lambda: f"{schema}.later" in stream.readers, "the later table did not join")
+        wait_for(lambda: f"{schema}.later" in stream.readers, "the later table did not join")
         later = _events_until(stream[f"{schema}.later"], lambda ev: len(_rows(ev)) >= 1)
         assert [r["note"] for r in _rows(later)] == ["later"]
         status = stream.status()
@@ -134,7 +128,7 @@ def test_a_table_renamed_while_joining_whose_name_another_takes_is_published(pg,
             app.autocommit = False
             app.execute(f"ALTER TABLE {schema}.joining RENAME TO moved")
             with pg.connect() as watch:  # the watcher waits for the renamed table's lock
-                _wait_for(lambda: watch.execute(
+                wait_for(lambda: watch.execute(
                     "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND query LIKE 'ALTER PUBLICATION%%'").fetchall(),
                     "the watcher did not try to add the joining table")
@@ -142,7 +136,7 @@ def test_a_table_renamed_while_joining_whose_name_another_takes_is_published(pg,
             app.commit()
         finally:
             app.close()
-        _wait_for(lambda: relid in stream.readers, "the renamed table did not join")
+        wait_for(lambda: relid in stream.readers, "the renamed table did not join")
         reader = stream.readers[relid]
         assert stream.wait_for_joins(timeout=60)
         with pg.connect() as conn:
@@ -178,7 +172,7 @@ def test_live_frames_follow_a_renamed_table(pg, unique_name, plugin):
             conn.execute(f'ALTER TABLE {schema}."Users" RENAME TO members')
             conn.execute(f"INSERT INTO {schema}.members VALUES (3, 'c', 3)")
         live.catch_up(timeout=60)
-        _wait_for(lambda: f"{schema}.members" in live.frames.tables, "the frames did not follow")
+        wait_for(lambda: f"{schema}.members" in live.frames.tables, "the frames did not follow")
         frame = live[f"{schema}.members"].mirror().sort("id")
         assert frame["id"].to_list() == [1, 2, 3]
         assert frame["extra"].to_list() == [None, 2, 3]
@@ -210,7 +204,7 @@ def test_a_table_dropped_and_created_again_is_a_new_table(pg, unique_name, plugi
         events = _events_until(old, lambda ev: isinstance(ev[-1], TableDropped))
         assert [r["id"] for r in _rows(events)] == [1]
         assert old.dropped
-        _wait_for(lambda: stream[name] is not old, "the new table under the old name did not join")
+        wait_for(lambda: stream[name] is not old, "the new table under the old name did not join")
         new = stream[name]
         assert new.relid != old.relid
         with pg.connect() as conn:
@@ -247,7 +241,7 @@ def test_the_watcher_and_status_survive_a_server_restart(pg_factory, plugin):
         with server.connect() as conn:
             conn.execute("CREATE TABLE rs.b (id int PRIMARY KEY, note text)")
             conn.execute("INSERT INTO rs.b VALUES (2, 'after')")
-        _wait_for(lambda: "rs.b" in stream.readers, "a table created after the restart did "
+        wait_for(lambda: "rs.b" in stream.readers, "a table created after the restart did "
                   "not join")
         rows = _rows(_events_until(stream["rs.b"], lambda ev: len(_rows(ev)) >= 1))
         assert [r["id"] for r in rows] == [2]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -28,18 +28,11 @@ from cdc_notebook.errors import SnapshotError
 from cdc_notebook.stream import cdc_stream
 from cdc_notebook.stream.cdc_stream import CDCStream
 
+from .pgutil import relid_of, wait_for
+
 PLUGINS = ["wal2arrow", "pgoutput"]
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
-def _oid(conn: Any, name: str) -> int:
-    return int(conn.execute("SELECT %s::regclass::oid::int8", (name,)).fetchone()[0])
 
 
 def _waiting_for(pg: Any, relid: int) -> bool:
@@ -126,13 +119,13 @@ def test_an_application_altering_a_published_table_then_the_joining_one_is_not_d
         with pg.connect() as conn:
             conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
             conn.execute(f"INSERT INTO {schema}.t VALUES (1, 'one')")
-            oid_t = _oid(conn, f"{schema}.t")
+            oid_t = relid_of(conn, f"{schema}.t")
         assert gate["at"].wait(60), "the table did not join"
         app.start()
         app.go[0].set()
         assert app.done[0].wait(10)
         app.go[1].set()  # waits for the joiner's lock on t
-        _wait_for(lambda: _waiting_for(pg, oid_t), "the application did not wait for t")
+        wait_for(lambda: _waiting_for(pg, oid_t), "the application did not wait for t")
         gate["go"].set()
         assert app.committed.wait(30), f"the application's transaction failed: {app.error!r}"
         assert app.error is None, app.error
@@ -179,8 +172,8 @@ def test_a_joiner_waiting_for_a_locked_table_yields_and_joins_once_it_is_free(
         with pg.connect() as conn:
             conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
             conn.execute(f"INSERT INTO {schema}.t VALUES (1, 'one')")
-            oid_t = _oid(conn, f"{schema}.t")
-        _wait_for(lambda: app.committed.is_set() or app.error is not None, "no commit")
+            oid_t = relid_of(conn, f"{schema}.t")
+        wait_for(lambda: app.committed.is_set() or app.error is not None, "no commit")
         assert app.error is None, app.error
         assert stream.wait_for_joins(timeout=60), "the join never ended"
         rows = _rows(stream.router.readers[oid_t])
@@ -219,14 +212,14 @@ def test_a_joiner_that_cannot_lock_the_table_in_time_fails_the_join_naming_the_f
     try:
         with pg.connect() as conn:
             conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
-            oid_t = _oid(conn, f"{schema}.t")
-        _wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
+            oid_t = relid_of(conn, f"{schema}.t")
+        wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
         with pytest.raises(SnapshotError) as raised:
             list(stream.router.readers[oid_t].events(follow=True, timeout=30))
         assert f"{schema}.t" in str(raised.value)
         assert "lock" in str(raised.value)
         assert raised.value.hint
-        _wait_for(lambda: app.committed.is_set() or app.error is not None, "no commit")
+        wait_for(lambda: app.committed.is_set() or app.error is not None, "no commit")
         assert app.error is None, app.error
     finally:
         app.join(30)
@@ -260,7 +253,7 @@ def test_waiting_for_earlier_writers_does_not_block_later_ones(
     try:
         with pg.connect() as conn:
             conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
-            oid_t = _oid(conn, f"{schema}.t")
+            oid_t = relid_of(conn, f"{schema}.t")
         with pg.connect(autocommit=False) as first:
             first.execute(f"INSERT INTO {schema}.t VALUES (1, 'first')")  # before published
             release.set()

@@ -18,7 +18,6 @@ Each on both plugins (the fixtures run them on PostgreSQL 15 or 18: ``--pg``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -29,20 +28,11 @@ from cdc_notebook.live.tables import LiveReader
 from cdc_notebook.stream.cdc_stream import CDCStream
 from cdc_notebook.stream.names import dropped_label
 
-from .pgutil import drop_slot
+from .pgutil import drop_slot, relid_of, wait_for
 
 PLUGINS = ["wal2arrow", "pgoutput"]
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
-def _oid(conn: Any, name: str) -> int:
-    return int(conn.execute("SELECT %s::regclass::oid::int8", (name,)).fetchone()[0])
 
 
 def _rows(frame: Any, *columns: str) -> list[tuple[Any, ...]]:
@@ -66,7 +56,7 @@ def test_tables_that_swap_names_keep_their_own_frames(pg, unique_name, plugin):
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"CREATE TABLE {schema}.a (id int PRIMARY KEY, va text)")
         conn.execute(f"CREATE TABLE {schema}.b (id int PRIMARY KEY, vb int)")
-        oid_a, oid_b = _oid(conn, f"{schema}.a"), _oid(conn, f"{schema}.b")
+        oid_a, oid_b = relid_of(conn, f"{schema}.a"), relid_of(conn, f"{schema}.b")
     stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin, temporary=True)
     live = LiveReader(stream).start()
     try:
@@ -84,7 +74,7 @@ def test_tables_that_swap_names_keep_their_own_frames(pg, unique_name, plugin):
         live.catch_up(timeout=60)
         assert live.error is None, live.error
         frames = live.frames
-        _wait_for(lambda: frames[f"{schema}.a"].relid == oid_b, "the frames did not follow")
+        wait_for(lambda: frames[f"{schema}.a"].relid == oid_b, "the frames did not follow")
         assert frames[f"{schema}.a"] is frames.by_relid[oid_b] is frames[oid_b]
         assert frames[f"{schema}.b"] is frames.by_relid[oid_a]
         assert _rows(frames.by_relid[oid_a].mirror(), "id", "va") == [(1, "a1"), (2, "a2")]
@@ -105,14 +95,14 @@ def test_catch_up_returns_when_a_table_was_dropped_before_the_live_reader(pg, un
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"CREATE TABLE {schema}.a (id int PRIMARY KEY, v text)")
         conn.execute(f"CREATE TABLE {schema}.b (id int PRIMARY KEY, v text)")
-        oid_b = _oid(conn, f"{schema}.b")
+        oid_b = relid_of(conn, f"{schema}.b")
     stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin).start()  # nobody reads
     live = LiveReader(stream)
     try:
         with pg.connect() as conn:
             conn.execute(f"INSERT INTO {schema}.b VALUES (1, 'b1')")
             conn.execute(f"DROP TABLE {schema}.b")
-        _wait_for(lambda: stream.router.readers[oid_b].table_dropped,
+        wait_for(lambda: stream.router.readers[oid_b].table_dropped,
                   "the stream did not see the table dropped")
         with pg.connect() as conn:
             conn.execute(f"INSERT INTO {schema}.a VALUES (1, 'a1')")
@@ -139,7 +129,7 @@ def test_a_dropped_tables_changes_stay_reachable_after_a_new_table_takes_its_nam
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"CREATE TABLE {schema}.a (id int PRIMARY KEY, v text)")
         conn.execute(f"CREATE TABLE {schema}.b (id int PRIMARY KEY, v text)")
-        old = _oid(conn, f"{schema}.b")
+        old = relid_of(conn, f"{schema}.b")
     stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin).start()  # nobody reads
     live = LiveReader(stream)
     try:
@@ -147,8 +137,8 @@ def test_a_dropped_tables_changes_stay_reachable_after_a_new_table_takes_its_nam
             conn.execute(f"INSERT INTO {schema}.b VALUES (1, 'old b1')")
             conn.execute(f"DROP TABLE {schema}.b")
             conn.execute(f"CREATE TABLE {schema}.b (id int PRIMARY KEY, w int)")
-            new = _oid(conn, f"{schema}.b")
-        _wait_for(lambda: f"{schema}.b" in stream.readers
+            new = relid_of(conn, f"{schema}.b")
+        wait_for(lambda: f"{schema}.b" in stream.readers
                   and stream.readers[f"{schema}.b"].relid == new, "the new table did not join")
         with pg.connect() as conn:
             conn.execute(f"INSERT INTO {schema}.b VALUES (1, 10)")
@@ -171,7 +161,7 @@ def test_a_dropped_tables_changes_stay_reachable_after_a_new_table_takes_its_nam
         assert _rows(live[f"{schema}.b"].mirror(), "id", "w") == [(1, 10)]
         assert _rows(live[f"{schema}.a"].mirror(), "id", "v") == [(1, "a1")]
         # read to its end (TableDropped applied): the old reader leaves the map's listing
-        _wait_for(lambda: label not in list(stream.readers), "the drained reader is listed")
+        wait_for(lambda: label not in list(stream.readers), "the drained reader is listed")
         assert stream.readers[old] is old_reader  # (still reachable by OID)
     finally:
         _stop(pg, live, stream)
@@ -199,9 +189,9 @@ def test_snapshot_rows_of_a_joining_table_carry_the_snapshots_schema(pg, unique_
             conn.execute(f"INSERT INTO {schema}.t VALUES (2, 'v2')")
             conn.execute(f"ALTER TABLE {schema}.t RENAME COLUMN key TO k2")
             conn.execute(f"ALTER TABLE {schema}.t RENAME COLUMN k2 TO key")
-            oid_t = _oid(conn, f"{schema}.t")
+            oid_t = relid_of(conn, f"{schema}.t")
         live.start()
-        _wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
+        wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
         assert stream.wait_for_joins(timeout=60)
         with pg.connect() as conn:
             conn.execute(f"INSERT INTO {schema}.t VALUES (3, 'v3')")
@@ -253,11 +243,11 @@ def test_a_table_dropped_while_joining_delivers_its_changes_then_table_dropped(
         with pg.connect() as conn:
             conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
             conn.execute(f"INSERT INTO {schema}.t VALUES (1, 'before the join')")
-            oid_t = _oid(conn, f"{schema}.t")
-        _wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
+            oid_t = relid_of(conn, f"{schema}.t")
+        wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
         assert stream.wait_for_joins(timeout=60), "the join never ended"
         reader = stream.router.readers[oid_t]
-        _wait_for(lambda: reader.dropped, "no TableDropped reached the LiveReader")
+        wait_for(lambda: reader.dropped, "no TableDropped reached the LiveReader")
         live.catch_up(timeout=60)
         assert live.error is None, live.error
         frames = live.frames.by_relid[oid_t]
@@ -294,8 +284,8 @@ def test_a_table_dropped_while_joining_ends_its_reader_with_table_dropped(
     try:
         with pg.connect() as conn:
             conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
-            oid_t = _oid(conn, f"{schema}.t")
-        _wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
+            oid_t = relid_of(conn, f"{schema}.t")
+        wait_for(lambda: oid_t in stream.router.readers, "the table did not join")
         events = list(stream.router.readers[oid_t].events(follow=True, timeout=60))
         rows = [r for e in events if isinstance(e, pa.RecordBatch) for r in e.to_pylist()]
         assert [(r["_cdc_op"], r["id"], r["v"]) for r in rows] == [("c", 3, "in the window")]
@@ -318,7 +308,7 @@ def test_a_live_reader_started_after_a_key_rename_has_no_all_null_row(pg, unique
     with pg.connect() as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
         conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY)")
-        oid = _oid(conn, f"{schema}.t")
+        oid = relid_of(conn, f"{schema}.t")
     stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin).start()  # nobody reads
     live = LiveReader(stream)
     try:
@@ -326,7 +316,7 @@ def test_a_live_reader_started_after_a_key_rename_has_no_all_null_row(pg, unique
             conn.execute(f"INSERT INTO {schema}.t VALUES (1), (2)")
             conn.execute(f"ALTER TABLE {schema}.t RENAME COLUMN id TO k")
             conn.execute(f"INSERT INTO {schema}.t VALUES (3)")
-        _wait_for(lambda: getattr(stream.router.readers[oid].schema, "names", [""])[0] == "k",
+        wait_for(lambda: getattr(stream.router.readers[oid].schema, "names", [""])[0] == "k",
                   "the stream did not queue the renamed schema")
         live.start()
         live.catch_up(timeout=30)
