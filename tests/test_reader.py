@@ -7,6 +7,7 @@ import os
 import threading
 import time
 
+import psycopg
 import pyarrow as pa
 import pytest
 
@@ -417,9 +418,19 @@ def test_slot_dropped_while_streaming(pg, unique_name):
                 break
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        time.sleep(0.2)
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (stream.slot.slot_name,))
+        # Terminate the walsender and drop the slot while it is inactive; the stream may be
+        # back on it first (it reconnects after a transient loss), so until the drop succeeds.
+        deadline = time.monotonic() + 30
+        while True:
+            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                         "WHERE slot_name = %s AND active_pid IS NOT NULL",
+                         (stream.slot.slot_name,))
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (stream.slot.slot_name,))
+                break
+            except psycopg.errors.ObjectInUse:
+                assert time.monotonic() < deadline, "the slot never became inactive"
+                time.sleep(0.05)
     with pytest.raises(SlotDropped, match="does not exist"):
         for _ in stream[f"{schema}.t"].batches(follow=True, timeout=60):
             pass
