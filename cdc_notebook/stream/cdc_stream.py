@@ -135,6 +135,15 @@ class _LockBusy(_TryAgain):
     an application waiting for the table: tried again until JOIN_LOCK_DEADLINE_SECONDS."""
 
 
+def _relation_by_oid(conn: psycopg.Connection[Any], relid: int) -> tuple[str, str, str] | None:
+    """The relation's current schema, name and relkind (None: there is no such relation)."""
+    row = conn.execute(
+        "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::oid",
+        (relid,)).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
 def _join_lock_timeout_ms(conn: psycopg.Connection[Any]) -> int:
     """The joiner's lock_timeout: JOIN_LOCK_TIMEOUT_MS, at most a fifth of the server's
     deadlock_timeout (milliseconds), at least 10 ms."""
@@ -509,12 +518,10 @@ class CDCStream:
         for _ in range(JOIN_PUBLISH_ATTEMPTS):
             if self._in_publication(conn, info.oid):
                 return True  # (added by someone else meanwhile)
-            where = conn.execute(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::oid",
-                (info.oid,)).fetchone()
-            if where is None:
+            found = _relation_by_oid(conn, info.oid)
+            if found is None:
                 return False
+            where = found[:2]
             statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                 sql.Identifier(self.publication or ""), sql.Identifier(*where))
             try:
@@ -672,10 +679,7 @@ class CDCStream:
         """
         from cdc_notebook.snapshot.tables import plan_table
 
-        where = conn.execute(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::oid",
-            (info.oid,)).fetchone()
+        where = _relation_by_oid(conn, info.oid)
         if where is None:
             raise TableDroppedDuringSnapshot(
                 f"table {join.name} (OID {info.oid}) was dropped before its snapshot was read",

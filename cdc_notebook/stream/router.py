@@ -261,7 +261,8 @@ class ChangeRouter:
         a blocking write (``ClientWrite``, seen twice in a row: a healthy walsender that waits on
         its client waits in ``WalSenderWriteData``; a blocking write is its last message, an
         error or its termination, which waits behind the data the stream does not read)."""
-        assert self._walsender_state is not None
+        if self._walsender_state is None:
+            return
         try:
             state = self._walsender_state(pid)
         except Exception:  # noqa: BLE001 - the next check tries again
@@ -617,6 +618,8 @@ class ChangeRouter:
     def _before_snapshot(self, relid: int) -> bool:
         """Whether a change of ``relid`` now is before its join's low watermark: its effect
         is in the snapshot (stream/joins.py)."""
+        if not self.joins:  # (per batch: no join is the usual case)
+            return False
         return any(join.relid == relid and not join.low_seen
                    for join in list(self.joins.values()))  # (the watcher thread adds joins)
 

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import io
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 
 from cdc_notebook.widgets._base import WidgetView, off_main_shell
+
+if TYPE_CHECKING:
+    from cdc_notebook.live.tables import MirrorDeltas
 
 KEY = "__key__"
 
@@ -186,15 +189,14 @@ class LiveGrid(WidgetView):
         self.show(SimpleNamespace())
 
     def show(self, state: SimpleNamespace) -> None:
-        if self.source == "mirror":
-            self._apply_mirror()
+        if self.deltas is not None:  # (the mirror's grid: it follows the deltas)
+            self._apply_mirror(self.deltas)
         else:
             self._apply_changelog()
 
-    def _apply_mirror(self) -> None:
-        assert self.deltas is not None
+    def _apply_mirror(self, deltas: MirrorDeltas) -> None:
         with self.live.lock:
-            reset, steps = self.deltas.take()
+            reset, steps = deltas.take()
             whole = self.live.state(fresh=False).frame if reset else None
         if whole is not None:
             self.table.replace(arrow_ipc(grid_frame(whole, self.keys)))
