@@ -332,8 +332,10 @@ def test_provision_is_idempotent(conn: psycopg.Connection[Any]) -> None:
     plan = plan_provision(conn, ["public.*", "!public.keyless"], plugin="pgoutput")
     assert plan.report.ok, str(plan.report)
     kinds = [s.kind for s in plan.steps]
-    assert kinds == ["publication", "publication", "slot"]
+    # pgoutput: the column history before the slot (exact column identity after DDL)
+    assert kinds == ["publication", "publication", "column_history", "slot"]
     assert plan.sql[0].startswith("CREATE PUBLICATION") and "CREATE_REPLICATION_SLOT" in plan.sql[-1]
+    assert "CREATE EVENT TRIGGER" in plan.sql[2]
     assert plan.slot_name.startswith(KIT_PREFIX) and plan.publication.startswith(KIT_PREFIX)
     events: list[Any] = []
     first = plan.apply(progress=events.append)

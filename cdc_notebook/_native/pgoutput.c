@@ -56,6 +56,7 @@ typedef struct {
     int replay_in_file;
     Buf scratch;
     Buf unrep;
+    Buf pending;           /* Relation messages waiting for the change they precede */
     /* counters */
     int64_t n_messages, n_rows, n_spilled_bytes;
 } DecObject;
@@ -152,7 +153,7 @@ static int seal_all(DecObject *d, PyObject *out) {
     return 0;
 }
 
-static int handle_relation(DecObject *d, Rd *r, PyObject *out) {
+static int handle_relation(DecObject *d, Rd *r, uint64_t lsn, PyObject *out) {
     uint32_t relid;
     const char *nsp = NULL, *name = NULL;
     int64_t nsplen = 0, namelen = 0;
@@ -182,8 +183,9 @@ static int handle_relation(DecObject *d, Rd *r, PyObject *out) {
         }
         PyTuple_SET_ITEM(cols, i, col);
     }
-    PyObject *res = PyObject_CallFunction(d->on_relation, "Is#s#CN", relid, nsp, (Py_ssize_t)nsplen,
-                                          name, (Py_ssize_t)namelen, (int)ident, cols);
+    PyObject *res = PyObject_CallFunction(d->on_relation, "Is#s#CNK", relid, nsp, (Py_ssize_t)nsplen,
+                                          name, (Py_ssize_t)namelen, (int)ident, cols,
+                                          (unsigned long long)lsn);
     if (!res)
         return -1;
     PyObject *plan, *event;
@@ -540,6 +542,31 @@ static int handle_native(DecObject *d, const uint8_t *msg, int64_t len, uint64_t
     return rc < 0 ? -1 : rc;
 }
 
+/* A Relation message waits for the change it precedes: the walsender sends it with LSN 0 (only
+ * an output plugin's last write of a change carries the LSN), and the change right after it
+ * carries the LSN at which the schema is in force, which on_relation is given (the column
+ * history is looked up at it). Kept as [8-byte length][message body after the type and xid]. */
+static int pend_relation(DecObject *d, const uint8_t *p, int64_t n) {
+    int64_t len = n;
+    if (buf_append(&d->pending, &len, 8) < 0 || buf_append(&d->pending, p, n) < 0)
+        return -1;
+    return 0;
+}
+
+static int flush_relations(DecObject *d, uint64_t lsn, PyObject *out) {
+    int64_t pos = 0, end = d->pending.len;
+    int rc = 0;
+    while (rc == 0 && pos < end) {
+        int64_t n;
+        memcpy(&n, d->pending.data + pos, 8);
+        Rd r = {d->pending.data + pos + 8, d->pending.data + pos + 8 + n};
+        rc = handle_relation(d, &r, lsn, out);
+        pos += 8 + n;
+    }
+    d->pending.len = 0;
+    return rc;
+}
+
 static int handle(DecObject *d, const uint8_t *msg, int64_t len, uint64_t lsn, int replaying,
                   PyObject *out) {
     Rd r = {msg, msg + len};
@@ -547,6 +574,9 @@ static int handle(DecObject *d, const uint8_t *msg, int64_t len, uint64_t lsn, i
     if (rd_u8(&r, &type) < 0)
         return -1;
     d->n_messages++;
+    if (d->pending.len && type != 'R' && type != 'Y' && type != 'I' && type != 'U' &&
+        type != 'D' && type != 'T' && flush_relations(d, 0, out) < 0)
+        return -1;
     int streamed = replaying || d->in_stream;
     uint32_t xid = 0;
     switch (type) {
@@ -692,12 +722,16 @@ static int handle(DecObject *d, const uint8_t *msg, int64_t len, uint64_t lsn, i
         return stream_buffer(d, (type == 'R' || type == 'Y') ? 0 : xid, lsn, msg, len);
     switch (type) {
     case 'R':
-        return handle_relation(d, &r, out);
+        return pend_relation(d, r.p, r.end - r.p);
     case 'Y':
         return 0; /* types are looked up by OID in the catalog */
     case 'I': case 'U': case 'D':
+        if (d->pending.len && flush_relations(d, lsn, out) < 0)
+            return -1;
         return handle_change(d, type, &r, lsn, out);
     case 'T': {
+        if (d->pending.len && flush_relations(d, lsn, out) < 0)
+            return -1;
         uint32_t nrels;
         uint8_t options;
         if (rd_u32(&r, &nrels) < 0 || rd_u8(&r, &options) < 0)
@@ -888,6 +922,7 @@ static PyObject *Dec_reset(DecObject *d, PyObject *unused) {
     }
     d->in_txn = d->in_stream = 0;
     d->replay = NULL;
+    d->pending.len = 0;
     if (PyList_SetSlice(d->held, 0, PyList_GET_SIZE(d->held), NULL) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -934,6 +969,7 @@ static void Dec_dealloc(DecObject *d) {
     Py_XDECREF(d->held);
     free(d->scratch.data);
     free(d->unrep.data);
+    free(d->pending.data);
     Py_TYPE(d)->tp_free((PyObject *)d);
 }
 
@@ -989,8 +1025,9 @@ PyTypeObject PgoutputDecoderType = {
     .tp_basicsize = sizeof(DecObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "PgoutputDecoder(on_relation, max_rows=65536, max_bytes=64MiB, spill_bytes=16MiB, "
-              "abort_info=False)\n\non_relation(relid, namespace, name, replica_identity, columns) "
-              "-> (TablePlan, event or None); columns are (name, flags, type_oid, typmod).",
+              "abort_info=False)\n\non_relation(relid, namespace, name, replica_identity, columns, "
+              "lsn) -> (TablePlan, event or None); columns are (name, flags, type_oid, typmod); "
+              "lsn is the message's XLogData header LSN (that of the change it precedes).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Dec_init,
     .tp_dealloc = (destructor)Dec_dealloc,

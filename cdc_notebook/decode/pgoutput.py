@@ -26,6 +26,7 @@ See docs/pgoutput.md for the message-by-message mapping.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ from cdc_notebook.decode.events import (
     Truncate,
 )
 from cdc_notebook.errors import BinaryModeUnsupported, PgoutputError, TypeMappingError
+from cdc_notebook.provision import column_history
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 65_536
 DEFAULT_MAX_BYTES = 64 << 20
@@ -195,6 +199,7 @@ class _RelationState:
     schema: pa.Schema
     namespace: str
     name: str
+    column_ids: tuple[int, ...] = ()
 
 
 class PgoutputEventDecoder:
@@ -222,13 +227,16 @@ class PgoutputEventDecoder:
         self._relation_failures: set[str] = set()  # why plans could not be built
         self._versions: dict[int, int] = {}  # the last schema version of each relation
         self._by_plan: dict[int, _RelationState] = {}  # id(TablePlan) -> its relation state
+        # the column history (None: not looked for yet) and how each schema's ids were found
+        self._history: bool | None = None
+        self.identity_counts = {"exact": 0, "derived": 0}
         self._native = _NativeDecoder(self._on_relation, max_rows=max_rows, max_bytes=max_bytes,
                                       spill_bytes=spill_bytes, abort_info=abort_info)
 
     # ---- relations
 
     def _on_relation(self, relid: int, namespace: str, name: str, identity: str,
-                     columns: tuple[tuple[str, int, int, int], ...]
+                     columns: tuple[tuple[str, int, int, int], ...], lsn: int = 0
                      ) -> tuple[TablePlan | None, Any]:
         """The plan and RelationSchema event of a Relation message; ``(None, why)`` when no
         plan can be built (a type the catalog no longer has): the relation's changes then
@@ -237,7 +245,13 @@ class PgoutputEventDecoder:
         signature = (namespace, name, identity, columns)
         state = self.relations.get(relid)
         if state is not None and state.signature == signature:
-            return state.plan, None
+            # the same names and types: the same columns, unless the history says otherwise
+            # ("drop b, add b" sends what it sent before)
+            if not self._history:
+                return state.plan, None
+            ids = self._column_ids(relid, [(c, t) for c, _f, t, _m in columns], lsn)
+            if ids == state.column_ids or not all(ids):
+                return state.plan, None
         mapped = []
         for col, _f, typoid, typmod in columns:
             try:
@@ -265,16 +279,34 @@ class PgoutputEventDecoder:
         # the same transaction or the same read).
         self._by_plan[id(plan)] = state
         keys = tuple(col for col, flags, _t, _m in columns if flags & 1)
-        ids = self._column_ids(relid, [(col, typoid) for col, _f, typoid, _m in columns])
+        ids = self._column_ids(relid, [(col, typoid) for col, _f, typoid, _m in columns], lsn)
+        state.column_ids = ids
         event = RelationSchema(relid, version, namespace, name, identity, keys, schema, ids)
         return plan, event
 
-    def _column_ids(self, relid: int, columns: list[tuple[str, int]]) -> tuple[int, ...]:
-        """The attnums of a Relation message's columns, derived from pg_attribute as it is now
-        (pgoutput does not send them): :func:`derive_column_ids`."""
+    def _column_ids(self, relid: int, columns: list[tuple[str, int]],
+                    lsn: int = 0) -> tuple[int, ...]:
+        """The attnums of a Relation message's columns (pgoutput does not send them): from
+        the column history when set-up installed it (exact: the table's columns at the
+        change's LSN, :mod:`cdc_notebook.provision.column_history`), else derived from
+        pg_attribute as it is now (:func:`derive_column_ids`)."""
         conn = getattr(self.catalog, "_conn", None)
         if conn is None:
             return (0,) * len(columns)
+        if self._history is not False:
+            try:
+                if self._history is None:
+                    self._history = column_history.state(conn) == "installed"
+                if self._history:
+                    exact = column_history.column_ids(conn, relid, lsn, columns)
+                    if exact is not None:
+                        self.identity_counts["exact"] += 1
+                        return exact
+            except psycopg.Error as exc:  # no right to read it: derived, as without it
+                log.warning("pgoutput: the column history could not be read (%s); column "
+                            "identity is derived", exc.diag.message_primary or exc)
+                self._history = False
+        self.identity_counts["derived"] += 1
         attributes = conn.execute(_ATTRIBUTES, (relid,)).fetchall()
         return derive_column_ids(columns, [(int(a), n, int(t), bool(d))
                                            for a, n, t, d in attributes])

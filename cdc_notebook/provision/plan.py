@@ -39,6 +39,7 @@ from cdc_notebook.errors import (
     InvalidPublicationName,
     OwnershipRequired,
 )
+from cdc_notebook.provision import column_history
 from cdc_notebook.provision.checks import (
     ServerFacts,
     ValidationReport,
@@ -165,7 +166,12 @@ class ProvisionPlan:
         for step in self.steps:
             if progress:
                 progress(ProgressEvent("step", step.description))
-            if step.kind == "slot":
+            if step.kind == "column_history":
+                try:
+                    column_history.install(self.conn)
+                except psycopg.Error as exc:
+                    raise _server_error(exc, step.description) from None
+            elif step.kind == "slot":
                 if not self.conn.autocommit:
                     self.conn.commit()  # the slot would wait for our own open transaction
                 slot = create_slot(self.conn, self.slot_name or "", plugin=self.plugin,
@@ -310,10 +316,10 @@ def plan_provision(
     selected = ([t for t in matched if t.has_replica_identity] if keyless == "skip"
                 else list(matched))
     steps = _identity_steps(conn, matched) if keyless == "full" else []
+    notes: list[str] = []
     # what set-up changes, recorded on the kit's publication for teardown to restore
     identities = {str(t.oid): {"table": [t.schema, t.name], "was": t.replica_identity}
                   for t in keyless_tables(matched)} if keyless == "full" else {}
-    notes: list[str] = []
     slot_temporary = bool(existing["temporary"]) if existing is not None else temporary
     recorded = False
     if publication:
@@ -328,6 +334,8 @@ def plan_provision(
                      "teardown(conn, slot_name=...) will not")
     if grant_to or create_role:
         steps += _grants(conn, report, facts, selected, grant_to, create_role, role_password)
+    if plugin == "pgoutput" and slot_name:  # before the slot: its changes all have a row
+        steps += _history_steps(conn, facts, notes)
     if slot_name and existing is None and create_slot:
         steps.append(_slot_step(slot_name, plugin, temporary, export_snapshot, slot_method))
     elif existing is not None:
@@ -360,6 +368,31 @@ def _identity_steps(conn: psycopg.Connection[Any], matched: list[TableInfo]) -> 
         steps.append(Step("replica_identity", f"replica identity FULL on {t.quoted_name}",
                           stmt.as_string(conn), stmt))
     return steps
+
+
+def _history_steps(conn: psycopg.Connection[Any], facts: ServerFacts,
+                   notes: list[str]) -> list[Step]:
+    """pgoutput: the column history (exact column identity after DDL), when it is not there
+    and the role may install it (event triggers: a superuser)."""
+    state = column_history.state(conn)
+    if state == "installed":
+        return []
+    derived = ("pgoutput column identity after renames and column drops is derived, not "
+               "exact (docs/pgoutput.md, \"Column identity\"): ")
+    if state == "foreign":
+        notes.append(derived + f"a schema {column_history.SCHEMA} exists that is not the kit's "
+                     "column history")
+        return []
+    if not facts.is_superuser:
+        notes.append(derived + "the column history needs a superuser (event triggers); one "
+                     "can install it with cdc_notebook.provision.column_history.install(conn)")
+        return []
+    what = "replace" if state in ("outdated", "disabled") else "install"
+    return [Step("column_history", f"{what} the column history (an event trigger recording "
+                 f"each table's columns after DDL, in schema {column_history.SCHEMA}: exact "
+                 "pgoutput column identity)",
+                 (column_history.uninstall_sql() + "\n" if what == "replace" else "")
+                 + column_history.install_sql(), None, column_history.SCHEMA)]
 
 
 def _slot_step(slot_name: str, plugin: str, temporary: bool, export_snapshot: bool,

@@ -41,6 +41,7 @@ from psycopg import sql
 
 from cdc_notebook.connection.quoting import quote_ident_if_needed
 from cdc_notebook.errors import NotKitManaged, SlotInUse
+from cdc_notebook.provision import column_history
 from cdc_notebook.provision.patterns import catalog_cache
 from cdc_notebook.provision.plan import Step
 from cdc_notebook.provision.records import (
@@ -178,6 +179,12 @@ class TeardownPlan:
             elif step.kind == "unrecord":
                 pub, slots = step.statement
                 if not _unrecord(self.conn, pub, set(slots)):
+                    continue
+            elif step.kind == "drop_column_history":
+                why = _drop_history(self.conn) if locked else (
+                    "left: a set-up of the kit is running on this database")
+                if why is not None:
+                    report.skipped.append(f"{step.description}: {why}")
                     continue
             else:
                 self.conn.execute(step.statement)
@@ -417,6 +424,13 @@ def _plan(conn: psycopg.Connection[Any], slot_name: str | None, publication: str
             if p in derived:
                 requires[len(steps)] = p
             steps.append(step)
+    if dropping and set(pubs) <= set(dropping) and \
+            column_history.state(conn) not in ("absent", "foreign"):
+        # the last of the kit's publications goes: so does the column history
+        steps.append(Step("drop_column_history", "drop the column history (schema "
+                          f"{column_history.SCHEMA} and its event triggers: no kit "
+                          "publication is left)", column_history.uninstall_sql(), None,
+                          column_history.SCHEMA))
     for r in roles:
         for stmt in (sql.SQL("DROP OWNED BY {}").format(sql.Identifier(r)),
                      sql.SQL("DROP ROLE {}").format(sql.Identifier(r))):
@@ -522,12 +536,31 @@ def release_publication(conn: psycopg.Connection[Any], publication: str, slot_na
 
 def _drop_restoring(conn: psycopg.Connection[Any], publication: str) -> None:
     """Drop a kit publication and restore the replica identity its set-up changed, in one
-    transaction that waits at most 5 s for a lock."""
+    transaction that waits at most 5 s for a lock (and the column history with the last kit
+    publication, when the role may)."""
     with conn.transaction():
         conn.execute("SET LOCAL lock_timeout = '5s'")
         plan = _plan(conn, None, publication, False, False, 0.0, None, False, True, None)
         for step in plan.steps:
+            if step.kind == "drop_column_history":
+                why = _drop_history(conn)
+                if why is not None:
+                    log.info("%s: %s", step.description, why)
+                continue
             conn.execute(step.statement)
+
+
+def _drop_history(conn: psycopg.Connection[Any]) -> str | None:
+    """Drop the column history when no kit publication is left; why not, or None."""
+    left = kit_publications(conn)
+    if left:
+        return f"left: publication(s) {', '.join(sorted(left))} of the kit remain"
+    try:
+        column_history.uninstall(conn)
+    except psycopg.Error as exc:
+        return (f"left: {exc.diag.message_primary or exc} (a superuser can drop it: "
+                f"{column_history.uninstall_sql()})")
+    return None
 
 
 def sweep_orphaned_publications(conn: psycopg.Connection[Any]) -> list[str]:
