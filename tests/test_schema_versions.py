@@ -306,6 +306,7 @@ def test_column_identity_is_exact_on_both_plugins_across_lookalike_ddl(pg, uniqu
         return got
 
     assert ids(pgo)[-1] == ids(w2a)[-1] != (0,) * len(cols)
+    assert pgo.column_identity.startswith("exact: from the column history"), pgo.column_identity
     for stream in (w2a_live, pgo_live):
         frame = mirror_of(stream, f"public.{t}").mirror().sort("a")
         assert frame.columns == cols

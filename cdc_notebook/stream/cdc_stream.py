@@ -380,6 +380,23 @@ class CDCStream:
         source = self._source
         return source.mode_reason if source is not None else "not started"
 
+    @property
+    def column_identity(self) -> str:
+        """Where the schemas' ``column_ids`` (attnums) come from: wal2arrow sends them;
+        pgoutput's come from the column history when set-up installed it, else are derived
+        from the catalog (docs/pgoutput.md, "Column identity")."""
+        source = self._source
+        if source is None:
+            return "not started"
+        counts = getattr(source.decoder, "identity_counts", None)
+        if counts is None:
+            return "exact: wal2arrow sends each column's attnum"
+        if counts["derived"]:
+            return (f"derived for {counts['derived']} of {counts['derived'] + counts['exact']} "
+                    "schema(s): no column history covers their changes (docs/pgoutput.md, "
+                    "\"Column identity\")")
+        return f"exact: from the column history ({counts['exact']} schema(s) so far)"
+
     def _take_snapshot(self) -> None:
         from cdc_notebook.snapshot.tables import snapshot_table
 
