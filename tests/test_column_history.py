@@ -199,3 +199,68 @@ def test_a_history_emptied_by_a_crash_gives_unknown_ids_never_wrong_ones(pg_fact
                    for n, want in truth), (truth, derived)
     assert derived[0][1] == (1, 0)  # "b" was dropped and added again: which b, unknown
     assert derived[-1] == (("a", "c"), (1, 3))  # after the DDL that followed the crash: exact
+
+
+def test_ddl_inside_a_big_streamed_transaction_and_a_rolled_back_savepoint(pg_factory):
+    """A transaction bigger than logical_decoding_work_mem (pgoutput streams it in chunks, the
+    kit replays it at its commit) renames a column and adds one of the old name half-way, and
+    drops and adds columns in a savepoint it rolls back: pgoutput's ids equal wal2arrow's at
+    every schema, and both mirrors equal the table."""
+    server = pg_factory(settings={"logical_decoding_work_mem": "64kB"})
+    with server.connect() as conn:
+        conn.execute("CREATE TABLE t (a int PRIMARY KEY, b int)")
+    slots = {p: f"big_{p}" for p in ("wal2arrow", "pgoutput")}
+    for p, slot in slots.items():
+        for name in (slot, slot + "_live"):  # one read for its events, one by a LiveReader
+            CDCStream(server.conninfo("tcp"), "public.t", plugin=p, slot_name=name,
+                      temporary=False).close()
+    with server.connect() as conn, conn.transaction():
+        conn.execute("INSERT INTO t SELECT i, i FROM generate_series(1, 3000) i")
+        conn.execute("ALTER TABLE t RENAME COLUMN b TO c")
+        conn.execute("ALTER TABLE t ADD COLUMN b int")
+        conn.execute("INSERT INTO t SELECT i, i, -i FROM generate_series(3001, 6000) i")
+        conn.execute("UPDATE t SET b = 7 WHERE a <= 10")
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            conn.execute("ALTER TABLE t DROP COLUMN c")
+            conn.execute("ALTER TABLE t ADD COLUMN c text")
+            conn.execute("INSERT INTO t VALUES (9999, 1, 'gone')")
+            conn.execute("SELECT 1/0")
+        conn.execute("INSERT INTO t VALUES (6001, 6001, 1)")
+    with server.connect() as conn:
+        want = conn.execute("SELECT a, c, b FROM t ORDER BY a").fetchall()
+    ids: dict[str, list[tuple[tuple[str, ...], tuple[int, ...]]]] = {}
+    mirrors = {}
+    for p, slot in slots.items():
+        stream = CDCStream(server.conninfo("tcp"), "public.t", plugin=p, slot_name=slot,
+                           temporary=False)
+        try:
+            got, seen, deadline = [], 0, time.monotonic() + 120
+            while seen < 6011 and time.monotonic() < deadline:
+                for e in stream["public.t"].events():
+                    if type(e).__name__ == "RelationSchema":
+                        names = tuple(n for n in e.arrow_schema.names if not n.startswith("_cdc"))
+                        if not got or got[-1] != (names, e.column_ids):
+                            got.append((names, e.column_ids))
+                    elif hasattr(e, "num_rows"):
+                        seen += e.num_rows
+            assert seen == 6011, (p, seen)
+            ids[p] = got
+            if p == "pgoutput":
+                assert stream.column_identity.startswith("exact"), stream.column_identity
+        finally:
+            stream.close()
+        live_stream = CDCStream(server.conninfo("tcp"), "public.t", plugin=p,
+                                slot_name=slot + "_live", temporary=False)
+        try:
+            from .test_schema_versions import mirror_of
+            mirrors[p] = mirror_of(live_stream, "public.t").mirror().sort("a")
+        finally:
+            live_stream.close()
+    with server.connect() as conn:  # pgoutput did stream it (in chunks, before its commit)
+        assert conn.execute("SELECT stream_txns FROM pg_stat_replication_slots WHERE "
+                            "slot_name = %s", (slots["pgoutput"],)).fetchone()[0] > 0
+    assert ids["pgoutput"] == ids["wal2arrow"] == [
+        (("a", "b"), (1, 2)), (("a", "c", "b"), (1, 2, 3))]
+    for p, frame in mirrors.items():
+        assert frame.columns == ["a", "c", "b"], p
+        assert frame.rows() == want, p

@@ -554,8 +554,11 @@ def test_teardown_drops_only_kit_objects(conn: psycopg.Connection[Any]) -> None:
     report = teardown(conn, all_kit_objects=True)
     assert sorted(report.actions) == sorted([
         f"drop slot {a.slot.slot_name}", "drop slot named_by_user",
-        f"drop publication {a.publication}", f"drop publication {b.publication}"])
+        f"drop publication {a.publication}", f"drop publication {b.publication}",
+        "drop the column history (schema _cdc_notebook and its event triggers: no kit "
+        "publication is left)"])
     assert slot_names(conn) == {"user_own_slot"}
+    assert conn.execute("SELECT to_regnamespace('_cdc_notebook')").fetchone()[0] is None
     assert {r[0] for r in conn.execute("SELECT pubname FROM pg_publication").fetchall()} == {
         "user_own_pub"}
     again = teardown(conn, all_kit_objects=True, slot_name=a.slot.slot_name)
@@ -586,7 +589,9 @@ def test_teardown_of_a_slot_takes_the_publication_made_for_it(
         teardown(conn, slot_name="cdcnb_one")
     report = teardown(conn, slot_name="cdcnb_two")
     assert report.actions == ["drop slot cdcnb_two",
-                              "drop publication cdcnb_shared (made for the slots that go)"]
+                              "drop publication cdcnb_shared (made for the slots that go)",
+                              "drop the column history (schema _cdc_notebook and its event "
+                              "triggers: no kit publication is left)"]
     assert slot_names(conn) == {"cdcnb_one"} and kit_publications(conn) == {}
     conn.execute("SELECT pg_drop_replication_slot('cdcnb_one')")
 
