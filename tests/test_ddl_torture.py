@@ -1,9 +1,11 @@
 """The DDL torture test, quick form (issue 12): a fixed list of seeds, a few hundred statements
-each, on each plugin, with readers live, queued and far behind (``tests/torture/ddl.py``).
+each, both plugins on the same WAL, with readers live, queued and far behind
+(``tests/torture/ddl.py``); it runs with the rest of the suite (CI).
 
 Every change each reader delivers must equal what PostgreSQL's ``test_decoding`` decoded from
 the same WAL on a second slot (values, column names, operation, before-key, in order per table),
-and every live mirror must equal ``SELECT`` of its table at the end. A failure prints the seed,
+every live mirror must equal ``SELECT`` of its table at the end, and the two plugins must deliver
+the same changes (values, columns, Arrow types). A failure prints the seed,
 the statements involved (``#index``) and the command that replays it in full
 (``python -m tests.torture.ddl --seed ... --dump-sql`` prints the workload).
 """
@@ -20,14 +22,18 @@ STATEMENTS = 400
 
 @pytest.mark.torture
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("plugin", ["wal2arrow", "pgoutput"])
-def test_ddl_torture(pg, pg_version, unique_name, plugin, seed):
-    result = run_seed(pg, seed, STATEMENTS, plugins=(plugin,), modes=MODES,
+def test_ddl_torture(pg, pg_version, unique_name, seed):
+    """Both plugins on the same WAL, each against the truth and against each other."""
+    plugins = ("wal2arrow", "pgoutput")
+    result = run_seed(pg, seed, STATEMENTS, plugins=plugins, modes=MODES,
                       schema=unique_name("tort"), catch_up_timeout=60)
     assert result.harness_error is None, result.report()
     assert result.truth_changes > STATEMENTS // 2, result.report()  # the workload did write
-    failing = [c for c in result.consumers if c.result.mismatches]
-    repro = reproduce_command(seed, STATEMENTS, pg_version, [plugin], [c.mode for c in failing])
+    assert sum(c.cross for c in result.consumers) == len(MODES)  # the plugins were compared
+    failing = [c for c in result.consumers if c.result.mismatches and not c.cross]
+    repro = reproduce_command(seed, STATEMENTS, pg_version,
+                              sorted({c.plugin for c in failing}) or list(plugins),
+                              sorted({c.mode for c in failing}) or list(MODES))
     assert result.ok, "\n" + result.report(show=4, reproduce=repro)
 
 

@@ -302,7 +302,10 @@ class PgoutputEventDecoder:
                     if exact is not None:
                         self.identity_counts["exact"] += 1
                         return exact
-            except psycopg.Error as exc:  # no right to read it: derived, as without it
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable,
+                    psycopg.errors.InvalidSchemaName) as exc:
+                # no right to read it, or dropped meanwhile: derived, as without it (a lost
+                # connection is not caught here: the stream reconnects with a new decoder)
                 log.warning("pgoutput: the column history could not be read (%s); column "
                             "identity is derived", exc.diag.message_primary or exc)
                 self._history = False
