@@ -46,28 +46,31 @@ def _time_kind(conn: Any, statements: list[str], n: int) -> float:
 
 def run(pg: int, statements: int, rounds: int) -> dict[str, Any]:
     results: dict[str, dict[str, list[float]]] = {k: {"without": [], "with": []} for k in KINDS}
-    with PostgresServer(version=pg, settings={"fsync": "off",
-                                              "synchronous_commit": "off"}) as server:
-        with server.connect() as conn:
-            for kind, stmts in KINDS.items():  # warm-up
-                _time_kind(conn, stmts, 20)
-            for r in range(rounds):
-                for installed in ((False, True) if r % 2 == 0 else (True, False)):
-                    if installed:
-                        column_history.install(conn)
-                    else:
-                        column_history.uninstall(conn)
-                    for kind, stmts in KINDS.items():
-                        results[kind]["with" if installed else "without"].append(
-                            _time_kind(conn, stmts, statements))
-            version = conn.execute("SHOW server_version").fetchone()[0]
+    rows: list[int] = []  # history rows after each round with it
+    settings = {"fsync": "off", "synchronous_commit": "off"}
+    with PostgresServer(version=pg, settings=settings) as server, server.connect() as conn:
+        for stmts in KINDS.values():  # warm-up
+            _time_kind(conn, stmts, 20)
+        for r in range(rounds):
+            for installed in ((False, True) if r % 2 == 0 else (True, False)):
+                if installed:
+                    column_history.install(conn)
+                else:
+                    column_history.uninstall(conn)
+                for kind, stmts in KINDS.items():
+                    results[kind]["with" if installed else "without"].append(
+                        _time_kind(conn, stmts, statements))
+                if installed:  # what the trigger wrote: it was there
+                    rows.append(conn.execute(
+                        "SELECT count(*) FROM _cdc_notebook.column_history").fetchone()[0])
+        version = conn.execute("SHOW server_version").fetchone()[0]
     summary = {}
     for kind, got in results.items():
         without, with_ = statistics.median(got["without"]), statistics.median(got["with"])
         summary[kind] = {"without_ms": without * 1e3, "with_ms": with_ * 1e3,
                          "ratio": with_ / without}
     return {"pg": version, "statements": statements, "rounds": rounds, "summary": summary,
-            "raw": results, "date": _dt.date.today().isoformat()}
+            "raw": results, "history_rows": rows, "date": _dt.date.today().isoformat()}
 
 
 def render(result: dict[str, Any]) -> str:

@@ -79,3 +79,23 @@ def test_kit_import_errors_propagate(monkeypatch) -> None:
         pass
     else:
         raise AssertionError("plugin_options swallowed a kit import error")
+
+
+def test_ddl_overhead_bench_writes_its_tables(tmp_path: Path) -> None:
+    """``python -m bench.ddl_overhead`` at a tiny size: both sides of every kind measured, the
+    history really installed for the "with" rounds (its rows grew), nothing about timings."""
+    proc = subprocess.run([sys.executable, "-m", "bench.ddl_overhead", "--pg", "15",
+                           "--statements", "5", "--rounds", "2", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (raw,) = tmp_path.glob("ddl-overhead-*-pg15.json")
+    (md,) = tmp_path.glob("ddl-overhead-*-pg15.md")
+    result = json.loads(raw.read_text())
+    assert set(result["summary"]) == {"temp table create + drop", "add + drop column",
+                                      "table create + drop"}
+    for kind, sides in result["raw"].items():
+        assert len(sides["with"]) == len(sides["without"]) == 2, kind
+        assert all(t > 0 for t in sides["with"] + sides["without"]), kind
+    # baseline + the target table re-created, its column added and dropped 5 times, ...
+    assert len(result["history_rows"]) == 2 and min(result["history_rows"]) > 10
+    assert "| add + drop column |" in md.read_text()
