@@ -10,7 +10,8 @@
 4. a table that joins after its key column was renamed: its snapshot rows are labelled with
    the schema in force at the snapshot (no NULL key in the mirror);
 5. a table dropped while it joins: what was committed before the drop is delivered, then
-   ``TableDropped``.
+   ``TableDropped``;
+6. a table with no change yet has an empty frame with its columns from the start.
 
 Each on both plugins (the fixtures run them on PostgreSQL 15 or 18: ``--pg``).
 """
@@ -324,5 +325,36 @@ def test_a_live_reader_started_after_a_key_rename_has_no_all_null_row(pg, unique
         frame = live.frames.by_relid[oid].mirror()
         assert frame.columns == ["k"]
         assert _rows(frame, "k") == [(1,), (2,), (3,)]
+    finally:
+        _stop(pg, live, stream)
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_a_table_with_no_change_yet_has_an_empty_frame_with_its_columns(pg, unique_name,
+                                                                         plugin):
+    """A stream without snapshot (CDCStream's default) on a quiet table: the LiveReader's
+    frame exists from the start, empty, with the table's columns, key and attnums (it used to
+    appear only with the table's first change, so ``live.frames[name]`` raised KeyError); a
+    rename before the first change renames it, and rows arrive in it."""
+    schema = unique_name("quiet")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.t (id int PRIMARY KEY, v text)")
+        conn.execute(f"ALTER TABLE {schema}.t DROP COLUMN v")
+        conn.execute(f"ALTER TABLE {schema}.t ADD COLUMN w text")
+        conn.execute(f"INSERT INTO {schema}.t VALUES (1, 'before the stream')")
+    stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin).start()
+    live = LiveReader(stream).start()
+    try:
+        table = live.frames[f"{schema}.t"]
+        assert table.mirror().columns == ["id", "w"] and table.mirror().height == 0
+        assert table.key_columns == ("id",) and tuple(table.column_ids) == (1, 3)
+        with pg.connect() as conn:
+            conn.execute(f"ALTER TABLE {schema}.t RENAME COLUMN w TO z")
+            conn.execute(f"INSERT INTO {schema}.t VALUES (2, 'two')")
+        wait_for(lambda: live.frames[f"{schema}.t"].mirror().height == 1, "the row", 30)
+        assert live.error is None, live.error
+        frame = live.frames[f"{schema}.t"].mirror()
+        assert frame.columns == ["id", "z"] and frame.rows() == [(2, "two")]
     finally:
         _stop(pg, live, stream)

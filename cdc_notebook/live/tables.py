@@ -1583,9 +1583,11 @@ class LiveReader:
         for name, reader in self._readers():
             key = tuple(getattr(reader, "key_columns", ()))
             relid = _relid_of(reader)
-            if self.frames.get(relid, name) is None \
-                    and getattr(reader, "schema", None) is not None:
-                self.frames.table(name, reader.schema, key, relid=relid)
+            if self.frames.get(relid, name) is None:
+                if getattr(reader, "schema", None) is not None:
+                    self.frames.table(name, reader.schema, key, relid=relid)
+                else:  # no change yet: an empty mirror with the table's columns now
+                    self._empty_frame(name, relid)
             self._bound_queue(reader)
             thread = threading.Thread(target=self._consume, args=(name, reader, key),
                                       name=f"cdc-live-{name}", daemon=True)
@@ -1600,6 +1602,18 @@ class LiveReader:
         for thread in self._threads:
             thread.start()
         return self
+
+    def _empty_frame(self, name: str, relid: int) -> None:
+        """The mirror of a table that has had no change yet, empty, with the catalog's
+        columns (a stream far behind DDL then changes its schema before its first row)."""
+        table_schema = getattr(self.stream, "table_schema", None)
+        if not relid or table_schema is None:
+            return
+        rel = table_schema(relid)
+        if rel is None:
+            return
+        live = self.frames.table(name, rel.arrow_schema, rel.key_columns, relid=relid)
+        live.column_ids = live._mirror_ids = tuple(rel.column_ids)
 
     def checkpoint(self) -> int:
         """Save every keyed table's mirror into the checkpoint directory (Parquet, each file

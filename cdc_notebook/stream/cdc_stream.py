@@ -33,7 +33,7 @@ from cdc_notebook.connection.conninfo import (
     session_conninfo,
 )
 from cdc_notebook.connection.lsn import parse_lsn
-from cdc_notebook.decode.events import LogicalMessage, WatcherError
+from cdc_notebook.decode.events import LogicalMessage, RelationSchema, WatcherError
 from cdc_notebook.errors import (
     CDCError,
     OwnershipRequired,
@@ -379,6 +379,22 @@ class CDCStream:
         text mode and why (a binary stream switches to text for a relation that needs it)."""
         source = self._source
         return source.mode_reason if source is not None else "not started"
+
+    def table_schema(self, relid: int) -> RelationSchema | None:
+        """A table's schema as the catalog has it now (its published columns, key and
+        attnums), for a reader that has had no change yet: ``LiveReader`` starts its mirror
+        empty with it. None when the table is gone or not readable."""
+        from cdc_notebook.snapshot.tables import plan_table
+
+        def query(conn: psycopg.Connection[Any]) -> RelationSchema | None:
+            try:
+                plan = plan_table(conn, relid, publication=self.publication)
+            except CDCError as exc:
+                log.info("table %s: no schema from the catalog (%s)", relid, exc)
+                return None
+            return snapshot_relation(conn, relid, plan.namespace, plan.name, plan.schema)
+
+        return self._on_catalog(query)
 
     @property
     def column_identity(self) -> str:
