@@ -537,6 +537,9 @@ class LiveTable:
         # each table column's identity (attnum; RelationSchema.column_ids), () or 0 if unknown
         self.column_ids = tuple(column_ids)
         self.decode_failures: list[Any] = []  # DecodeFailed events: the mirror misses changes
+        # made from the catalog before any change came: the stream's first schema replaces
+        # the placeholder (adopt_schema)
+        self.provisional = False
         self.changelog_rows = changelog_rows
         self.fold_interval = fold_interval
         self.max_pending_rows = max_pending_rows
@@ -761,6 +764,28 @@ class LiveTable:
             # what the schemas alone say.
             self._fold()
             return self.schema_changes[-1] if len(self.schema_changes) > known else change
+
+    def adopt_schema(self, arrow_schema: pa.Schema, key_columns: Sequence[str],
+                     schema_version: int, column_ids: Sequence[int] = ()) -> bool:
+        """Take the stream's first schema for a mirror made from the catalog before any
+        change came (``provisional``): while it is still empty, the catalog's columns were
+        only a placeholder, so the stream's replace them without a :class:`SchemaChange`
+        (a stream behind DDL would otherwise show the DDL undone, then done again). Returns
+        False (nothing done) once the mirror has had rows or changes."""
+        with self._lock:
+            if not self.provisional:
+                return False
+            self.provisional = False
+            if self._pending or self._mirror.height or self._changelog_total:
+                return False
+            self.arrow_schema = self._mirror_schema = arrow_schema
+            self.schema_version = schema_version
+            self.key_columns = self._fold_keys = tuple(key_columns)
+            self.column_ids = self._mirror_ids = tuple(column_ids)
+            self._mirror = empty_frame(arrow_schema)
+            self._reset_subscribers()
+            self._touch()
+            return True
 
     def rebuild(self, rows: pa.Table | pa.RecordBatch | pl.DataFrame, lsn: int) -> None:
         """Replace the mirror by a fresh snapshot of the table consistent at ``lsn``."""
@@ -1349,6 +1374,9 @@ class LiveFrames:
                     return
                 if live.name != label:  # the schema carries the table's name: it follows
                     live.name = label
+                if live.adopt_schema(event.arrow_schema, event.key_columns,
+                                     event.schema_version, event.column_ids):
+                    return
                 if live.arrow_schema != event.arrow_schema or \
                         live.key_columns != tuple(event.key_columns) or \
                         _ids_differ(live.column_ids, event.column_ids):
@@ -1614,6 +1642,7 @@ class LiveReader:
             return
         live = self.frames.table(name, rel.arrow_schema, rel.key_columns, relid=relid)
         live.column_ids = live._mirror_ids = tuple(rel.column_ids)
+        live.provisional = True
 
     def checkpoint(self) -> int:
         """Save every keyed table's mirror into the checkpoint directory (Parquet, each file
