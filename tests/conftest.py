@@ -19,7 +19,9 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from cdc_notebook.server.postgres import PostgresServer
 
@@ -95,3 +97,27 @@ def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
         return f"{prefix}_{base}_{next(_names)}"
 
     return make
+
+
+@pytest.fixture
+def role_factory(pg: Any, unique_name: Callable[[str], str]) -> Iterator[Callable[..., str]]:
+    """``role_factory(attributes)``: a role made for the test; what it owns in any database
+    and the role itself are dropped afterwards."""
+    made: list[str] = []
+
+    def make(attributes: str = "LOGIN") -> str:
+        name = unique_name("role")
+        with pg.connect() as admin:
+            admin.execute(sql.SQL("CREATE ROLE {} " + attributes).format(sql.Identifier(name)))
+        made.append(name)
+        return name
+
+    yield make
+    with pg.connect() as admin:
+        dbs = [r[0] for r in admin.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn").fetchall()]
+        for name in made:
+            for d in dbs:
+                with psycopg.connect(**pg.conninfo(dbname=d), autocommit=True) as c:
+                    c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))

@@ -32,26 +32,6 @@ def db(pg: Any, unique_name: Callable[[str], str]) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def role_factory(pg: Any, db: dict[str, Any],
-                 unique_name: Callable[[str], str]) -> Iterator[Callable[[str], str]]:
-    """Roles made for a test (what they own is in the test's database)."""
-    made: list[str] = []
-
-    def make(attributes: str) -> str:
-        name = unique_name("role")
-        with pg.connect() as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} " + attributes).format(sql.Identifier(name)))
-        made.append(name)
-        return name
-
-    yield make
-    with psycopg.connect(**db, autocommit=True) as c, pg.connect() as admin:
-        for name in made:
-            c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture
 def conn(db: dict[str, Any]) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(**db, autocommit=True) as c:
         yield c

@@ -104,28 +104,6 @@ def conn(db: dict[str, Any]) -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
-@pytest.fixture
-def role_factory(pg: Any, unique_name: Callable[[str], str]) -> Iterator[Callable[..., str]]:
-    made: list[str] = []
-
-    def make(attributes: str = "LOGIN") -> str:
-        name = unique_name("role")
-        with pg.connect() as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} " + attributes).format(sql.Identifier(name)))
-        made.append(name)
-        return name
-
-    yield make
-    with pg.connect() as admin:
-        dbs = [r[0] for r in admin.execute(
-            "SELECT datname FROM pg_database WHERE datallowconn").fetchall()]
-        for name in made:
-            for d in dbs:
-                with psycopg.connect(**pg.conninfo(dbname=d), autocommit=True) as c:
-                    c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-
-
 def slot_names(conn: psycopg.Connection[Any]) -> set[str]:
     return {r[0] for r in conn.execute("SELECT slot_name FROM pg_replication_slots "
                                        "WHERE database = current_database()").fetchall()}
