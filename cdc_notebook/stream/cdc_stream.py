@@ -409,9 +409,10 @@ class CDCStream:
             return "exact: wal2arrow sends each column's attnum"
         if counts["derived"]:
             return (f"derived for {counts['derived']} of {counts['derived'] + counts['exact']} "
-                    "schema(s): no column history covers their changes (docs/pgoutput.md, "
-                    "\"Column identity\")")
-        return f"exact: from the column history ({counts['exact']} schema(s) so far)"
+                    "Relation message(s): no column history covers their changes "
+                    "(docs/pgoutput.md, \"Column identity\")")
+        return (f"exact: from the column history ({counts['exact']} Relation message(s) so "
+                "far)")
 
     def _take_snapshot(self) -> None:
         from cdc_notebook.snapshot.tables import snapshot_table
