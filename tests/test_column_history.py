@@ -20,7 +20,7 @@ from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.teardown import teardown
 
 from .pgutil import drop_slot
-from .test_provision import private_database
+from .test_provision import drop_database_slots, private_database
 
 
 @pytest.fixture
@@ -244,3 +244,29 @@ def test_ddl_inside_a_big_streamed_transaction_and_a_rolled_back_savepoint(pg_fa
     for p, frame in mirrors.items():
         assert frame.columns == ["a", "c", "b"], p
         assert frame.rows() == want, p
+
+
+def test_a_copy_of_the_database_makes_its_history_again(pg, db, unique_name):
+    """The history's rows hold one database's OIDs and LSNs: in a copy (here a database made
+    from it as a template; a restored dump or an upgraded cluster alike) it is "outdated",
+    not trusted (the decoder derives), and the next pgoutput set-up replaces it."""
+    with psycopg.connect(**db, autocommit=True) as c:
+        assert column_history.install(c) and column_history.state(c) == "installed"
+    copy = unique_name("copy")
+    with pg.connect() as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(copy), sql.Identifier(db["dbname"])))
+    try:
+        with psycopg.connect(**pg.conninfo(dbname=copy), autocommit=True) as c:
+            assert column_history.state(c) == "outdated"
+            plan = plan_provision(c, "public.t1", plugin="pgoutput", slot_method="sql")
+            (step,) = [s for s in plan.steps if s.kind == "column_history"]
+            assert step.description.startswith("replace") and "DROP SCHEMA" in step.sql
+            plan.apply()
+            assert column_history.state(c) == "installed"
+            assert rows_of(c, "public.t1") == [([1, 2], ["id", "v"])]
+    finally:
+        with pg.connect() as admin:
+            drop_database_slots(admin, copy)
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(copy)))

@@ -43,7 +43,11 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "_cdc_notebook"
 VERSION = 1
-COMMENT = f"cdc_notebook column history v{VERSION}"
+COMMENT = f"cdc_notebook column history v{VERSION}"  # + " <system identifier>:<database OID>"
+# The history's rows hold OIDs and LSNs of one database of one cluster: a copy elsewhere (a
+# restored dump, a template, an upgraded cluster) is not to be trusted, and is made again.
+_WHERE = ("(SELECT system_identifier FROM pg_catalog.pg_control_system())::text || ':' || "
+          "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())::text")
 TRIGGERS = ("_cdc_notebook_columns", "_cdc_notebook_columns_dropped")
 
 __all__ = ["COMMENT", "SCHEMA", "TRIGGERS", "VERSION", "column_ids", "install", "install_sql",
@@ -85,7 +89,9 @@ def install_sql() -> str:
     record = _RECORD.format(source=_TREE)
     baseline = _RECORD.format(source=_BASELINE)
     return f"""CREATE SCHEMA {SCHEMA};
-COMMENT ON SCHEMA {SCHEMA} IS '{COMMENT}';
+DO $c$ BEGIN
+    EXECUTE pg_catalog.format('COMMENT ON SCHEMA {SCHEMA} IS %L', '{COMMENT} ' || {_WHERE});
+END $c$;
 REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC;
 GRANT USAGE ON SCHEMA {SCHEMA} TO PUBLIC;
 CREATE UNLOGGED TABLE {SCHEMA}.column_history (
@@ -140,18 +146,19 @@ def _indent(text: str, n: int) -> str:
 
 
 def state(conn: psycopg.Connection[Any]) -> str:
-    """``"installed"`` (this version, both triggers enabled), ``"absent"``, ``"foreign"`` (a
-    schema of that name the kit did not make), ``"outdated"`` (another version of the kit's) or
-    ``"disabled"`` (a trigger missing or disabled)."""
+    """``"installed"`` (this version, made in this database of this cluster, both triggers
+    enabled), ``"absent"``, ``"foreign"`` (a schema of that name the kit did not make),
+    ``"outdated"`` (another version of the kit's, or a copy: a restored dump, a template, an
+    upgraded cluster) or ``"disabled"`` (a trigger missing or disabled)."""
     row = conn.execute(
-        "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace') FROM pg_catalog.pg_namespace n"
-        " WHERE n.nspname = %s", (SCHEMA,)).fetchone()
+        "SELECT pg_catalog.obj_description(n.oid, 'pg_namespace'), " + _WHERE +
+        " FROM pg_catalog.pg_namespace n WHERE n.nspname = %s", (SCHEMA,)).fetchone()
     if row is None:
         return "absent"
-    comment = row[0] or ""
+    comment, where = row[0] or "", row[1]
     if not comment.startswith("cdc_notebook column history"):
         return "foreign"
-    if comment != COMMENT:
+    if comment != f"{COMMENT} {where}":  # another version, or a copy from elsewhere
         return "outdated"
     enabled = conn.execute(
         "SELECT count(*) FROM pg_catalog.pg_event_trigger WHERE evtname = ANY(%s) "
