@@ -16,6 +16,7 @@ from psycopg import sql
 
 from cdc_notebook import CDCStream
 from cdc_notebook.provision import column_history
+from cdc_notebook.provision.patterns import preview
 from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.teardown import teardown
 
@@ -104,6 +105,10 @@ def test_it_records_every_roles_ddl_and_only_column_changes(conn, db, role_facto
     assert conn.execute("SELECT count(*) FROM _cdc_notebook.column_history h "
                         "JOIN pg_class c ON c.oid = h.relid WHERE c.relpersistence <> 'p' "
                         "OR c.relnamespace = '_cdc_notebook'::regnamespace").fetchone()[0] == 0
+    seen = preview(conn, ["*.*", "_cdc_notebook.*"], max_age=0)  # patterns never see it
+    assert seen.error is None and seen.tables, seen
+    assert not [t for t in seen.tables + [t for t, _why in seen.skipped]
+                if t.schema == "_cdc_notebook"]
     conn.execute("CREATE PUBLICATION everything FOR ALL TABLES")
     assert conn.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = "
                         "'everything' AND schemaname = '_cdc_notebook'").fetchone()[0] == 0

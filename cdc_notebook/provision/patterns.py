@@ -15,7 +15,8 @@ The grammar (docs/patterns.md has the table of examples):
 
 Only tables and partitioned tables are matched (no views, materialized views, foreign tables,
 temporary tables); system schemas (``pg_catalog``, ``information_schema``, ``pg_toast*``,
-``pg_temp*``) never match, even when named. A partition whose partitioned root is matched too
+``pg_temp*``) and the kit's own (``_cdc_notebook``, the column history) never match, even
+when named. A partition whose partitioned root is matched too
 is folded into the root (its changes are published as the root's).
 """
 
@@ -34,7 +35,7 @@ from cdc_notebook.connection.quoting import quote_ident_if_needed
 from cdc_notebook.errors import InvalidPattern, NoTablesMatched
 
 DEFAULT_SCHEMA = "public"
-SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")  # (and the kit's _cdc_notebook)
 _REGEX_CHARS = frozenset("[](){}+^$|\\.")
 _GLOB_CHARS = frozenset("*?")
 _PLAIN_IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
@@ -327,7 +328,7 @@ SELECT c.oid::int8,
   JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p')
    AND c.relpersistence <> 't'
-   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', '_cdc_notebook')
    AND n.nspname NOT LIKE 'pg\\_toast%'
    AND n.nspname NOT LIKE 'pg\\_temp\\_%'
 """
