@@ -361,3 +361,52 @@ def test_a_table_with_no_change_yet_has_an_empty_frame_with_its_columns(pg, uniq
         assert live.frames[f"{schema}.t"].schema_changes == []
     finally:
         _stop(pg, live, stream)
+
+
+@pytest.mark.parametrize("plugin", ["wal2arrow"])
+def test_a_table_that_joins_while_the_live_reader_starts(pg, unique_name, plugin):
+    """DDL torture finding (PG 15, seed 8, ``RuntimeError: threads can only be started
+    once``): a table joined while ``start()`` was making its frames; a consumer thread it had
+    started adopted the new reader (appending and starting a thread) while ``start()`` was
+    still starting the threads of its list, and started that one again. Here the join happens
+    inside ``start()`` and the first consumer adopts it at once: start() returns, and the
+    joined table's rows reach its frame."""
+    schema = unique_name("joinstart")
+    with pg.connect() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        for i in range(12):
+            conn.execute(f"CREATE TABLE {schema}.t{i} (id int PRIMARY KEY)")
+    stream = CDCStream(pg.conninfo(), f"{schema}.*", plugin=plugin).start()
+    with pg.connect() as conn:
+        for i in range(12):
+            conn.execute(f"INSERT INTO {schema}.t{i} VALUES (1)")
+
+    class Racing(LiveReader):
+        joined = False
+        adopted_early = False
+
+        def _bound_queue(self, reader: Any) -> None:
+            super()._bound_queue(reader)
+            if not Racing.joined:  # a table joins while start() is in its loop
+                Racing.joined = True
+                with pg.connect() as conn:
+                    conn.execute(f"CREATE TABLE {schema}.late (id int PRIMARY KEY)")
+                    conn.execute(f"INSERT INTO {schema}.late VALUES (7)")
+                wait_for(lambda: any(getattr(r, "table_name", "") == "late"
+                                     for r in list(stream.readers.values())),
+                         "the late table's reader", 30)
+
+        def _consume(self, *args: Any) -> None:
+            if not Racing.adopted_early:
+                Racing.adopted_early = True
+                self._adopt_new_readers()  # what _sync does on its first pass
+            super()._consume(*args)
+
+    live = Racing(stream)
+    try:
+        live.start()
+        wait_for(lambda: f"{schema}.late" in live.frames.tables
+                 and live.frames[f"{schema}.late"].mirror().height == 1, "the late row", 30)
+        assert live.error is None, live.error
+    finally:
+        _stop(pg, live, stream)

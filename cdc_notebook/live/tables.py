@@ -1608,27 +1608,30 @@ class LiveReader:
     def start(self) -> LiveReader:
         if self._threads:
             return self.resume()
-        for name, reader in self._readers():
-            key = tuple(getattr(reader, "key_columns", ()))
-            relid = _relid_of(reader)
-            if self.frames.get(relid, name) is None:
-                if getattr(reader, "schema", None) is not None:
-                    self.frames.table(name, reader.schema, key, relid=relid)
-                else:  # no change yet: an empty mirror with the table's columns now
-                    self._empty_frame(name, relid)
-            self._bound_queue(reader)
-            thread = threading.Thread(target=self._consume, args=(name, reader, key),
-                                      name=f"cdc-live-{name}", daemon=True)
-            self._threads.append(thread)
-            self._adopted.add(id(reader))
-        if self.checkpoint_dir is not None:
-            self._threads.append(threading.Thread(target=self._checkpoint_loop,
-                                                  name="cdc-live-checkpoint", daemon=True))
-        self._run.set()
-        self.state = "running"
-        self.started_at = time.monotonic()
-        for thread in self._threads:
-            thread.start()
+        # Under the adoption lock: a consumer thread started here may adopt a reader that
+        # joined meanwhile (appending and starting its thread) only once these are started.
+        with self._adopt_lock:
+            for name, reader in self._readers():
+                key = tuple(getattr(reader, "key_columns", ()))
+                relid = _relid_of(reader)
+                if self.frames.get(relid, name) is None:
+                    if getattr(reader, "schema", None) is not None:
+                        self.frames.table(name, reader.schema, key, relid=relid)
+                    else:  # no change yet: an empty mirror with the table's columns now
+                        self._empty_frame(name, relid)
+                self._bound_queue(reader)
+                thread = threading.Thread(target=self._consume, args=(name, reader, key),
+                                          name=f"cdc-live-{name}", daemon=True)
+                self._threads.append(thread)
+                self._adopted.add(id(reader))
+            if self.checkpoint_dir is not None:
+                self._threads.append(threading.Thread(target=self._checkpoint_loop,
+                                                      name="cdc-live-checkpoint", daemon=True))
+            self._run.set()
+            self.state = "running"
+            self.started_at = time.monotonic()
+            for thread in list(self._threads):
+                thread.start()
         return self
 
     def _empty_frame(self, name: str, relid: int) -> None:
