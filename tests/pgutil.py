@@ -44,3 +44,18 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0,
 def relid_of(conn: Any, name: str) -> int:
     """The OID of the relation ``name`` (as ``regclass`` reads it)."""
     return int(conn.execute("SELECT %s::regclass::oid::int8", (name,)).fetchone()[0])
+
+
+def read_schemas(reader: Any, rows: int, timeout: float = 60.0) -> tuple[list[Any], int]:
+    """A reader's ``RelationSchema`` events, read with ``events()`` until ``rows`` change
+    rows have come (or ``timeout``); and how many rows came."""
+    schemas: list[Any] = []
+    seen = 0
+    deadline = time.monotonic() + timeout
+    while seen < rows and time.monotonic() < deadline:
+        for e in reader.events():
+            if type(e).__name__ == "RelationSchema":
+                schemas.append(e)
+            elif hasattr(e, "num_rows"):
+                seen += e.num_rows
+    return schemas, seen

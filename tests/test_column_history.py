@@ -6,7 +6,6 @@ history emptied by a crash gives unknown ids, never wrong ones."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from cdc_notebook.provision.patterns import preview
 from cdc_notebook.provision.plan import plan_provision
 from cdc_notebook.provision.teardown import teardown
 
-from .pgutil import drop_slot
+from .pgutil import drop_slot, read_schemas
 from .test_provision import drop_database_slots, private_database
 
 
@@ -164,14 +163,8 @@ def test_a_history_emptied_by_a_crash_gives_unknown_ids_never_wrong_ones(pg_fact
         s = CDCStream(server.conninfo("tcp"), "public.t", plugin=p, slot_name=f"s_{p}",
                       temporary=False)
         try:
-            got, seen, deadline = [], 0, time.monotonic() + 60
-            while seen < 3 and time.monotonic() < deadline:
-                for e in s["public.t"].events():
-                    if type(e).__name__ == "RelationSchema":
-                        got.append((tuple(e.arrow_schema.names[:2]), e.column_ids))
-                    elif hasattr(e, "num_rows"):
-                        seen += e.num_rows
-            ids[p] = got
+            schemas, _seen = read_schemas(s["public.t"], 3)
+            ids[p] = [(tuple(e.arrow_schema.names[:2]), e.column_ids) for e in schemas]
             assert s.column_identity.startswith("exact" if p == "wal2arrow" else "derived for 2 of 3"), \
                 s.column_identity
         finally:
@@ -219,15 +212,12 @@ def test_ddl_inside_a_big_streamed_transaction_and_a_rolled_back_savepoint(pg_fa
         stream = CDCStream(server.conninfo("tcp"), "public.t", plugin=p, slot_name=slot,
                            temporary=False)
         try:
-            got, seen, deadline = [], 0, time.monotonic() + 120
-            while seen < 6011 and time.monotonic() < deadline:
-                for e in stream["public.t"].events():
-                    if type(e).__name__ == "RelationSchema":
-                        names = tuple(n for n in e.arrow_schema.names if not n.startswith("_cdc"))
-                        if not got or got[-1] != (names, e.column_ids):
-                            got.append((names, e.column_ids))
-                    elif hasattr(e, "num_rows"):
-                        seen += e.num_rows
+            schemas, seen = read_schemas(stream["public.t"], 6011, timeout=120)
+            got: list[tuple[tuple[str, ...], tuple[int, ...]]] = []
+            for e in schemas:
+                names = tuple(n for n in e.arrow_schema.names if not n.startswith("_cdc"))
+                if not got or got[-1] != (names, e.column_ids):
+                    got.append((names, e.column_ids))
             assert seen == 6011, (p, seen)
             ids[p] = got
             if p == "pgoutput":

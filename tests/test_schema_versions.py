@@ -14,7 +14,7 @@ import pytest
 
 from cdc_notebook import CDCStream
 
-from .pgutil import drop_slot
+from .pgutil import drop_slot, read_schemas
 
 PLUGINS = ["wal2arrow", "pgoutput"]
 META = ("_cdc_op", "_cdc_lsn", "_cdc_commit_lsn", "_cdc_end_lsn", "_cdc_commit_ts", "_cdc_xid",
@@ -295,15 +295,7 @@ def test_column_identity_is_exact_on_both_plugins_across_lookalike_ddl(pg, uniqu
     want = select(pg, f"SELECT {', '.join(cols)} FROM {t} ORDER BY a")
 
     def ids(stream: CDCStream) -> list[tuple[int, ...]]:
-        reader, got, seen = stream[f"public.{t}"], [], 0
-        deadline = time.monotonic() + 60
-        while seen < 3 and time.monotonic() < deadline:
-            for e in reader.events():
-                if isinstance(e, pa.RecordBatch):
-                    seen += e.num_rows
-                elif type(e).__name__ == "RelationSchema":
-                    got.append(e.column_ids)
-        return got
+        return [e.column_ids for e in read_schemas(stream[f"public.{t}"], 3)[0]]
 
     assert ids(pgo)[-1] == ids(w2a)[-1] != (0,) * len(cols)
     assert pgo.column_identity.startswith("exact: from the column history"), pgo.column_identity

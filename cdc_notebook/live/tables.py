@@ -1311,15 +1311,16 @@ class LiveFrames:
             return named[-1] if named else None
 
     def table(self, name: str, arrow_schema: pa.Schema, key_columns: Sequence[str],
-              schema_version: int = 0, *, relid: int = 0) -> LiveTable:
+              schema_version: int = 0, *, relid: int = 0,
+              column_ids: Sequence[int] = ()) -> LiveTable:
         """The table's live frames (the table with OID ``relid``, else the one called
-        ``name``), created on first use."""
+        ``name``), created on first use (with ``column_ids``, the columns' attnums)."""
         with self.lock:
             live = self.get(relid, name)
             if live is None:
                 live = LiveTable(name, arrow_schema, key_columns, schema_version=schema_version,
                                  lock=self.lock, on_change=self._bump, relid=relid,
-                                 **self._options)
+                                 column_ids=column_ids, **self._options)
                 self._live[relid or name] = live
                 self._bump()
             return live
@@ -1368,9 +1369,9 @@ class LiveFrames:
                 label = name or event.qualified_name
                 live = self.get(relid or event.relid, label)
                 if live is None:
-                    live = self.table(label, event.arrow_schema, event.key_columns,
-                                      event.schema_version, relid=relid or event.relid)
-                    live.column_ids = live._mirror_ids = tuple(event.column_ids)
+                    self.table(label, event.arrow_schema, event.key_columns,
+                               event.schema_version, relid=relid or event.relid,
+                               column_ids=event.column_ids)
                     return
                 if live.name != label:  # the schema carries the table's name: it follows
                     live.name = label
@@ -1643,8 +1644,8 @@ class LiveReader:
         rel = table_schema(relid)
         if rel is None:
             return
-        live = self.frames.table(name, rel.arrow_schema, rel.key_columns, relid=relid)
-        live.column_ids = live._mirror_ids = tuple(rel.column_ids)
+        live = self.frames.table(name, rel.arrow_schema, rel.key_columns, relid=relid,
+                                 column_ids=rel.column_ids)
         live.provisional = True
 
     def checkpoint(self) -> int:

@@ -39,6 +39,8 @@ from typing import Any
 
 import psycopg
 
+from cdc_notebook.connection.lsn import format_lsn
+
 log = logging.getLogger(__name__)
 
 SCHEMA = "_cdc_notebook"
@@ -199,10 +201,6 @@ ORDER BY lsn DESC, id DESC LIMIT 1
 """
 
 
-def _lsn_text(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
 def column_ids(conn: psycopg.Connection[Any], relid: int, lsn: int,
                columns: Sequence[tuple[str, int]]) -> tuple[int, ...] | None:
     """The attnums of a pgoutput Relation message's ``columns`` (``(name, type OID)`` in the
@@ -211,7 +209,7 @@ def column_ids(conn: psycopg.Connection[Any], relid: int, lsn: int,
     derives the ids then)."""
     if lsn <= 0:
         return None
-    row = conn.execute(_LOOKUP, (relid, _lsn_text(lsn))).fetchone()
+    row = conn.execute(_LOOKUP, (relid, format_lsn(lsn))).fetchone()
     if row is None:
         return None
     attnums, names, types = row
